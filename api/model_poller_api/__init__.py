@@ -1,0 +1,18 @@
+"""The ModelDeployment API shared by the operator, the poller and the tests.
+
+This package is the bottom layer: it imports nothing from ``model_poller`` or
+``model_poller_operator``. Group, version, names, field layout, the CRD schema and the
+contract between the operator and the poller (env vars, ports, paths) live here only.
+"""
+
+from model_poller_api.names import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
+
+__all__ = ["API_VERSION", "GROUP", "KIND", "PLURAL", "SHORT_NAMES", "SINGULAR", "VERSION"]

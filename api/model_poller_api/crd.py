@@ -1,0 +1,294 @@
+"""The ModelDeployment CustomResourceDefinition, built from the names in this package.
+
+`crds/modeldeployments.modelpoller.dev.yaml` and the Helm chart's copy are generated from
+`render_crd()` by `python -m model_poller_api.crd`; a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from model_poller_api import models, names
+
+Schema = dict[str, Any]
+
+# A TF Serving model name becomes a path segment and a URL segment.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+TOPIC_PATTERN = r"^projects/[^/]+/topics/[^/]+$"
+SUBSCRIPTION_PATTERN = r"^projects/[^/]+/subscriptions/[^/]+$"
+
+
+def _string(description: str, **extra: Any) -> Schema:
+    return {"type": "string", "description": description, **extra}
+
+
+def _container(what: str, default_image: str) -> Schema:
+    return {
+        "type": "object",
+        "description": f"Overrides for the {what} container.",
+        "properties": {
+            "image": _string(f"Image of the {what} container (default {default_image}).", minLength=1),
+            "resources": {
+                "type": "object",
+                "description": "Compute resources (requests, limits) as in a Pod's container.",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+    }
+
+
+def spec_schema() -> Schema:
+    return {
+        "type": "object",
+        "required": ["source"],
+        "properties": {
+            "modelName": _string(
+                "TF Serving model name (--model_name); default: metadata.name.",
+                pattern=MODEL_NAME_PATTERN,
+                maxLength=253,
+            ),
+            "replicas": {
+                "type": "integer",
+                "format": "int32",
+                "minimum": 0,
+                "default": models.DEFAULT_REPLICAS,
+                "description": "Number of tensorflow/serving pods.",
+            },
+            "source": {
+                "type": "object",
+                "description": "Where model versions live.",
+                "required": ["uri"],
+                "properties": {
+                    "uri": _string(
+                        "gs://bucket/prefix/ or file:///dir/; versions are <digits>.zip, "
+                        "<digits>.tar.gz, <digits>.tgz or <digits>/ folders with a _READY marker.",
+                        minLength=1,
+                        **{
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": "self.startsWith('gs://') || self.startsWith('file:///')",
+                                    "message": "source.uri must start with gs:// or file:///",
+                                    "reason": "FieldValueInvalid",
+                                },
+                                {
+                                    "rule": "!self.startsWith('gs://') || self.matches('^gs://[a-z0-9][a-z0-9._-]*[a-z0-9](/.*)?$')",
+                                    "message": "source.uri must name a bucket: gs://<bucket>/<prefix>/",
+                                    "reason": "FieldValueInvalid",
+                                },
+                            ]
+                        },
+                    ),
+                    "pubsub": {
+                        "type": "object",
+                        "description": "Notifications that wake the poller up; without it the poller only lists.",
+                        "properties": {
+                            "topic": _string(
+                                "Each replica makes its own subscription on this topic, so every replica hears of every version.",
+                                pattern=TOPIC_PATTERN,
+                            ),
+                            "subscription": _string(
+                                "A shared subscription: one replica per message (the poll interval is then the safety net).",
+                                pattern=SUBSCRIPTION_PATTERN,
+                            ),
+                        },
+                        "x-kubernetes-validations": [
+                            {
+                                "rule": "has(self.topic) != has(self.subscription)",
+                                "message": "source.pubsub needs exactly one of topic or subscription",
+                            }
+                        ],
+                    },
+                    "pollInterval": _string(
+                        "How often to list the source as a safety net (e.g. 30s, 5m).",
+                        pattern=models.DURATION_PATTERN,
+                        default=models.DEFAULT_POLL_INTERVAL,
+                        **{
+                            "x-kubernetes-validations": [
+                                {"rule": "self != ''", "message": "source.pollInterval must not be empty"}
+                            ]
+                        },
+                    ),
+                    "credentialsSecret": _string(
+                        "Secret with a service-account key (key.json); default: ambient credentials.",
+                        minLength=1,
+                    ),
+                },
+            },
+            "versions": {
+                "type": "object",
+                "description": "Which versions are kept on disk: the newest `keep`, or exactly `pinned`.",
+                "properties": {
+                    "keep": {
+                        "type": "integer",
+                        "format": "int32",
+                        "minimum": 1,
+                        "description": f"Keep the newest N valid versions (default {models.DEFAULT_KEEP}).",
+                    },
+                    "pinned": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "integer", "format": "int64", "minimum": 0},
+                        "x-kubernetes-list-type": "set",
+                        "description": "Exactly these versions (a rollback).",
+                    },
+                },
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!(has(self.keep) && has(self.pinned))",
+                        "message": "versions.keep and versions.pinned are mutually exclusive",
+                    }
+                ],
+            },
+            "serving": _container("tensorflow/serving", models.DEFAULT_SERVING_IMAGE),
+            "poller": _container("model-poller sidecar", models.DEFAULT_POLLER_IMAGE),
+            "storage": {
+                "type": "object",
+                "description": "The emptyDir shared by the poller and TF Serving.",
+                "properties": {
+                    "sizeLimit": {
+                        "x-kubernetes-int-or-string": True,
+                        "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+                        "description": "Size limit of the emptyDir, e.g. 20Gi.",
+                    },
+                    "medium": {
+                        "type": "string",
+                        "enum": ["", "Memory"],
+                        "description": "emptyDir medium: '' (node disk, default) or Memory.",
+                    },
+                },
+            },
+        },
+    }
+
+
+def status_schema() -> Schema:
+    version = {"type": "integer", "format": "int64"}
+    return {
+        "type": "object",
+        "properties": {
+            models.STATUS_OBSERVED_GENERATION: {"type": "integer", "format": "int64"},
+            models.STATUS_CONDITIONS: {
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {
+                    "type": "object",
+                    "required": ["type", "status"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                        "reason": {"type": "string"},
+                        "message": {"type": "string"},
+                        "observedGeneration": {"type": "integer", "format": "int64"},
+                        "lastTransitionTime": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+            models.STATUS_MODEL_NAME: {"type": "string"},
+            models.STATUS_LATEST_VERSION: version,
+            models.STATUS_SERVING_VERSION: version,
+            models.STATUS_REPLICAS: {"type": "integer", "format": "int32"},
+            models.STATUS_READY_REPLICAS: {"type": "integer", "format": "int32"},
+            models.STATUS_SELECTOR: {"type": "string", "description": "Pod label selector (scale subresource)."},
+            models.STATUS_POLLERS: {
+                "type": "object",
+                "description": "One entry per pod, written by that pod's poller.",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "versions": {"type": "array", "items": version},
+                        "serving": {**version, "nullable": True},
+                        "latest": {**version, "nullable": True},
+                        "lastSync": {"type": "string", "format": "date-time", "nullable": True},
+                        "error": {"type": "string", "nullable": True},
+                    },
+                },
+            },
+        },
+    }
+
+
+def printer_columns() -> list[Schema]:
+    return [
+        {"name": "Model", "type": "string", "jsonPath": f".status.{models.STATUS_MODEL_NAME}"},
+        {"name": "Source", "type": "string", "jsonPath": ".spec.source.uri"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+        {"name": "Ready", "type": "integer", "jsonPath": f".status.{models.STATUS_READY_REPLICAS}"},
+        {"name": "Latest", "type": "integer", "jsonPath": f".status.{models.STATUS_LATEST_VERSION}"},
+        {"name": "Serving", "type": "integer", "jsonPath": f".status.{models.STATUS_SERVING_VERSION}"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def render_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": names.CRD_NAME},
+        "spec": {
+            "group": names.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": names.KIND,
+                "listKind": names.LIST_KIND,
+                "plural": names.PLURAL,
+                "singular": names.SINGULAR,
+                "shortNames": list(names.SHORT_NAMES),
+            },
+            "versions": [
+                {
+                    "name": names.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A TF Serving model kept in sync with a GCS bucket by the model-poller sidecar.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": f".status.{models.STATUS_REPLICAS}",
+                            "labelSelectorPath": f".status.{models.STATUS_SELECTOR}",
+                        },
+                    },
+                    "additionalPrinterColumns": printer_columns(),
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `python -m model_poller_api.crd`; edit api/model_poller_api/crd.py instead.\n"
+
+
+def render_crd_yaml() -> str:
+    return HEADER + yaml.safe_dump(render_crd(), sort_keys=False, width=120)
+
+
+def main(argv: list[str]) -> int:
+    text = render_crd_yaml()
+    for path in argv or ["-"]:
+        if path == "-":
+            sys.stdout.write(text)
+        else:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,160 @@
+"""Typed views of a ModelDeployment's spec and status.
+
+The API server validates the spec against the CRD schema (``crd.py``); these dataclasses
+read an already-validated object and apply the documented defaults, so the operator and
+the poller agree on what an omitted field means.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+DEFAULT_KEEP = 2
+DEFAULT_POLL_INTERVAL = "60s"
+DEFAULT_SERVING_IMAGE = "tensorflow/serving:2.19.0"
+DEFAULT_POLLER_IMAGE = "ghcr.io/model-poller/model-poller:0.1.0"
+DEFAULT_REPLICAS = 1
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?$")
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `2m`, `1h30m` -> seconds. Raises ValueError naming the bad value."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or not match or not any(match.groups()):
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass(frozen=True)
+class PubSub:
+    topic: str | None = None
+    subscription: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str
+    pubsub: PubSub | None = None
+    poll_interval: str = DEFAULT_POLL_INTERVAL
+    credentials_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Either keep the newest ``keep`` versions, or exactly the ``pinned`` ones."""
+
+    keep: int | None = DEFAULT_KEEP
+    pinned: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    image: str
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Storage:
+    size_limit: str | None = None
+    medium: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelDeploymentSpec:
+    model_name: str
+    replicas: int
+    source: Source
+    versions: VersionPolicy
+    serving: Container
+    poller: Container
+    storage: Storage
+
+    @classmethod
+    def from_object(cls, name: str, spec: Mapping[str, Any]) -> ModelDeploymentSpec:
+        """Read ``spec`` of ModelDeployment ``name`` with every default applied."""
+        src = spec.get("source") or {}
+        pubsub = src.get("pubsub")
+        versions = spec.get("versions") or {}
+        pinned = versions.get("pinned")
+        serving = spec.get("serving") or {}
+        poller = spec.get("poller") or {}
+        storage = spec.get("storage") or {}
+        return cls(
+            model_name=spec.get("modelName") or name,
+            replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
+            source=Source(
+                uri=src["uri"],
+                pubsub=PubSub(topic=pubsub.get("topic"), subscription=pubsub.get("subscription"))
+                if pubsub
+                else None,
+                poll_interval=src.get("pollInterval") or DEFAULT_POLL_INTERVAL,
+                credentials_secret=src.get("credentialsSecret"),
+            ),
+            versions=VersionPolicy(keep=None, pinned=tuple(sorted(set(pinned))))
+            if pinned
+            else VersionPolicy(keep=int(versions.get("keep", DEFAULT_KEEP))),
+            serving=Container(
+                image=serving.get("image") or DEFAULT_SERVING_IMAGE,
+                resources=serving.get("resources") or {},
+            ),
+            poller=Container(
+                image=poller.get("image") or DEFAULT_POLLER_IMAGE,
+                resources=poller.get("resources") or {},
+            ),
+            storage=Storage(size_limit=_quantity(storage.get("sizeLimit")), medium=storage.get("medium")),
+        )
+
+
+def _quantity(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class PollerReport:
+    """What one pod's poller writes under ``status.pollers[<pod name>]``."""
+
+    versions: tuple[int, ...] = ()
+    serving: int | None = None
+    last_sync: str | None = None
+    error: str | None = None
+    latest: int | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "versions": list(self.versions),
+            "serving": self.serving,
+            "latest": self.latest,
+            "lastSync": self.last_sync,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_status(cls, entry: Mapping[str, Any]) -> PollerReport:
+        return cls(
+            versions=tuple(int(v) for v in entry.get("versions") or ()),
+            serving=entry.get("serving"),
+            last_sync=entry.get("lastSync"),
+            error=entry.get("error"),
+            latest=entry.get("latest"),
+        )
+
+
+# Status field names, written by the operator (aggregates) and the pollers (their entry).
+STATUS_OBSERVED_GENERATION = "observedGeneration"
+STATUS_CONDITIONS = "conditions"
+STATUS_LATEST_VERSION = "latestVersion"
+STATUS_SERVING_VERSION = "servingVersion"
+STATUS_REPLICAS = "replicas"
+STATUS_READY_REPLICAS = "readyReplicas"
+STATUS_SELECTOR = "selector"
+STATUS_MODEL_NAME = "modelName"
+STATUS_POLLERS = "pollers"
+
+CONDITION_READY = "Ready"
+CONDITION_SYNCED = "Synced"
+CONDITION_DEGRADED = "Degraded"

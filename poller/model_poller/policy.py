@@ -1,0 +1,64 @@
+"""Which versions belong on disk: pure functions, no I/O.
+
+``keep N`` wants the newest N valid versions at the source; ``pinned`` wants exactly
+those versions (a rollback). Versions outside the policy are removed only once a version
+inside it is installed, so the model dir is never emptied while the source holds a
+valid version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AbstractSet, Iterable
+
+DEFAULT_KEEP = 2
+
+
+@dataclass(frozen=True)
+class Policy:
+    keep: int | None = DEFAULT_KEEP
+    pinned: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.keep is None) == (self.pinned is None):
+            raise ValueError("a policy is either keep=N or pinned=[...], not both and not neither")
+        if self.keep is not None and self.keep < 1:
+            raise ValueError(f"keep must be at least 1, got {self.keep}")
+        if self.pinned is not None and not self.pinned:
+            raise ValueError("pinned needs at least one version")
+
+    def describe(self) -> str:
+        if self.pinned is not None:
+            return "pinned " + ",".join(str(v) for v in sorted(self.pinned))
+        return f"keep {self.keep}"
+
+    def wanted(self, available: Iterable[int]) -> frozenset[int]:
+        """The versions that should be on disk, given the valid versions at the source."""
+        present = set(available)
+        if self.pinned is not None:
+            return frozenset(present & self.pinned)
+        assert self.keep is not None
+        return frozenset(sorted(present, reverse=True)[: self.keep])
+
+    def missing_pins(self, available: Iterable[int]) -> frozenset[int]:
+        """Pinned versions that are not (validly) at the source."""
+        if self.pinned is None:
+            return frozenset()
+        return frozenset(self.pinned - set(available))
+
+
+def install_order(wanted: AbstractSet[int], installed: AbstractSet[int]) -> list[int]:
+    """Wanted versions not yet on disk, newest first (the newest serves soonest)."""
+    return sorted(wanted - installed, reverse=True)
+
+
+def removable(wanted: AbstractSet[int], installed: AbstractSet[int], *, allowed: bool = True) -> list[int]:
+    """Installed versions outside the policy that may go now.
+
+    Nothing goes unless at least one wanted version is installed (never leave the dir
+    empty while the source holds a valid version) and ``allowed`` (TF Serving confirmed a
+    version inside the policy, when that is configured).
+    """
+    if not allowed or not (wanted & installed):
+        return []
+    return sorted(installed - wanted)

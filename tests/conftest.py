@@ -1,0 +1,107 @@
+"""Session fixtures that start the real services the suite runs against.
+
+Each service is started once per test session, on loopback, and stopped at the end. A
+missing binary or emulator fails the tests that need it with a message saying how to
+install it; nothing is skipped. See tests/services/README.md for the interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.gcs import FakeGcs
+from services.kube import KubeControlPlane
+from services.pubsub import PubSubEmulator
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_FILE = REPO / "crds" / "modeldeployments.modelpoller.dev.yaml"
+
+log = logging.getLogger("services")
+
+
+def _set_env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    yield
+    if old is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = old
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]:
+    """etcd + kube-apiserver with the ModelDeployment CRD applied and Established."""
+    plane = KubeControlPlane(tmp_path_factory.mktemp("kube"))
+    try:
+        plane.start()
+        apply_crd(plane)
+        yield plane
+    finally:
+        plane.stop()
+
+
+def apply_crd(plane: KubeControlPlane) -> None:
+    from kubernetes import client
+
+    api = client.ApiextensionsV1Api(plane.api_client())
+    body = yaml.safe_load(CRD_FILE.read_text())
+    api.create_custom_resource_definition(body)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        crd = api.read_custom_resource_definition(body["metadata"]["name"])
+        conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+        if conditions.get("Established") == "True":
+            log.info("CRD %s established", body["metadata"]["name"])
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"CRD {body['metadata']['name']} not Established after 30s")
+
+
+@pytest.fixture
+def namespace(kube: KubeControlPlane) -> str:
+    """A fresh namespace per test (left behind: without a namespace controller it never goes away)."""
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(kube.api_client()).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSubEmulator]:
+    emulator = PubSubEmulator(tmp_path_factory.mktemp("pubsub"))
+    try:
+        emulator.start()
+        yield from _set_env("PUBSUB_EMULATOR_HOST", emulator.host)
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory, pubsub_emulator: PubSubEmulator) -> Iterator[FakeGcs]:
+    """fake-gcs-server whose object notifications go to ``fake_gcs.notification_topic``."""
+    from google.cloud import pubsub_v1
+
+    server = FakeGcs(tmp_path_factory.mktemp("gcs"), pubsub_host=pubsub_emulator.host, project=pubsub_emulator.project)
+    pubsub_v1.PublisherClient().create_topic(name=server.notification_topic)
+    try:
+        server.start()
+        yield from _set_env("STORAGE_EMULATOR_HOST", server.url)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(fake_gcs: FakeGcs) -> Any:
+    """A fresh, empty bucket per test."""
+    return fake_gcs.client().create_bucket(f"b-{uuid.uuid4().hex[:12]}")

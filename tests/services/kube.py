@@ -1,0 +1,221 @@
+"""A real Kubernetes control plane for tests: etcd + a secured kube-apiserver on loopback.
+
+The same approach as controller-runtime's envtest. There is NO kubelet, scheduler or
+controller-manager: objects are stored and validated (admission, CEL, RBAC, PodSecurity,
+subresources, server-side apply and watches are all real), but Deployments never create
+ReplicaSets or Pods, and no token controller runs (use the TokenRequest API). A test that
+needs a pod creates it from the rendered template.
+
+Admin access is a static token (member of system:masters); service-account tokens are
+signed with a generated key, so ServiceAccounts, TokenRequest and RBAC work as in a cluster.
+An audit log of every write (level Metadata) lets tests count API writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+import secrets
+import ssl
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from services.binaries import binary
+from services.process import Service, free_port, port_open
+
+log = logging.getLogger("services.kube")
+
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+
+
+def _write_serving_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a loopback serving certificate signed by it: (ca.crt, tls.crt, tls.key)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "model-poller-test-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = _key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.DNSName("kubernetes.default.svc"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.crt", directory / "tls.crt", directory / "tls.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(_pem_key(key))
+    return paths
+
+
+@dataclass
+class KubeControlPlane:
+    workdir: Path
+    url: str = ""
+    token: str = ""
+    ca_file: Path = Path()
+    kubeconfig: Path = Path()
+    audit_log: Path = Path()
+    _services: list[Service] = field(default_factory=list)
+
+    def start(self) -> KubeControlPlane:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+        etcd = Service(
+            "etcd",
+            [
+                str(binary("etcd")),
+                "--data-dir", str(self.workdir / "etcd"),
+                "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+                "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",  # test data only; keeps the suite fast on slow disks
+                "--log-level", "warn",
+            ],
+            self.workdir / "etcd.log",
+        )
+        self._services.append(etcd)
+        etcd.wait_until(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), 60)
+
+        self.ca_file, tls_crt, tls_key = _write_serving_pki(self.workdir)
+        sa_key = self.workdir / "sa.key"
+        sa_key.write_bytes(_pem_key(_key()))
+        self.token = secrets.token_hex(16)
+        tokens = self.workdir / "tokens.csv"
+        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self.audit_log = self.workdir / "audit.log"
+        apiserver = Service(
+            "kube-apiserver",
+            [
+                str(binary("kube-apiserver")),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={tls_crt}",
+                f"--tls-private-key-file={tls_key}",
+                f"--token-auth-file={tokens}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={sa_key}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--authorization-mode=RBAC",
+                "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,"
+                "DefaultStorageClass,ResourceQuota,ValidatingAdmissionPolicy",
+                "--anonymous-auth=false",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+                f"--cert-dir={self.workdir / 'certs'}",
+                "--v=1",
+            ],
+            self.workdir / "kube-apiserver.log",
+        )
+        self._services.append(apiserver)
+        self.url = f"https://127.0.0.1:{api_port}"
+        apiserver.wait_until(self._ready, 120)
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump(self.kubeconfig_for("admin", self.token)))
+        log.info("kube-apiserver serving at %s (kubeconfig %s)", self.url, self.kubeconfig)
+        return self
+
+    def kubeconfig_for(self, user: str, token: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+            "current-context": "test",
+        }
+
+    def _ready(self) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        req = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    def api_client(self, token: str | None = None) -> Any:
+        """A kubernetes.client.ApiClient as admin, or as the holder of ``token``."""
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = self.url
+        cfg.ssl_ca_cert = str(self.ca_file)
+        cfg.api_key = {"authorization": token or self.token}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+        return client.ApiClient(cfg)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess (kubectl, kopf, the poller) talking to this server."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def stop(self) -> None:
+        for service in reversed(self._services):
+            service.stop()
+        self._services.clear()
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
+__all__ = ["KubeControlPlane", "port_open"]
