@@ -7,6 +7,7 @@ install it; nothing is skipped. See tests/services/README.md for the interface.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,14 +29,40 @@ CRD_FILE = REPO / "crds" / "modeldeployments.modelpoller.dev.yaml"
 log = logging.getLogger("services")
 
 
-def _set_env(name: str, value: str) -> Iterator[None]:
+class _TerminalHandler(logging.Handler):
+    """Shows service start/stop lines on the terminal, so every run says what it started."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        super().__init__(logging.INFO)
+        self.config = config
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(f"[services] {record.getMessage()}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger("services").addHandler(_TerminalHandler(config))
+    logging.getLogger("services").setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """Point the Google clients of this process (and its children) at an emulator."""
     old = os.environ.get(name)
     os.environ[name] = value
-    yield
-    if old is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = old
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +109,8 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSub
     emulator = PubSubEmulator(tmp_path_factory.mktemp("pubsub"))
     try:
         emulator.start()
-        yield from _set_env("PUBSUB_EMULATOR_HOST", emulator.host)
+        with _env("PUBSUB_EMULATOR_HOST", emulator.host):
+            yield emulator
     finally:
         emulator.stop()
 
@@ -96,7 +124,8 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory, pubsub_emulator: PubSubEm
     pubsub_v1.PublisherClient().create_topic(name=server.notification_topic)
     try:
         server.start()
-        yield from _set_env("STORAGE_EMULATOR_HOST", server.url)
+        with _env("STORAGE_EMULATOR_HOST", server.url):
+            yield server
     finally:
         server.stop()
 

@@ -1,0 +1,348 @@
+"""Pure status aggregation: what the pollers and the Deployment report -> the CR's status.
+
+Inputs are plain typed snapshots (built from the watch streams by ``handlers.py``); outputs
+are the desired status, the merge patch that gets there from the current status (empty in
+steady state, so nothing is written), and the Events worth posting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Mapping, Sequence
+
+from model_poller_api import models
+from model_poller_api.conditions import Condition, find_condition, set_condition
+
+# Reasons of the Ready condition.
+REASON_ALL_SERVING: Final = "AllReplicasServing"
+REASON_SCALED_TO_ZERO: Final = "ScaledToZero"
+REASON_INITIAL_SYNC: Final = "WaitingForInitialSync"
+REASON_NO_VERSION: Final = "NoVersionAtSource"
+REASON_NOT_READY: Final = "ReplicasNotReady"
+# Reasons of the Synced condition (set by the reconcile of the children only).
+REASON_APPLIED: Final = "ChildrenApplied"
+REASON_APPLY_FAILED: Final = "ApplyFailed"
+REASON_INVALID_NAME: Final = "InvalidName"
+# Reasons of the Degraded condition.
+REASON_AS_EXPECTED: Final = "AsExpected"
+REASON_SECRET_MISSING: Final = "CredentialsSecretMissing"
+REASON_PINNED_ABSENT: Final = "PinnedVersionAbsent"
+REASON_ACCESS_DENIED: Final = "AccessDenied"
+REASON_SOURCE_NOT_FOUND: Final = "SourceNotFound"
+REASON_POLLER_ERROR: Final = "PollerError"
+REASON_REPLICA_FAILURE: Final = "ReplicaFailure"
+REASON_ROLLOUT_STUCK: Final = "RolloutStuck"
+
+MAX_MESSAGE: Final = 1024
+
+# A poller's error may start with its own CamelCase reason ("AccessDenied: ..."); otherwise
+# the reason is guessed from well-known words.
+_REASON_PREFIX = re.compile(r"^([A-Z][A-Za-z0-9]+):\s")
+_ACCESS_DENIED = re.compile(r"\b(403|access denied|permission|forbidden|unauthori[sz]ed|401)\b", re.I)
+_PINNED_ABSENT = re.compile(r"pinned.*\b(absent|not found|missing|does not exist)\b", re.I)
+_NOT_FOUND = re.compile(r"\b(404|no such bucket|bucket .*not (found|exist)|not found)\b", re.I)
+
+_HINTS: Final = {
+    REASON_PINNED_ABSENT: "upload the pinned version to spec.source.uri or change spec.versions.pinned",
+    REASON_ACCESS_DENIED: (
+        "grant the poller's identity read access to the bucket (roles/storage.objectViewer), "
+        "or check the key in spec.source.credentialsSecret"
+    ),
+    REASON_SOURCE_NOT_FOUND: "check spec.source.uri (bucket and prefix)",
+}
+
+
+@dataclass(frozen=True)
+class PodState:
+    """One pod of a ModelDeployment, as the pods watch sees it."""
+
+    name: str
+    ready: bool = False
+
+    @classmethod
+    def from_object(cls, name: str, status: Mapping[str, Any]) -> PodState:
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+        )
+        return cls(name=name, ready=ready)
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """What the Deployment's status says, reduced to what the aggregate needs."""
+
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    # (type, status, reason, message) of the Deployment's conditions.
+    conditions: tuple[tuple[str, str, str, str], ...] = ()
+
+    @classmethod
+    def from_object(cls, status: Mapping[str, Any] | None) -> DeploymentState:
+        status = status or {}
+        return cls(
+            replicas=int(status.get("replicas") or 0),
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            updated_replicas=int(status.get("updatedReplicas") or 0),
+            conditions=tuple(
+                (
+                    str(c.get("type", "")),
+                    str(c.get("status", "")),
+                    str(c.get("reason", "")),
+                    str(c.get("message", "")),
+                )
+                for c in status.get("conditions") or ()
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the aggregate is a function of (besides the current status itself)."""
+
+    name: str
+    namespace: str
+    spec: models.ModelDeploymentSpec
+    deployment: DeploymentState | None
+    pods: tuple[PodState, ...]
+    # None: no secret configured, or the operator may not check it.
+    secret_missing: bool | None = None
+    extra_problems: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Synced:
+    """The outcome of applying the children, known only to the reconcile handler."""
+
+    generation: int
+    ok: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PostedEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def classify_poller_error(error: str) -> str:
+    """The Degraded reason for a poller's ``error`` string."""
+    match = _REASON_PREFIX.match(error)
+    if match:
+        return match.group(1)
+    if _PINNED_ABSENT.search(error):
+        return REASON_PINNED_ABSENT
+    if _ACCESS_DENIED.search(error):
+        return REASON_ACCESS_DENIED
+    if _NOT_FOUND.search(error):
+        return REASON_SOURCE_NOT_FOUND
+    return REASON_POLLER_ERROR
+
+
+def live_reports(status: Mapping[str, Any], pods: Sequence[PodState]) -> dict[str, models.PollerReport]:
+    """The pollers' reports of the pods that still exist."""
+    entries = status.get(models.STATUS_POLLERS) or {}
+    existing = {p.name for p in pods}
+    return {
+        name: models.PollerReport.from_status(entry or {})
+        for name, entry in sorted(entries.items())
+        if name in existing
+    }
+
+
+def stale_pollers(status: Mapping[str, Any], pods: Sequence[PodState]) -> list[str]:
+    """Entries under status.pollers whose pod no longer exists."""
+    existing = {p.name for p in pods}
+    return sorted(name for name in (status.get(models.STATUS_POLLERS) or {}) if name not in existing)
+
+
+def latest_version(reports: Mapping[str, models.PollerReport]) -> int | None:
+    seen = [r.latest for r in reports.values() if r.latest is not None]
+    seen += [max(r.versions) for r in reports.values() if r.versions]
+    return max(seen) if seen else None
+
+
+def serving_version(reports: Mapping[str, models.PollerReport], pods: Sequence[PodState]) -> int | None:
+    """The version every ready replica serves: the minimum over ready pods that report one."""
+    ready = {p.name for p in pods if p.ready}
+    serving = [r.serving for name, r in reports.items() if name in ready and r.serving is not None]
+    return min(serving) if serving else None
+
+
+def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> list[tuple[str, str]]:
+    """(reason, message) of everything that needs a user's attention, most important first."""
+    found: list[tuple[str, str]] = []
+    secret = observed.spec.source.credentials_secret
+    if observed.secret_missing and secret:
+        found.append(
+            (
+                REASON_SECRET_MISSING,
+                f"Secret {secret!r} (spec.source.credentialsSecret) does not exist in namespace "
+                f"{observed.namespace!r}; the pods cannot start until it does: kubectl -n {observed.namespace} "
+                f"create secret generic {secret} --from-file=key.json=<service-account key file>",
+            )
+        )
+    by_reason: dict[str, list[tuple[str, str]]] = {}
+    for pod, report in reports.items():
+        if report.error:
+            by_reason.setdefault(classify_poller_error(report.error), []).append((pod, report.error))
+    for reason, entries in sorted(by_reason.items(), key=lambda item: _reason_rank(item[0])):
+        pods = ", ".join(pod for pod, _ in entries)
+        hint = _HINTS.get(reason)
+        message = f"poller of pod {pods}: {entries[0][1]}" + (f" ({hint})" if hint else "")
+        found.append((reason, message))
+    for type_, status_, reason, message in (observed.deployment.conditions if observed.deployment else ()):
+        if type_ == "ReplicaFailure" and status_ == "True":
+            found.append((REASON_REPLICA_FAILURE, f"Deployment {observed.name}: {reason}: {message}"))
+        if type_ == "Progressing" and status_ == "False" and reason == "ProgressDeadlineExceeded":
+            found.append((REASON_ROLLOUT_STUCK, f"Deployment {observed.name}: {message}"))
+    found.extend(observed.extra_problems)
+    return found
+
+
+def _reason_rank(reason: str) -> int:
+    order = [REASON_ACCESS_DENIED, REASON_SOURCE_NOT_FOUND, REASON_PINNED_ABSENT]
+    return order.index(reason) if reason in order else len(order)
+
+
+def ready_condition(observed: Observed, reports: Mapping[str, models.PollerReport], serving: int | None) -> Condition:
+    desired = observed.spec.replicas
+    ready = observed.deployment.ready_replicas if observed.deployment else 0
+    uri = observed.spec.source.uri
+    if desired == 0:
+        return Condition("Ready", "True", REASON_SCALED_TO_ZERO, "spec.replicas is 0: nothing to serve")
+    if ready >= desired:
+        version = f", serving version {serving}" if serving is not None else ""
+        return Condition("Ready", "True", REASON_ALL_SERVING, f"{ready}/{desired} replicas ready{version}")
+    counts = f"{ready}/{desired} replicas ready"
+    if not reports:
+        return Condition(
+            "Ready",
+            "False",
+            REASON_INITIAL_SYNC,
+            f"{counts}: waiting for the pollers' first report (initial sync from {uri})",
+        )
+    if latest_version(reports) is None and not any(r.error for r in reports.values()):
+        return Condition(
+            "Ready",
+            "False",
+            REASON_NO_VERSION,
+            f"{counts}: no valid model version at {uri} yet; upload e.g. {uri}1.zip, or a {uri}1/ "
+            "folder with saved_model.pb and a _READY marker",
+        )
+    return Condition(
+        "Ready",
+        "False",
+        REASON_NOT_READY,
+        f"{counts}; see kubectl -n {observed.namespace} describe deployment {observed.name}",
+    )
+
+
+def degraded_condition(found: Sequence[tuple[str, str]]) -> Condition:
+    if not found:
+        return Condition(models.CONDITION_DEGRADED, "False", REASON_AS_EXPECTED, "")
+    reason = found[0][0]
+    return Condition(models.CONDITION_DEGRADED, "True", reason, _truncate("; ".join(m for _, m in found)))
+
+
+def desired_status(
+    current: Mapping[str, Any],
+    observed: Observed,
+    *,
+    now: str,
+    synced: Synced | None = None,
+    selector: str,
+) -> dict[str, Any]:
+    """The full status the operator wants (without ``pollers``, which the pollers own).
+
+    ``synced`` is given by the reconcile of the children; without it (the periodic
+    refresh), observedGeneration and the Synced condition are kept as they are.
+    """
+    reports = live_reports(current, observed.pods)
+    serving = serving_version(reports, observed.pods)
+    latest = latest_version(reports)
+    if latest is None:
+        # Nobody reports (e.g. scaled to zero): the source still holds what it held.
+        latest = current.get(models.STATUS_LATEST_VERSION)
+    generation = synced.generation if synced and synced.ok else current.get(models.STATUS_OBSERVED_GENERATION)
+
+    conditions: list[dict[str, Any]] = [dict(c) for c in current.get(models.STATUS_CONDITIONS) or ()]
+    if synced is not None:
+        conditions = set_condition(
+            conditions,
+            Condition(models.CONDITION_SYNCED, "True" if synced.ok else "False", synced.reason, _truncate(synced.message)),
+            now=now,
+            observed_generation=synced.generation,
+        )
+    condition_generation = generation if isinstance(generation, int) else None
+    conditions = set_condition(
+        conditions, ready_condition(observed, reports, serving), now=now, observed_generation=condition_generation
+    )
+    conditions = set_condition(
+        conditions,
+        degraded_condition(problems(observed, reports)),
+        now=now,
+        observed_generation=condition_generation,
+    )
+    order = {models.CONDITION_READY: 0, models.CONDITION_SYNCED: 1, models.CONDITION_DEGRADED: 2}
+    conditions.sort(key=lambda c: order.get(str(c.get("type")), len(order)))
+
+    return {
+        models.STATUS_OBSERVED_GENERATION: generation,
+        models.STATUS_MODEL_NAME: observed.spec.model_name,
+        models.STATUS_LATEST_VERSION: latest,
+        models.STATUS_SERVING_VERSION: serving,
+        models.STATUS_REPLICAS: observed.deployment.replicas if observed.deployment else 0,
+        models.STATUS_READY_REPLICAS: observed.deployment.ready_replicas if observed.deployment else 0,
+        models.STATUS_SELECTOR: selector,
+        models.STATUS_CONDITIONS: conditions,
+    }
+
+
+def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any], stale: Sequence[str]) -> dict[str, Any]:
+    """A JSON merge patch of ``status`` from ``current`` to ``desired``; {} when in sync.
+
+    A None in ``desired`` removes the field; stale pollers entries are removed by name.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        if value is None:
+            if current.get(key) is not None:
+                patch[key] = None
+        elif current.get(key) != value:
+            patch[key] = value
+    if stale:
+        patch[models.STATUS_POLLERS] = {name: None for name in stale}
+    return patch
+
+
+def events(current: Mapping[str, Any], desired: Mapping[str, Any], uri: str) -> list[PostedEvent]:
+    """Kubernetes Events for what changed between two statuses: versions and problems."""
+    posted: list[PostedEvent] = []
+    old_latest = current.get(models.STATUS_LATEST_VERSION)
+    new_latest = desired.get(models.STATUS_LATEST_VERSION)
+    if new_latest is not None and new_latest != old_latest:
+        posted.append(PostedEvent("Normal", "NewVersion", f"version {new_latest} is available at {uri}"))
+    old_serving = current.get(models.STATUS_SERVING_VERSION)
+    new_serving = desired.get(models.STATUS_SERVING_VERSION)
+    if new_serving is not None and new_serving != old_serving:
+        was = f" (was {old_serving})" if old_serving is not None else ""
+        posted.append(
+            PostedEvent("Normal", "ServingVersionChanged", f"every ready replica serves version {new_serving}{was}")
+        )
+    for type_ in (models.CONDITION_DEGRADED, models.CONDITION_SYNCED):
+        old = find_condition(current.get(models.STATUS_CONDITIONS) or (), type_) or {}
+        new = find_condition(desired.get(models.STATUS_CONDITIONS) or (), type_) or {}
+        bad = "True" if type_ == models.CONDITION_DEGRADED else "False"
+        if new.get("status") == bad and (old.get("status"), old.get("reason")) != (bad, new.get("reason")):
+            posted.append(PostedEvent("Warning", str(new.get("reason")), str(new.get("message"))))
+        elif old.get("status") == bad and new.get("status") not in (None, bad):
+            posted.append(PostedEvent("Normal", f"{type_}Resolved", f"{type_}: {new.get('reason')}"))
+    return posted

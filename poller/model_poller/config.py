@@ -1,0 +1,186 @@
+"""Typed settings, and how flags, MODEL_POLLER_* variables and the proof of concept's
+environment (PROJECT_ID, SUBSCRIPTION, SAVE_DIR) become them."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+from model_poller_api.models import parse_duration
+from model_poller_api.names import POLLER_HTTP_PORT
+
+from model_poller.errors import ConfigError
+from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO, Limits
+from model_poller.policy import DEFAULT_KEEP, Policy
+from model_poller.sources import validate_uri
+
+_T = TypeVar("_T")
+
+DEFAULT_POLL_INTERVAL = 60.0
+LOG_FORMATS = ("text", "json")
+_TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
+_SUBSCRIPTION = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30, "TI": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str
+    model_dir: Path
+    policy: Policy = field(default_factory=lambda: Policy(keep=DEFAULT_KEEP))
+    subscription: str | None = None
+    topic: str | None = None
+    project: str | None = None
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    once: bool = False
+    report_to: str | None = None
+    serving_url: str | None = None
+    model_name: str | None = None
+    http_port: int = POLLER_HTTP_PORT
+    limits: Limits = field(default_factory=Limits)
+    log_format: str = "text"
+    log_level: str = "INFO"
+    pod_name: str = field(default_factory=socket.gethostname)
+
+
+def parse_size(text: str) -> int:
+    """``1000``, ``50Gi``, ``50GiB``, ``10M`` -> bytes."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"invalid size {text!r}: use bytes or e.g. 500Mi, 50Gi")
+    unit = (match.group(2) or "").upper().rstrip("B")
+    return int(match.group(1)) * _UNITS[unit]
+
+
+def parse_interval(text: str) -> float:
+    """``60``, ``2.5``, ``90s``, ``5m``, ``1h`` -> seconds (> 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float(parse_duration(text))
+    if value <= 0:
+        raise ValueError(f"invalid interval {text!r}: must be positive")
+    return value
+
+
+def parse_pinned(text: str) -> frozenset[int]:
+    try:
+        versions = frozenset(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"invalid version list {text!r}: use e.g. 3 or 3,4") from None
+    if not versions or min(versions) < 0:
+        raise ValueError(f"invalid version list {text!r}: use e.g. 3 or 3,4")
+    return versions
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}: use true or false")
+
+
+def full_subscription(name: str, project: str | None) -> str:
+    if _SUBSCRIPTION.match(name):
+        return name
+    if "/" not in name and project:
+        return f"projects/{project}/subscriptions/{name}"
+    raise ConfigError(f"subscription {name!r}: use projects/P/subscriptions/S (or set --project / PROJECT_ID)")
+
+
+def full_topic(name: str, project: str | None) -> str:
+    if _TOPIC.match(name):
+        return name
+    if "/" not in name and project:
+        return f"projects/{project}/topics/{name}"
+    raise ConfigError(f"topic {name!r}: use projects/P/topics/T (or set --project / PROJECT_ID)")
+
+
+def pod_name(env: Mapping[str, str]) -> str:
+    return env.get("POD_NAME") or socket.gethostname()
+
+
+def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from resolved option values (flag, else MODEL_POLLER_*, else PoC env).
+
+    ``values`` maps option names (``model_dir``) to strings as typed; conversion errors
+    become ``ConfigError`` naming the option.
+    """
+
+    def text(key: str) -> str | None:
+        value = values.get(key)
+        if value is None or value == "":
+            return None
+        return str(value)
+
+    def convert(key: str, fn: Callable[[str], _T], default: _T) -> _T:
+        raw = text(key)
+        if raw is None:
+            return default
+        try:
+            return fn(raw)
+        except ValueError as exc:
+            raise ConfigError(f"--{key.replace('_', '-')}: {exc}") from None
+
+    source = text("source")
+    if source is None:
+        raise ConfigError("--source is required (or MODEL_POLLER_SOURCE): gs://bucket/prefix/ or file:///dir/")
+    validate_uri(source)
+    model_dir = text("model_dir")
+    if model_dir is None:
+        raise ConfigError("--model-dir is required (or MODEL_POLLER_MODEL_DIR, or SAVE_DIR)")
+
+    keep = convert("keep", int, None)
+    pinned = convert("pinned", parse_pinned, None)
+    if keep is not None and pinned is not None:
+        raise ConfigError("--keep and --pinned are mutually exclusive")
+    if keep is not None and keep < 1:
+        raise ConfigError(f"--keep must be at least 1, got {keep}")
+    policy = Policy(keep=None, pinned=pinned) if pinned is not None else Policy(keep=keep or DEFAULT_KEEP)
+
+    project = text("project")
+    subscription = text("subscription")
+    topic = text("topic")
+    if subscription and topic:
+        raise ConfigError("--subscription and --topic are mutually exclusive")
+    log_format = text("log_format") or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    limits = Limits(
+        max_files=convert("max_files", int, DEFAULT_MAX_FILES),
+        max_bytes=convert("max_bytes", parse_size, DEFAULT_MAX_BYTES),
+        max_ratio=convert("max_ratio", float, DEFAULT_MAX_RATIO),
+    )
+    if limits.max_files < 1 or limits.max_bytes < 1 or limits.max_ratio <= 1:
+        raise ConfigError("--max-files and --max-bytes must be positive, --max-ratio above 1")
+    http_port = convert("http_port", int, POLLER_HTTP_PORT)
+    if not 0 <= http_port <= 65535:
+        raise ConfigError(f"--http-port {http_port} is not a port")
+    once = values.get("once")
+    return Settings(
+        source=source,
+        model_dir=Path(model_dir),
+        policy=policy,
+        subscription=full_subscription(subscription, project) if subscription else None,
+        topic=full_topic(topic, project) if topic else None,
+        project=project,
+        poll_interval=convert("poll_interval", parse_interval, DEFAULT_POLL_INTERVAL),
+        once=once if isinstance(once, bool) else convert("once", parse_bool, False),
+        report_to=text("report_to"),
+        serving_url=text("serving_url"),
+        model_name=text("model_name"),
+        http_port=http_port,
+        limits=limits,
+        log_format=log_format,
+        log_level=(text("log_level") or "INFO").upper(),
+        pod_name=pod_name(env),
+    )
+

@@ -1,0 +1,233 @@
+"""Pub/Sub notifications from Cloud Storage: hints that something changed at the source.
+
+Two modes:
+- ``--subscription``: a shared subscription (one replica hears each message; the poll
+  interval is the safety net for the others).
+- ``--topic``: this replica creates its own subscription on the topic, named from
+  ``POD_NAME`` (or the host name), filtered on the bucket and prefix where the server
+  supports filters, with an expiration policy so a dead pod's subscription goes away;
+  it is deleted on clean shutdown. Every replica hears of every version.
+
+Messages are handed to the poller as ``Hint``s; the poller acks them once handled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from model_poller.errors import NotificationError
+from model_poller.text import one_line
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_TTL_SECONDS = 24 * 3600  # the minimum Pub/Sub allows
+ACK_DEADLINE_SECONDS = 60
+RETENTION_SECONDS = 600
+FINALIZE = "OBJECT_FINALIZE"
+DELETE = "OBJECT_DELETE"
+_INVALID = re.compile(r"[^a-z0-9-]+")
+
+
+@dataclass
+class Hint:
+    """One notification: an object changed. ``ack``/``nack`` settle the message."""
+
+    bucket: str
+    name: str
+    generation: int | None
+    event: str
+    published: float
+    message: Any = None
+
+    @property
+    def key(self) -> tuple[str, str, int | None, str]:
+        return (self.bucket, self.name, self.generation, self.event)
+
+    def ack(self) -> None:
+        if self.message is not None:
+            self.message.ack()
+
+    def nack(self) -> None:
+        if self.message is not None:
+            self.message.nack()
+
+
+def subscription_name(project: str, pod: str, topic: str, source: str) -> str:
+    """``projects/P/subscriptions/model-poller-<pod>-<hash>``: stable across restarts of
+    one pod (a crashed pod's subscription is reused, then expires), distinct per pod."""
+    slug = _INVALID.sub("-", pod.lower()).strip("-")[:180] or "poller"
+    digest = hashlib.sha256(f"{topic}\n{source}".encode()).hexdigest()[:8]
+    return f"projects/{project}/subscriptions/model-poller-{slug}-{digest}"
+
+
+def subscription_filter(bucket: str, prefix: str) -> str:
+    expr = f'attributes.bucketId = "{bucket}"'
+    if prefix:
+        expr += f' AND hasPrefix(attributes.objectId, "{prefix}")'
+    return expr
+
+
+def hint_from_message(message: Any) -> Hint | None:
+    """A Hint from a Cloud Storage notification, or None for any other message."""
+    attrs = dict(message.attributes or {})
+    bucket = attrs.get("bucketId")
+    name = attrs.get("objectId")
+    if not bucket or not name:
+        return None
+    generation: int | None
+    try:
+        generation = int(attrs.get("objectGeneration", ""))
+    except ValueError:
+        generation = None
+    published = time.time()
+    publish_time = getattr(message, "publish_time", None)
+    if publish_time is not None:
+        try:
+            published = float(publish_time.timestamp())
+        except (AttributeError, ValueError, OSError):
+            pass
+    return Hint(bucket=bucket, name=name, generation=generation, event=attrs.get("eventType", ""),
+                published=published, message=message)
+
+
+class Notifications:
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str,
+        on_hint: Callable[[Hint], None],
+        subscription: str | None = None,
+        topic: str | None = None,
+        pod: str = "poller",
+        source_uri: str = "",
+    ) -> None:
+        if (subscription is None) == (topic is None):
+            raise ValueError("exactly one of subscription or topic")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.topic = topic
+        self.own = topic is not None
+        if topic is not None:
+            project = topic.split("/")[1]
+            self.subscription = subscription_name(project, pod, topic, source_uri)
+        else:
+            assert subscription is not None
+            self.subscription = subscription
+        self._on_hint = on_hint
+        self._client: Any = None
+        self._future: Any = None
+        self._failed = threading.Event()
+
+    @property
+    def failed(self) -> bool:
+        """True when the streaming pull died; ``start()`` again (with backoff)."""
+        return self._failed.is_set()
+
+    def start(self) -> None:
+        """Create (topic mode) or check (shared mode) the subscription, start pulling.
+
+        Raises ``NotificationError`` with one line (missing topic, denied, unreachable).
+        """
+        from google.api_core import exceptions as api
+        from google.cloud import pubsub_v1
+
+        self._failed.clear()
+        if self._client is None:
+            try:
+                self._client = pubsub_v1.SubscriberClient()
+            except Exception as exc:  # noqa: BLE001 - credential trouble becomes one line
+                raise NotificationError(f"cannot create a Pub/Sub client: {one_line(exc, 240)}") from None
+        try:
+            if self.own:
+                self._create_own()
+            else:
+                self._client.get_subscription(request={"subscription": self.subscription}, timeout=30)
+        except api.NotFound:
+            what = f"topic {self.topic}" if self.own else f"subscription {self.subscription}"
+            raise NotificationError(f"{what} does not exist") from None
+        except (api.PermissionDenied, api.Unauthenticated) as exc:
+            raise NotificationError(f"Pub/Sub access denied for {self.subscription}: {_message(exc)}") from None
+        except api.GoogleAPICallError as exc:
+            raise NotificationError(f"Pub/Sub error for {self.subscription}: {_message(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - auth/transport errors, one line
+            raise NotificationError(f"Pub/Sub unreachable for {self.subscription}: {one_line(exc, 240)}") from None
+
+        flow = pubsub_v1.types.FlowControl(max_messages=1000, max_lease_duration=3600)
+        self._future = self._client.subscribe(self.subscription, callback=self._receive, flow_control=flow)
+        self._future.add_done_callback(self._done)
+        log.info("listening for notifications on %s", self.subscription)
+
+    def _create_own(self) -> None:
+        from google.api_core import exceptions as api
+
+        request: dict[str, Any] = {
+            "name": self.subscription,
+            "topic": self.topic,
+            "ack_deadline_seconds": ACK_DEADLINE_SECONDS,
+            "expiration_policy": {"ttl": {"seconds": SUBSCRIPTION_TTL_SECONDS}},
+            "message_retention_duration": {"seconds": RETENTION_SECONDS},
+            "filter": subscription_filter(self.bucket, self.prefix),
+        }
+        try:
+            self._client.create_subscription(request=request, timeout=30)
+        except api.AlreadyExists:
+            log.info("reusing subscription %s (left by an earlier run of this pod)", self.subscription)
+            return
+        except api.InvalidArgument as exc:
+            log.info("subscription filters not supported here (%s); filtering in the poller", _message(exc))
+            del request["filter"]
+            try:
+                self._client.create_subscription(request=request, timeout=30)
+            except api.AlreadyExists:
+                log.info("reusing subscription %s", self.subscription)
+                return
+        log.info("created subscription %s on %s", self.subscription, self.topic)
+
+    def _receive(self, message: Any) -> None:
+        hint = hint_from_message(message)
+        if hint is None or hint.bucket != self.bucket or not hint.name.startswith(self.prefix):
+            message.ack()  # not about our source
+            return
+        self._on_hint(hint)
+
+    def _done(self, future: Any) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("notification stream for %s stopped: %s", self.subscription, _message(exc))
+            self._failed.set()
+
+    def stop(self) -> None:
+        """Stop pulling; in topic mode delete our own subscription."""
+        if self._future is not None:
+            self._future.cancel()
+            try:
+                self._future.result(timeout=10)
+            except Exception:  # noqa: BLE001 - cancelled or already failed
+                pass
+            self._future = None
+        if self._client is None:
+            return
+        if self.own:
+            try:
+                self._client.delete_subscription(request={"subscription": self.subscription}, timeout=10)
+                log.info("deleted subscription %s", self.subscription)
+            except Exception as exc:  # noqa: BLE001 - it expires on its own anyway
+                log.warning("could not delete subscription %s: %s", self.subscription, _message(exc))
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._client = None
+
+
+def _message(exc: BaseException) -> str:
+    return one_line(getattr(exc, "message", None) or exc, 240)

@@ -1,0 +1,292 @@
+"""The long-running poller and the ``--once`` burst mode.
+
+``Poller.run()``: start the HTTP endpoints, prepare the model dir, subscribe (when
+configured), run the initial sync, turn ready, then sync on every notification and every
+poll interval until SIGTERM. Signals only set a flag; the loop finishes or abandons the
+current install cleanly, deletes its own subscription and returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import OrderedDict
+from types import FrameType
+
+from model_poller.config import Settings
+from model_poller.errors import Abandoned, PollerError
+from model_poller.http import HttpServer, Probes
+from model_poller.install import ModelDir
+from model_poller.metrics import Metrics
+from model_poller.notifications import DELETE, Hint, Notifications
+from model_poller.report import NullReporter, RemovalGate, Reporter
+from model_poller.sources import Source, open_source
+from model_poller.sync import Engine, SyncOutcome
+from model_poller.versions import READY_MARKER, parse_archive_name
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_CONFIG = 2
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+_HANDLED_MEMORY = 10_000
+
+
+class Backoff:
+    def __init__(self, start: float = BACKOFF_START, cap: float = BACKOFF_MAX) -> None:
+        self.start = start
+        self.cap = cap
+        self.delay = 0.0
+
+    def fail(self) -> float:
+        self.delay = min(self.cap, self.delay * 2 if self.delay else self.start)
+        return self.delay
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+
+class Poller:
+    def __init__(self, settings: Settings, reporter: Reporter | None = None, gate: RemovalGate | None = None) -> None:
+        self.settings = settings
+        self.reporter: Reporter = reporter or NullReporter()
+        self.gate = gate
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.metrics = Metrics()
+        self.probes = Probes(self.metrics.render)
+        self.model_dir = ModelDir(settings.model_dir)
+        self._hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+        self._handled: OrderedDict[tuple[str, str, int | None, str], None] = OrderedDict()
+        self._source: Source | None = None
+        self._engine: Engine | None = None
+        self._notifications: Notifications | None = None
+
+    # -- burst mode -------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """One full sync; 0 if the model dir holds the policy's versions."""
+        try:
+            self._prepare()
+            assert self._engine is not None
+            outcome = self._engine.sync()
+        except PollerError as exc:
+            log.error("sync failed: %s", exc)
+            return EXIT_INCOMPLETE
+        except Abandoned:
+            log.warning("stopped before the sync finished")
+            return EXIT_INCOMPLETE
+        finally:
+            self._close_source()
+        self.reporter.report(outcome.report())
+        if outcome.complete:
+            log.info("in sync: versions %s on disk (%s)", list(outcome.on_disk), self.settings.policy.describe())
+            return EXIT_OK
+        log.error("not in sync: %s", outcome.reason())
+        return EXIT_INCOMPLETE
+
+    # -- long-running -------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        http = HttpServer(self.settings.http_port, self.probes)
+        http.start()
+        if self.settings.serving_url:
+            log.warning("--serving-url is accepted but TF Serving confirmation is not implemented yet; "
+                        "removal waits only for a version inside the policy on disk")
+        if self.settings.report_to:
+            log.warning("--report-to is accepted but status reporting is not implemented yet")
+        try:
+            self._start_with_retry()
+            if not self.stop.is_set():
+                self._loop()
+        finally:
+            if self._notifications is not None:
+                self._notifications.stop()
+            self._close_source()
+            http.stop()
+        log.info("stopped")
+        return EXIT_OK
+
+    def _prepare(self) -> None:
+        removed = self.model_dir.prepare()
+        if removed:
+            log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
+        if self._source is None:
+            self._source = open_source(self.settings.source, self.settings.project)
+        self._engine = Engine(
+            self._source, self.model_dir, self.settings.policy, self.settings.limits, self.stop, self.metrics, self.gate
+        )
+
+    def _start_with_retry(self) -> None:
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                if self._engine is None:
+                    self._prepare()
+                self._start_notifications()
+                return
+            except PollerError as exc:
+                delay = backoff.fail()
+                log.error("%s (retrying in %.0fs)", exc, delay)
+                self.stop.wait(delay)
+
+    def _start_notifications(self) -> None:
+        s = self.settings
+        if not (s.topic or s.subscription) or self._notifications is not None and not self._notifications.failed:
+            return
+        if self._notifications is None:
+            from model_poller.sources.gcs import parse_gs_uri
+
+            if not s.source.startswith("gs://"):
+                log.warning("notifications only describe gs:// sources; %s is polled every %gs", s.source, s.poll_interval)
+                return
+            bucket, prefix = parse_gs_uri(s.source)
+            self._notifications = Notifications(
+                bucket=bucket, prefix=prefix, on_hint=self._on_hint, subscription=s.subscription,
+                topic=s.topic, pod=s.pod_name, source_uri=s.source,
+            )
+        self._notifications.start()
+
+    def _on_hint(self, hint: Hint) -> None:
+        self._hints.put(hint)
+        self.wake.set()
+
+    def _drain(self) -> list[Hint]:
+        hints = []
+        while True:
+            try:
+                hints.append(self._hints.get_nowait())
+            except queue.Empty:
+                return hints
+
+    def _needs_sync(self, hint: Hint) -> bool:
+        """False for a hint that cannot change anything: a duplicate, a redelivery of
+        something handled, an installed or rejected upload, a file of an unready folder."""
+        assert self._engine is not None
+        if hint.key in self._handled:
+            return False
+        if hint.event == DELETE:
+            return True
+        assert self._notifications is not None
+        relative = hint.name[len(self._notifications.prefix):]
+        head, sep, rest = relative.partition("/")
+        if not sep:
+            parsed = parse_archive_name(relative)
+            if parsed is None:
+                return False
+            version = parsed[0]
+        elif rest == READY_MARKER and head.isdigit():
+            version = int(head)
+        else:
+            return False  # a folder version's file: its _READY marker's notification matters
+        return hint.generation is None or not self._engine.known(version, hint.generation)
+
+    def _remember(self, hint: Hint) -> None:
+        self._handled[hint.key] = None
+        while len(self._handled) > _HANDLED_MEMORY:
+            self._handled.popitem(last=False)
+
+    def _loop(self) -> None:
+        assert self._engine is not None
+        interval = self.settings.poll_interval
+        next_sync = 0.0  # the initial sync, now
+        backoff = Backoff(cap=min(BACKOFF_MAX, interval))
+        notify_backoff = Backoff()
+        next_notify_retry = 0.0
+        waiting: list[Hint] = []
+        while not self.stop.is_set():
+            for hint in self._drain():
+                if self._needs_sync(hint):
+                    waiting.append(hint)
+                    self.metrics.notifications.labels(outcome="sync").inc()
+                else:
+                    self.metrics.notifications.labels(outcome="ignored").inc()
+                    self._remember(hint)
+                    hint.ack()
+            now = time.monotonic()
+            if self._notifications is not None and self._notifications.failed and now >= next_notify_retry:
+                try:
+                    self._notifications.start()
+                    notify_backoff.reset()
+                except PollerError as exc:
+                    next_notify_retry = now + notify_backoff.fail()
+                    log.error("%s (retrying in %.0fs)", exc, notify_backoff.delay)
+            if now >= next_sync or (waiting and backoff.delay == 0):
+                outcome = self._sync(waiting)
+                if outcome is None and self.stop.is_set():
+                    break
+                if outcome is not None and outcome.complete:
+                    backoff.reset()
+                    next_sync = time.monotonic() + interval
+                else:
+                    next_sync = time.monotonic() + backoff.fail()
+                waiting = []
+            self.wake.wait(max(0.0, min(next_sync - time.monotonic(), max(0.0, next_notify_retry - now) or interval)))
+            self.wake.clear()
+        for hint in waiting:
+            hint.nack()
+
+    def _sync(self, hints: list[Hint]) -> SyncOutcome | None:
+        """One sync for the loop; settles ``hints``. None if the source could not be listed."""
+        assert self._engine is not None
+        try:
+            outcome = self._engine.sync()
+        except Abandoned:
+            log.info("stop requested: current install abandoned, staging removed")
+            for hint in hints:
+                hint.nack()
+            return None
+        except PollerError as exc:
+            self.metrics.sync_errors.inc()
+            log.error("sync failed: %s", exc)
+            for hint in hints:
+                hint.nack()
+            return None
+        installed = {r.version for r in outcome.installed}
+        now = time.time()
+        for hint in hints:
+            version = self._hint_version(hint)
+            if version is not None and version in installed:
+                self.metrics.notification_latency.observe(max(0.0, now - hint.published))
+            self._remember(hint)
+            hint.ack()
+        self.probes.ready.set()
+        if set(outcome.wanted) & set(outcome.on_disk):
+            self.probes.serving.set()
+        else:
+            self.probes.serving.clear()
+        self.reporter.report(outcome.report())
+        if not outcome.complete:
+            log.warning("not in sync yet: %s", outcome.reason())
+        return outcome
+
+    def _hint_version(self, hint: Hint) -> int | None:
+        assert self._notifications is not None
+        relative = hint.name[len(self._notifications.prefix):]
+        head, sep, _ = relative.partition("/")
+        if sep:
+            return int(head) if head.isdigit() else None
+        parsed = parse_archive_name(relative)
+        return parsed[0] if parsed else None
+
+    def _close_source(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+            self._engine = None

@@ -1,0 +1,41 @@
+"""Fixtures of the operator tests: golden files and the sample specs they are rendered from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+GOLDEN = HERE / "golden"
+
+# The owner every golden file is rendered for; integration tests substitute their own.
+GOLDEN_NAMESPACE = "ml"
+GOLDEN_UID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="session")
+def cases() -> dict[str, dict[str, Any]]:
+    """ModelDeployment specs by case name (tests/operator/cases.yaml)."""
+    with open(HERE / "cases.yaml", encoding="utf-8") as fh:
+        loaded: dict[str, dict[str, Any]] = yaml.safe_load(fh)
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def golden() -> Callable[[str], list[dict[str, Any]]]:
+    """Load golden/<case>.yaml: the rendered children of that case, in apply order."""
+
+    def load(case: str) -> list[dict[str, Any]]:
+        with open(GOLDEN / f"{case}.yaml", encoding="utf-8") as fh:
+            return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def update_golden() -> bool:
+    return os.environ.get("UPDATE_GOLDEN", "") not in ("", "0")

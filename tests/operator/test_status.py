@@ -1,0 +1,203 @@
+"""Unit tests of the pure status aggregation (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_poller_api import models
+from model_poller_api.conditions import find_condition
+from model_poller_operator import status as st
+
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T00:05:00Z"
+SELECTOR = "app.kubernetes.io/instance=m,app.kubernetes.io/name=model-poller"
+
+
+def spec(**overrides: Any) -> models.ModelDeploymentSpec:
+    raw: dict[str, Any] = {"replicas": 2, "source": {"uri": "gs://b/m/"}}
+    raw.update(overrides)
+    return models.ModelDeploymentSpec.from_object("m", raw)
+
+
+def observed(
+    pods: tuple[st.PodState, ...] = (),
+    ready: int = 0,
+    want: int = 2,
+    secret_missing: bool | None = None,
+    conditions: tuple[tuple[str, str, str, str], ...] = (),
+    **spec_overrides: Any,
+) -> st.Observed:
+    return st.Observed(
+        name="m",
+        namespace="ml",
+        spec=spec(replicas=want, **spec_overrides),
+        deployment=st.DeploymentState(replicas=want, ready_replicas=ready, updated_replicas=want, conditions=conditions),
+        pods=pods,
+        secret_missing=secret_missing,
+    )
+
+
+def entry(versions: list[int], serving: int | None, latest: int | None = None, error: str | None = None) -> dict[str, Any]:
+    return models.PollerReport(versions=tuple(versions), serving=serving, latest=latest, error=error, last_sync=NOW).to_status()
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = find_condition(status[models.STATUS_CONDITIONS], type_)
+    assert found is not None, f"no {type_} condition in {status}"
+    return dict(found)
+
+
+def test_aggregates_versions_over_existing_pods() -> None:
+    pods = (st.PodState("m-a", ready=True), st.PodState("m-b", ready=True), st.PodState("m-c", ready=False))
+    current = {
+        "pollers": {
+            "m-a": entry([2, 3], 3, latest=3),
+            "m-b": entry([1, 2], 2, latest=3),
+            "m-c": entry([], None, latest=4),  # not ready: does not lower servingVersion
+            "m-gone": entry([9], 9, latest=9),  # pod deleted: ignored and pruned
+        }
+    }
+    desired = st.desired_status(current, observed(pods, ready=2), now=NOW, selector=SELECTOR)
+    assert desired[models.STATUS_LATEST_VERSION] == 4
+    assert desired[models.STATUS_SERVING_VERSION] == 2
+    assert desired[models.STATUS_READY_REPLICAS] == 2
+    assert desired[models.STATUS_REPLICAS] == 2
+    assert desired[models.STATUS_SELECTOR] == SELECTOR
+    assert desired[models.STATUS_MODEL_NAME] == "m"
+    assert cond(desired, "Ready")["status"] == "True"
+    assert cond(desired, "Ready")["reason"] == st.REASON_ALL_SERVING
+    assert cond(desired, "Degraded")["status"] == "False"
+    assert st.stale_pollers(current, pods) == ["m-gone"]
+    patch = st.status_patch(current, desired, st.stale_pollers(current, pods))
+    assert patch["pollers"] == {"m-gone": None}
+
+
+def test_steady_state_makes_an_empty_patch() -> None:
+    pods = (st.PodState("m-a", ready=True),)
+    current: dict[str, Any] = {"pollers": {"m-a": entry([3], 3, latest=3)}}
+    obs = observed(pods, ready=1, want=1)
+    synced = st.Synced(generation=3, ok=True, reason=st.REASON_APPLIED, message="applied")
+    first = st.desired_status(current, obs, now=NOW, synced=synced, selector=SELECTOR)
+    stored = {**current, **{k: v for k, v in first.items() if v is not None}}
+    again = st.desired_status(stored, obs, now=LATER, selector=SELECTOR)
+    assert st.status_patch(stored, again, st.stale_pollers(stored, pods)) == {}
+    # The reconcile of the same generation does not change anything either.
+    again = st.desired_status(stored, obs, now=LATER, synced=synced, selector=SELECTOR)
+    assert st.status_patch(stored, again, []) == {}
+
+
+def test_last_transition_time_moves_only_with_status() -> None:
+    pods = (st.PodState("m-a", ready=False),)
+    current: dict[str, Any] = {"pollers": {"m-a": entry([3], None, latest=3)}}
+    first = st.desired_status(current, observed(pods, ready=0), now=NOW, selector=SELECTOR)
+    assert cond(first, "Ready")["lastTransitionTime"] == NOW
+    stored = {**current, **first}
+    ready_pods = (st.PodState("m-a", ready=True), st.PodState("m-b", ready=True))
+    stored["pollers"]["m-b"] = entry([3], 3, latest=3)
+    stored["pollers"]["m-a"] = entry([3], 3, latest=3)
+    second = st.desired_status(stored, observed(ready_pods, ready=2), now=LATER, selector=SELECTOR)
+    assert cond(second, "Ready")["status"] == "True"
+    assert cond(second, "Ready")["lastTransitionTime"] == LATER
+    assert cond(second, "Degraded")["lastTransitionTime"] == NOW
+
+
+def test_ready_reasons_tell_the_user_what_to_do() -> None:
+    waiting = st.desired_status({}, observed(), now=NOW, selector=SELECTOR)
+    assert cond(waiting, "Ready")["reason"] == st.REASON_INITIAL_SYNC
+    assert "gs://b/m/" in cond(waiting, "Ready")["message"]
+    pods = (st.PodState("m-a"),)
+    empty = st.desired_status({"pollers": {"m-a": entry([], None)}}, observed(pods), now=NOW, selector=SELECTOR)
+    assert cond(empty, "Ready")["reason"] == st.REASON_NO_VERSION
+    assert "gs://b/m/1.zip" in cond(empty, "Ready")["message"]
+    partial = st.desired_status(
+        {"pollers": {"m-a": entry([1], 1, latest=1)}}, observed((st.PodState("m-a", True),), ready=1), now=NOW, selector=SELECTOR
+    )
+    assert cond(partial, "Ready")["reason"] == st.REASON_NOT_READY
+    assert "1/2 replicas ready" in cond(partial, "Ready")["message"]
+    assert "describe deployment m" in cond(partial, "Ready")["message"]
+    zero = st.desired_status({}, observed(want=0), now=NOW, selector=SELECTOR)
+    assert cond(zero, "Ready")["reason"] == st.REASON_SCALED_TO_ZERO
+    assert zero[models.STATUS_SERVING_VERSION] is None
+
+
+def test_missing_secret_is_degraded_with_the_command_that_fixes_it() -> None:
+    obs = observed(secret_missing=True, source={"uri": "gs://b/m/", "credentialsSecret": "gcs-key"})
+    desired = st.desired_status({}, obs, now=NOW, selector=SELECTOR)
+    degraded = cond(desired, "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == st.REASON_SECRET_MISSING
+    assert "kubectl -n ml create secret generic gcs-key" in degraded["message"]
+    events = st.events({}, desired, "gs://b/m/")
+    assert st.PostedEvent("Warning", st.REASON_SECRET_MISSING, degraded["message"]) in events
+
+
+def test_poller_errors_become_degraded_reasons() -> None:
+    pods = (st.PodState("m-a", True), st.PodState("m-b", True), st.PodState("m-c", True))
+    current = {
+        "pollers": {
+            "m-a": entry([2], 2, latest=2, error="pinned version 7 is absent at gs://b/m/"),
+            "m-b": entry([2], 2, latest=2, error="403 GET https://storage.googleapis.com/...: access denied"),
+            "m-c": entry([2], 2, latest=2, error="AccessDenied: caller lacks storage.objects.list"),
+        }
+    }
+    desired = st.desired_status(current, observed(pods, ready=3, want=3), now=NOW, selector=SELECTOR)
+    degraded = cond(desired, "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == st.REASON_ACCESS_DENIED
+    assert "m-b, m-c" in degraded["message"]
+    assert "roles/storage.objectViewer" in degraded["message"]
+    assert "pinned version 7" in degraded["message"]
+    assert st.classify_poller_error("pinned version 7 not found at the source") == st.REASON_PINNED_ABSENT
+    assert st.classify_poller_error("bad archive 3.zip: checksum mismatch") == st.REASON_POLLER_ERROR
+    assert st.classify_poller_error("404 bucket not found") == st.REASON_SOURCE_NOT_FOUND
+
+
+def test_deployment_failures_are_degraded() -> None:
+    obs = observed(
+        conditions=(
+            ("ReplicaFailure", "True", "FailedCreate", 'pods "m-x" is forbidden: violates PodSecurity "restricted"'),
+        )
+    )
+    desired = st.desired_status({}, obs, now=NOW, selector=SELECTOR)
+    assert cond(desired, "Degraded")["reason"] == st.REASON_REPLICA_FAILURE
+    assert "PodSecurity" in cond(desired, "Degraded")["message"]
+
+
+def test_synced_and_observed_generation_come_from_the_reconcile_only() -> None:
+    failed = st.Synced(generation=2, ok=False, reason=st.REASON_APPLY_FAILED, message="Deployment m: 422 Invalid")
+    desired = st.desired_status({models.STATUS_OBSERVED_GENERATION: 1}, observed(), now=NOW, synced=failed, selector=SELECTOR)
+    assert desired[models.STATUS_OBSERVED_GENERATION] == 1
+    assert cond(desired, "Synced")["status"] == "False"
+    assert cond(desired, "Synced")["observedGeneration"] == 2
+    refreshed = st.desired_status({**desired}, observed(), now=LATER, selector=SELECTOR)
+    assert cond(refreshed, "Synced") == cond(desired, "Synced")
+    assert [c["type"] for c in refreshed[models.STATUS_CONDITIONS]] == ["Ready", "Synced", "Degraded"]
+
+
+def test_events_on_version_changes() -> None:
+    before = {models.STATUS_LATEST_VERSION: 2, models.STATUS_SERVING_VERSION: 2, models.STATUS_CONDITIONS: []}
+    after = {models.STATUS_LATEST_VERSION: 3, models.STATUS_SERVING_VERSION: 3, models.STATUS_CONDITIONS: []}
+    assert st.events(before, after, "gs://b/m/") == [
+        st.PostedEvent("Normal", "NewVersion", "version 3 is available at gs://b/m/"),
+        st.PostedEvent("Normal", "ServingVersionChanged", "every ready replica serves version 3 (was 2)"),
+    ]
+    assert st.events(after, after, "gs://b/m/") == []
+
+
+def test_latest_version_is_kept_when_nobody_reports() -> None:
+    desired = st.desired_status({models.STATUS_LATEST_VERSION: 5}, observed(want=0), now=NOW, selector=SELECTOR)
+    assert desired[models.STATUS_LATEST_VERSION] == 5
+
+
+def test_status_patch_clears_fields_that_became_unknown() -> None:
+    current = {models.STATUS_SERVING_VERSION: 3, models.STATUS_REPLICAS: 1}
+    desired = {models.STATUS_SERVING_VERSION: None, models.STATUS_REPLICAS: 1, models.STATUS_LATEST_VERSION: None}
+    assert st.status_patch(current, desired, []) == {models.STATUS_SERVING_VERSION: None}
+
+
+def test_pod_and_deployment_state_from_objects() -> None:
+    assert st.PodState.from_object("p", {"conditions": [{"type": "Ready", "status": "True"}]}).ready
+    assert not st.PodState.from_object("p", {}).ready
+    d = st.DeploymentState.from_object({"replicas": 2, "readyReplicas": 1})
+    assert (d.replicas, d.ready_replicas, d.updated_replicas) == (2, 1, 0)
+    assert st.DeploymentState.from_object(None) == st.DeploymentState()
