@@ -50,6 +50,11 @@ class Syncer:
             os.close(fd)
             raise
 
+    def write_back(self, fd: int) -> None:
+        """Start writing ``fd``'s data to disk now, while more is written (the caller
+        keeps ``fd``); the final fsync at ``hand_over`` then has little left to do."""
+        self.hand_over(os.dup(fd))
+
     def _sync_close(self, fd: int) -> None:
         try:
             os.fsync(fd)

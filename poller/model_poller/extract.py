@@ -16,6 +16,7 @@ can lead outside it.
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import re
 import stat
@@ -25,7 +26,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from model_poller.durable import Syncer, fsync_dir
 from model_poller.errors import Abandoned, Rejected
@@ -38,6 +39,8 @@ DEFAULT_MAX_BYTES = 50 * GiB
 DEFAULT_MAX_RATIO = 200.0
 # Small entries of zeros compress far beyond any sane ratio; the ratio only counts above this.
 RATIO_FLOOR = 1 << 20
+# Large files are handed to the syncer every this many bytes, so disk writes overlap unpacking.
+WRITE_BACK_EVERY = 32 << 20
 
 _DRIVE = re.compile(r"^[A-Za-z]:$")
 # Archive tools' litter, ignored when looking for the single top folder.
@@ -102,6 +105,8 @@ class Unpacker:
 
     def add_dir(self, name: str) -> None:
         self._count_entry()
+        if name.strip("/") in ("", ".") and not name.startswith("/"):
+            return  # the archive's own root, "./"
         target = self.dest.joinpath(*safe_parts(name))
         self._make_parents(target)
         try:
@@ -179,6 +184,8 @@ class FileSink:
         while view:
             done = os.write(self._fd, view)
             view = view[done:]
+        if self.written // WRITE_BACK_EVERY != (self.written - n) // WRITE_BACK_EVERY:
+            owner.syncer.write_back(self._fd)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -208,7 +215,7 @@ def _copy(read: Callable[[int], bytes], sink: FileSink, what: str) -> None:
     sink.close()
 
 
-def _extract_zip(archive: Path, unpacker: Unpacker) -> None:
+def _extract_zip(archive: BinaryIO, unpacker: Unpacker) -> None:
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -239,40 +246,54 @@ def _extract_zip(archive: Path, unpacker: Unpacker) -> None:
                 _copy(member.read, sink, f"entry {info.filename!r}")
 
 
-def _extract_tar(archive: Path, unpacker: Unpacker) -> None:
-    try:
-        tf = tarfile.open(archive, mode="r|gz")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise Rejected("corrupt", f"not a readable tar.gz archive: {exc}") from exc
-    with tf:
-        members = iter(tf)
-        while True:
-            try:
-                member = next(members, None)
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                raise Rejected("corrupt", f"unreadable tar.gz: {exc}") from exc
-            if member is None:
-                break
-            if member.issym() or member.islnk():
-                raise Rejected("link", f"entry {member.name!r} is a link to {member.linkname!r}")
-            if member.ischr() or member.isblk() or member.isfifo():
-                raise Rejected("special_file", f"entry {member.name!r} is a device or fifo")
-            if member.isdir():
-                unpacker.add_dir(member.name)
-                continue
-            if not member.isreg():
-                raise Rejected("special_file", f"entry {member.name!r} has unsupported type {member.type!r}")
-            sink = unpacker.open_file(member.name)
-            source = tf.extractfile(member)
-            if source is None:
-                sink.discard()
-                raise Rejected("corrupt", f"entry {member.name!r} has no data")
-            with source:
-                _copy(source.read, sink, f"entry {member.name!r}")
+def _extract_tar(archive: BinaryIO, unpacker: Unpacker) -> None:
+    # Our own GzipFile (not tarfile's "r|gz") so the gzip trailer's CRC and length are
+    # verified: the stream is read to its very end after the last member.
+    with gzip.GzipFile(fileobj=archive, mode="rb") as gz:
+        try:
+            tf = tarfile.open(fileobj=gz, mode="r|")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise Rejected("corrupt", f"not a readable tar.gz archive: {exc}") from exc
+        with tf:
+            _extract_tar_members(tf, unpacker)
+        try:
+            while gz.read(CHUNK):
+                pass
+        except (OSError, EOFError, zlib.error) as exc:
+            raise Rejected("corrupt", f"tar.gz stream: {exc}") from exc
 
 
-def extract(archive: Path, kind: Kind, dest: Path, unpacker: Unpacker) -> None:
-    """Unpack ``archive`` (zip or tar.gz) into ``dest`` through ``unpacker``."""
+def _extract_tar_members(tf: tarfile.TarFile, unpacker: Unpacker) -> None:
+    members = iter(tf)
+    while True:
+        try:
+            member = next(members, None)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise Rejected("corrupt", f"unreadable tar.gz: {exc}") from exc
+        if member is None:
+            break
+        if member.issym() or member.islnk():
+            raise Rejected("link", f"entry {member.name!r} is a link to {member.linkname!r}")
+        if member.ischr() or member.isblk() or member.isfifo():
+            raise Rejected("special_file", f"entry {member.name!r} is a device or fifo")
+        if member.isdir():
+            unpacker.add_dir(member.name)
+            tf.members = []  # type: ignore[attr-defined]
+            continue
+        if not member.isreg():
+            raise Rejected("special_file", f"entry {member.name!r} has unsupported type {member.type!r}")
+        sink = unpacker.open_file(member.name)
+        source = tf.extractfile(member)
+        if source is None:
+            sink.discard()
+            raise Rejected("corrupt", f"entry {member.name!r} has no data")
+        with source:
+            _copy(source.read, sink, f"entry {member.name!r}")
+        tf.members = []  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
+
+
+def extract(archive: BinaryIO, kind: Kind, unpacker: Unpacker) -> None:
+    """Unpack ``archive`` (a seekable zip or a tar.gz stream) through ``unpacker``."""
     if kind is Kind.ZIP:
         _extract_zip(archive, unpacker)
     elif kind is Kind.TAR_GZ:

@@ -8,9 +8,8 @@ one ``rename`` to a non-numeric trash name, then the tree is deleted.
 
 from __future__ import annotations
 
-import base64
 import errno
-import hashlib
+import io
 import json
 import logging
 import os
@@ -21,12 +20,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import google_crc32c
-
 from model_poller.durable import Syncer, fsync_dir, remove_tree
 from model_poller.errors import Abandoned, ModelDirError, Rejected, SourceError
 from model_poller.extract import Limits, Unpacker, extract, find_model_root
+from model_poller.install_verify import Verifier
 from model_poller.sources.base import Source
+from model_poller.streaming import Download, GrowingReader, zip_tail
 from model_poller.versions import Artifact, Kind, SourceObject
 
 log = logging.getLogger(__name__)
@@ -36,40 +35,6 @@ STAGING_PREFIX = WORK_PREFIX + "staging-"
 TRASH_PREFIX = WORK_PREFIX + "trash-"
 MARKER_FILE = ".model-poller.json"
 _NUMERIC = re.compile(r"^\d+$")
-
-
-class Verifier:
-    """Checks a stream against the size and checksum the store reported.
-
-    CRC32C (google-crc32c's C extension) where the store reports it, MD5 otherwise;
-    nothing to check for a store that reports neither (a local directory).
-    """
-
-    def __init__(self, obj: SourceObject) -> None:
-        self._obj = obj
-        self._crc = google_crc32c.Checksum() if obj.crc32c else None
-        self._md5 = hashlib.md5(usedforsecurity=False) if obj.md5 and not obj.crc32c else None
-        self.size = 0
-
-    def update(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self._crc is not None:
-            self._crc.update(chunk)
-        elif self._md5 is not None:
-            self._md5.update(chunk)
-
-    def check(self, where: str) -> None:
-        obj = self._obj
-        if self.size != obj.size:
-            raise SourceError(f"{where}: got {self.size} bytes, the store reports {obj.size} (truncated transfer)")
-        if self._crc is not None:
-            got = base64.b64encode(self._crc.digest()).decode()
-            if got != obj.crc32c:
-                raise Rejected("checksum_mismatch", f"{where}: CRC32C {got} but the store reports {obj.crc32c}")
-        elif self._md5 is not None:
-            got = base64.b64encode(self._md5.digest()).decode()
-            if got != obj.md5:
-                raise Rejected("checksum_mismatch", f"{where}: MD5 {got} but the store reports {obj.md5}")
 
 
 @dataclass(frozen=True)
@@ -165,14 +130,15 @@ def install(
                 downloaded = _download_folder(source, artifact, unpacker, stop)
             else:
                 archive = staging / ("archive.zip" if artifact.kind is Kind.ZIP else "archive.tar.gz")
-                downloaded = _download_file(source, artifact.objects[0], archive, stop)
-                unpacker = Unpacker(unpacked, limits, syncer, stop, archive_size=downloaded)
-                extract(archive, artifact.kind, unpacked, unpacker)
+                unpacker = Unpacker(unpacked, limits, syncer, stop, archive_size=artifact.size)
+                downloaded = _download_and_extract(source, artifact, archive, unpacker, stop)
                 archive.unlink()
+            log.debug("version %d: unpacked at %.2fs", artifact.version, time.monotonic() - started)
             root = find_model_root(unpacked)
             _write_marker(root, artifact, syncer)
             unpacker.sync_dirs()
             fsync_dir(root)
+            log.debug("version %d: on disk at %.2fs", artifact.version, time.monotonic() - started)
         final = model_dir.path / str(artifact.version)
         try:
             os.rename(root, final)
@@ -193,21 +159,24 @@ def install(
         remove_tree(staging)
 
 
-def _download_file(source: Source, obj: SourceObject, dest: Path, stop: threading.Event) -> int:
-    verifier = Verifier(obj)
-    with open(dest, "xb", buffering=0) as fh:
-
-        def sink(chunk: bytes) -> None:
-            verifier.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                written = fh.write(view)
-                assert written is not None
-                view = view[written:]
-
-        source.download(obj, sink, stop)
-    verifier.check(f"{source.uri}{obj.name}")
-    return verifier.size
+def _download_and_extract(
+    source: Source, artifact: Artifact, archive: Path, unpacker: Unpacker, stop: threading.Event
+) -> int:
+    """Download ``artifact`` into ``archive`` and unpack it while the bytes arrive; the
+    checksum of the whole object is verified before this returns."""
+    obj = artifact.objects[0]
+    tail, tail_start = zip_tail(source, obj) if artifact.kind is Kind.ZIP else (b"", obj.size)
+    download = Download(source, obj, archive, stop)
+    download.start()
+    try:
+        with io.BufferedReader(GrowingReader(download, tail, tail_start), buffer_size=1 << 20) as reader:
+            extract(reader, artifact.kind, unpacker)
+        return download.finish(tail, tail_start)
+    except BaseException:
+        download.cancel()
+        if download.error is not None and not isinstance(download.error, Abandoned):
+            raise download.error from None  # the transfer failed: that, not its symptoms
+        raise
 
 
 def _download_folder(source: Source, artifact: Artifact, unpacker: Unpacker, stop: threading.Event) -> int:

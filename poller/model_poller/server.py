@@ -66,6 +66,7 @@ class Poller:
         self._source: Source | None = None
         self._engine: Engine | None = None
         self._notifications: Notifications | None = None
+        self._listening = False
 
     # -- burst mode -------------------------------------------------------------------
 
@@ -109,6 +110,9 @@ class Poller:
         if self.settings.serving_url:
             log.warning("--serving-url is accepted but TF Serving confirmation is not implemented yet; "
                         "removal waits only for a version inside the policy on disk")
+        if (self.settings.topic or self.settings.subscription) and not self.settings.source.startswith("gs://"):
+            log.warning("Pub/Sub notifications describe gs:// sources only; %s is listed every %gs",
+                        self.settings.source, self.settings.poll_interval)
         if self.settings.report_to:
             log.warning("--report-to is accepted but status reporting is not implemented yet")
         try:
@@ -137,9 +141,7 @@ class Poller:
         backoff = Backoff()
         while not self.stop.is_set():
             try:
-                if self._engine is None:
-                    self._prepare()
-                self._start_notifications()
+                self._prepare()
                 return
             except PollerError as exc:
                 delay = backoff.fail()
@@ -148,20 +150,23 @@ class Poller:
 
     def _start_notifications(self) -> None:
         s = self.settings
-        if not (s.topic or s.subscription) or self._notifications is not None and not self._notifications.failed:
-            return
         if self._notifications is None:
             from model_poller.sources.gcs import parse_gs_uri
 
-            if not s.source.startswith("gs://"):
-                log.warning("notifications only describe gs:// sources; %s is polled every %gs", s.source, s.poll_interval)
-                return
             bucket, prefix = parse_gs_uri(s.source)
             self._notifications = Notifications(
                 bucket=bucket, prefix=prefix, on_hint=self._on_hint, subscription=s.subscription,
                 topic=s.topic, pod=s.pod_name, source_uri=s.source,
             )
         self._notifications.start()
+        self._listening = True
+
+    def _wants_notifications(self) -> bool:
+        """Configured for a gs:// source, and not (or no longer) listening."""
+        s = self.settings
+        if not (s.topic or s.subscription) or not s.source.startswith("gs://"):
+            return False
+        return not self._listening or (self._notifications is not None and self._notifications.failed)
 
     def _on_hint(self, hint: Hint) -> None:
         self._hints.put(hint)
@@ -220,24 +225,28 @@ class Poller:
                     self._remember(hint)
                     hint.ack()
             now = time.monotonic()
-            if self._notifications is not None and self._notifications.failed and now >= next_notify_retry:
+            if self._wants_notifications() and now >= next_notify_retry:
                 try:
-                    self._notifications.start()
+                    self._start_notifications()
                     notify_backoff.reset()
                 except PollerError as exc:
+                    self._listening = False
                     next_notify_retry = now + notify_backoff.fail()
-                    log.error("%s (retrying in %.0fs)", exc, notify_backoff.delay)
+                    log.error("%s (retrying in %.0fs; listing every %gs meanwhile)", exc, notify_backoff.delay, interval)
             if now >= next_sync or (waiting and backoff.delay == 0):
                 outcome = self._sync(waiting)
                 if outcome is None and self.stop.is_set():
                     break
-                if outcome is not None and outcome.complete:
+                if outcome is None or outcome.failed:
+                    next_sync = time.monotonic() + backoff.fail()
+                else:
                     backoff.reset()
                     next_sync = time.monotonic() + interval
-                else:
-                    next_sync = time.monotonic() + backoff.fail()
                 waiting = []
-            self.wake.wait(max(0.0, min(next_sync - time.monotonic(), max(0.0, next_notify_retry - now) or interval)))
+            wake_at = next_sync
+            if self._wants_notifications():
+                wake_at = min(wake_at, next_notify_retry)
+            self.wake.wait(max(0.0, wake_at - time.monotonic()))
             self.wake.clear()
         for hint in waiting:
             hint.nack()

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SyncOutcome:
-    """What one sync found and did; ``complete`` means the policy's versions are on disk."""
+    """What one sync found and did; ``complete`` means the policy's versions are on disk,
+    ``failed`` are versions whose install failed for a reason worth retrying soon."""
 
     latest: int | None
     wanted: frozenset[int]
@@ -39,6 +40,7 @@ class SyncOutcome:
     problems: list[str] = field(default_factory=list)
     finished_at: float = 0.0
     problems_block: bool = False
+    failed: frozenset[int] = frozenset()
 
     @property
     def complete(self) -> bool:
@@ -191,6 +193,7 @@ class Engine:
             problems=problems,
             finished_at=time.time(),
             problems_block=bool(missing_pins) or not usable,
+            failed=frozenset(failed),
         )
         self.metrics.versions_installed.set(len(on_disk))
         self.metrics.latest_installed.set(max(on_disk) if on_disk else -1)

@@ -39,3 +39,34 @@ def golden() -> Callable[[str], list[dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def update_golden() -> bool:
     return os.environ.get("UPDATE_GOLDEN", "") not in ("", "0")
+
+
+# --- integration fixtures (real kube-apiserver from tests/services) -------------------------
+
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+import operator_testkit as kit  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig for the operator's own ServiceAccount, bound to the chart's ClusterRole."""
+    return kit.install_operator_identity(kube, tmp_path_factory.mktemp("operator-identity"))
+
+
+@pytest.fixture(scope="module")
+def operator(
+    kube: Any, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[kit.OperatorProcess]:
+    """The operator (console script, cluster-wide) as a subprocess, for one test module."""
+    with kit.run_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator")) as running:
+        yield running
+        assert running.process.poll() is None, f"the operator died:\n{running.log()[-5000:]}"
+        assert "Traceback" not in running.log(), running.log()[-5000:]
+
+
+@pytest.fixture(scope="session")
+def cluster(kube: Any) -> kit.Cluster:
+    return kit.Cluster(kube)

@@ -65,22 +65,36 @@ class GcsSource:
             _raise_source_error(exc, f"cannot list {self.uri}", self.bucket)
         return objects
 
+    def read_range(self, obj: SourceObject, start: int, end: int) -> bytes:
+        parts: list[bytes] = []
+        self._get(obj, parts.append, threading.Event(), (start, end))
+        data = b"".join(parts)
+        if len(data) != end - start:
+            raise SourceError(f"gs://{self.bucket}/{self.prefix}{obj.name}: short range read")
+        return data
+
     def download(self, obj: SourceObject, sink: Sink, stop: threading.Event) -> None:
+        self._get(obj, sink, stop, None)
+
+    def _get(self, obj: SourceObject, sink: Sink, stop: threading.Event, span: tuple[int, int] | None) -> None:
         name = self.prefix + obj.name
         url = (
             f"{self._client.api_endpoint}/download/storage/v1/b/{quote(self.bucket, safe='')}"
             f"/o/{quote(name, safe='')}?alt=media&generation={obj.generation}"
         )
         where = f"gs://{self.bucket}/{name}"
+        headers = {"Accept-Encoding": "identity"}
+        if span is not None:
+            headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
         try:
             # The client's authorized session: same credentials, same endpoint as the listing.
             session = self._client._http
-            with session.get(url, stream=True, timeout=(30, 120), headers={"Accept-Encoding": "identity"}) as resp:
+            with session.get(url, stream=True, timeout=(30, 120), headers=headers) as resp:
                 if resp.status_code == 404:
                     raise SourceError(f"{where} (generation {obj.generation}) vanished since it was listed")
                 if resp.status_code in (401, 403):
                     raise SourceError(f"access to {where} denied ({resp.status_code}): {one_line(resp.text, 200)}")
-                if resp.status_code != 200:
+                if resp.status_code != (200 if span is None else 206):
                     raise SourceError(f"download of {where} failed: HTTP {resp.status_code} {one_line(resp.text, 200)}")
                 raw = resp.raw
                 while True:

@@ -1,0 +1,286 @@
+"""The edge: compare the rendered children with the live ones, apply only what differs.
+
+Writes are server-side apply (``PATCH application/apply-patch+yaml``) with the field
+manager ``model-poller-operator`` and ``force=true``: a field a user edited by hand is
+taken back, a field the operator stopped rendering is removed. Nothing is written when
+the live object already holds every rendered field *and* carries the hash of the rendered
+object (the hash catches fields removed from the render, which a subset check cannot see),
+so a steady state makes zero writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from decimal import InvalidOperation
+from typing import Any, Final, Mapping
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
+
+from model_poller_api import names
+
+from model_poller_operator import __version__
+
+Obj = dict[str, Any]
+
+HASH_ANNOTATION: Final = f"{names.GROUP}/applied-hash"
+USER_AGENT: Final = f"{names.MANAGER}/{__version__}"
+
+# Plural of every kind the operator reads or writes.
+PLURALS: Final = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Secret": "secrets",
+    "Event": "events",
+    names.KIND: names.PLURAL,
+}
+
+log = logging.getLogger(__name__)
+
+
+class ApplyError(Exception):
+    """A child could not be read or applied; the message says which and why."""
+
+    def __init__(self, obj: Mapping[str, Any], error: ApiException) -> None:
+        self.status = int(error.status or 0)
+        detail = _api_message(error)
+        super().__init__(f"{obj.get('kind')} {obj['metadata'].get('name')}: {self.status} {error.reason}: {detail}")
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.body)
+    except (ValueError, AttributeError):
+        return str(error.body)
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+def desired_hash(obj: Mapping[str, Any]) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def with_hash(obj: Mapping[str, Any]) -> Obj:
+    """``obj`` with the hash annotation that marks what was applied last."""
+    stamped: Obj = json.loads(json.dumps(obj))
+    stamped["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = desired_hash(obj)
+    return stamped
+
+
+def _same_scalar(desired: Any, live: Any) -> bool:
+    if desired == live and type(desired) is type(live):
+        return True
+    # Quantities come back canonical ("1000m" -> "1", 5000000000 -> "5G").
+    if isinstance(desired, (str, int)) and isinstance(live, (str, int)) and not isinstance(desired, bool):
+        try:
+            return bool(parse_quantity(desired) == parse_quantity(live))  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, InvalidOperation):
+            return False
+    return False
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field of ``desired`` is in ``live`` with the same value.
+
+    Fields the API server defaults (or other managers own) may exist only in ``live``.
+    Lists must match item by item; lists of named items (containers, env, ports, volumes)
+    may hold extra items only if every desired item finds its namesake.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return False
+        for key, value in desired.items():
+            if live.get(key) is None:
+                if isinstance(value, (dict, list)) and not value:
+                    continue  # an empty map or list is the same as an absent one
+                return False
+            if not is_subset(value, live[key]):
+                return False
+        return True
+    if isinstance(desired, list):
+        if not isinstance(live, list):
+            return False
+        if len(desired) == len(live):
+            return all(is_subset(d, lv) for d, lv in zip(desired, live))
+        if all(isinstance(d, Mapping) and "name" in d for d in desired) and all(
+            isinstance(lv, Mapping) for lv in live
+        ):
+            by_name = {lv.get("name"): lv for lv in live}
+            return all(d["name"] in by_name and is_subset(d, by_name[d["name"]]) for d in desired)
+        return False
+    return _same_scalar(desired, live)
+
+
+def in_sync(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    if live is None:
+        return False
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(HASH_ANNOTATION) == desired_hash(desired) and is_subset(desired, live)
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    name: str
+    created: bool
+
+
+class StatusConflict(Exception):
+    """The ModelDeployment changed since it was read; recompute from the new version."""
+
+
+class Api:
+    """A small synchronous REST client over kubernetes' ApiClient (thread-safe)."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.client = client
+        self.client.user_agent = USER_AGENT
+
+    @classmethod
+    def from_environment(cls) -> Api:
+        """In-cluster credentials when in a pod, else $KUBECONFIG / ~/.kube/config."""
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return cls(kubernetes.client.ApiClient(configuration))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> Obj:
+        method, url, headers, body, _post = self.client.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": accept},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= int(response.status) < 300:
+            raise ApiException(http_resp=response)
+        data: Obj = json.loads(response.data or b"{}")
+        return data
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._call("GET", object_path(api_version, kind, namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def apply(self, obj: Mapping[str, Any]) -> Obj:
+        meta = obj["metadata"]
+        return self._call(
+            "PATCH",
+            object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
+            body=obj,
+            query=[("fieldManager", names.MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    def secret_exists(self, namespace: str, name: str) -> bool | None:
+        """Whether a Secret exists (its metadata only is fetched); None if not allowed to look."""
+        try:
+            self._call(
+                "GET",
+                object_path("v1", "Secret", namespace, name),
+                accept="application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            )
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            if error.status in (401, 403):
+                return None
+            raise
+
+    def get_model_deployment(self, namespace: str, name: str) -> Obj | None:
+        return self.get(names.API_VERSION, names.KIND, namespace, name)
+
+    def patch_status(self, namespace: str, name: str, resource_version: str, status: Mapping[str, Any]) -> Obj:
+        """Merge-patch a ModelDeployment's status, only if it is still at ``resource_version``."""
+        try:
+            return self._call(
+                "PATCH",
+                object_path(names.API_VERSION, names.KIND, namespace, name) + "/status",
+                body={"metadata": {"resourceVersion": resource_version}, "status": dict(status)},
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise StatusConflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from error
+            raise
+
+    def post_event(self, owner: Any, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the ModelDeployment ``owner`` (a render.Owner); failures only logged."""
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+            "involvedObject": {
+                "apiVersion": names.API_VERSION,
+                "kind": names.KIND,
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "uid": owner.uid,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": names.MANAGER},
+            "reportingComponent": names.MANAGER,
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self._call("POST", object_path("v1", "Event", owner.namespace), body=event)
+        except ApiException as error:
+            log.warning("could not post Event %s on %s/%s: %s", reason, owner.namespace, owner.name, error.status)
+
+    def converge(self, desired: Mapping[str, Any]) -> Change | None:
+        """Apply one child if the live object differs from ``desired``; None if in sync."""
+        meta = desired["metadata"]
+        try:
+            live = self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+            if in_sync(desired, live):
+                return None
+            self.apply(with_hash(desired))
+        except ApiException as error:
+            raise ApplyError(desired, error) from error
+        return Change(kind=desired["kind"], name=meta["name"], created=live is None)
+
+    def converge_all(self, children: list[Obj]) -> list[Change]:
+        changes = []
+        for child in children:
+            change = self.converge(child)
+            if change is not None:
+                changes.append(change)
+        return changes

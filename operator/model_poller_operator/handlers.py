@@ -1,0 +1,361 @@
+"""kopf handlers: small, typed, and converging to the same desired state from any cause.
+
+- ``reconcile`` (create/update/resume): render the children, apply what differs, then
+  write the status (observedGeneration, Synced, and the aggregate).
+- status refresh: on every event of a ModelDeployment (a poller reported), of its
+  Deployment and of its pods, and in one operator-wide loop every few seconds (which also
+  re-checks the credentials Secret). All in memory from the indexes; a write only when the
+  status changed.
+- ``repair_*`` (events of the children): a child edited or deleted by hand is put back.
+
+There are no per-object timers or daemons, hence no finalizer on ModelDeployments:
+owner references delete the children, and a stopped operator never blocks a deletion.
+
+Run it with ``kopf run -m model_poller_operator.handlers --all-namespaces`` (or
+``--namespace NS``), or with the ``model-poller-operator`` console script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final, Mapping
+
+import kopf
+
+from model_poller_api import models, names
+from model_poller_operator import render
+from model_poller_operator import status as st
+from model_poller_operator.apply import Api, ApplyError, in_sync
+from model_poller_operator.config import OperatorConfig
+from model_poller_operator.refresh import Logger, Snapshot, StatusReporter
+
+MD: Final = (names.GROUP, names.VERSION, names.PLURAL)
+CHILD_SELECTOR: Final = f"{names.LABEL_MANAGED_BY}={names.MANAGER}"
+MANAGED: Final = {names.LABEL_MANAGED_BY: names.MANAGER}
+
+# (group, version, plural, kind) of every child kind the operator watches to repair drift.
+CHILD_RESOURCES: Final = (
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ("", "v1", "services", "Service"),
+    ("apps", "v1", "deployments", "Deployment"),
+)
+# Everything watched besides the ModelDeployments is filtered by label on the server side.
+_LABELLED: Final = {(g, p) for g, _, p, _ in CHILD_RESOURCES} | {("", "pods")}
+
+CONFIG: Final = OperatorConfig.from_env()
+
+Key = tuple[str | None, str]
+MDIndex = kopf.Index[Key, Snapshot]
+PodIndex = kopf.Index[Key, st.PodState]
+WorkloadIndex = kopf.Index[Key, st.DeploymentState]
+
+
+@dataclass
+class State:
+    """The operator-wide objects, kept in kopf's root memo (shared by every object's memo)."""
+
+    api: Api
+    config: OperatorConfig
+    reporter: StatusReporter
+    # Set by the first resource handler: kopf runs those only once every index is filled,
+    # so the periodic loop never prunes status.pollers from a half-listed pods index.
+    indexes_ready: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _state(memo: Any) -> State:
+    state = memo["state"]
+    assert isinstance(state, State)
+    state.indexes_ready = True
+    return state
+
+
+def _ns(namespace: str | None) -> str:
+    if namespace is None:
+        raise kopf.PermanentError("ModelDeployments are namespaced; got a cluster-scoped object")
+    return namespace
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _is_labelled_resource(resource: kopf.Resource) -> bool:
+    return (resource.group, resource.plural) in _LABELLED
+
+
+class _QuietSuccess(logging.Filter):
+    """Drops kopf's "Handler ... succeeded." lines of the frequent status and repair handlers."""
+
+    NOISY: Final = ("'on_model_deployment_event'", "'on_pod_event'", "'repair-")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.endswith(" succeeded.") and any(n in message for n in self.NOISY))
+
+
+# kopf's handler protocols do not model index kwargs (model_pods, ...): hence the ignores.
+@kopf.on.startup()  # type: ignore[arg-type]
+async def configure(
+    settings: kopf.OperatorSettings,
+    memo: Any,
+    logger: Logger,
+    model_deployments: MDIndex,
+    model_pods: PodIndex,
+    model_workloads: WorkloadIndex,
+    **_: Any,
+) -> None:
+    settings.persistence.finalizer = names.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.PROGRESS_ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.PROGRESS_ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = CONFIG.watch_server_timeout
+    settings.watching.client_timeout = CONFIG.watch_client_timeout
+    settings.watching.connect_timeout = CONFIG.watch_connect_timeout
+    settings.watching.label_selectors[_is_labelled_resource] = CHILD_SELECTOR
+    settings.posting.reporting_component = names.MANAGER
+    settings.execution.max_workers = CONFIG.workers
+    api = Api.from_environment()
+    state = State(api=api, config=CONFIG, reporter=StatusReporter(api, CONFIG.secret_check_interval))
+    memo["state"] = state
+    logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
+    state.tasks.append(
+        asyncio.create_task(_status_loop(state, model_deployments, model_pods, model_workloads, logger))
+    )
+    logger.info("model-poller-operator configured: %s", CONFIG)
+
+
+@kopf.on.cleanup()
+async def stop_background(memo: Any, **_: Any) -> None:
+    state = memo.get("state")
+    for task in state.tasks if isinstance(state, State) else ():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@kopf.on.probe(id="modeldeployments")  # type: ignore[arg-type]
+def probe(model_deployments: MDIndex, **_: Any) -> int:
+    return len(model_deployments)
+
+
+# --- indexes: in-memory views of the watched objects --------------------------------
+
+
+@kopf.index(*MD)
+def model_deployments(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Snapshot]:
+    return {(namespace, name): Snapshot.from_object(_plain(dict(body)))}
+
+
+@kopf.index("v1", "pods", labels={**MANAGED, names.LABEL_INSTANCE: kopf.PRESENT})
+def model_pods(namespace: str | None, name: str, labels: kopf.Labels, status: kopf.Status, **_: Any) -> dict[Key, st.PodState]:
+    return {(namespace, labels[names.LABEL_INSTANCE]): st.PodState.from_object(name, status)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def model_workloads(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[Key, st.DeploymentState]:
+    return {(namespace, name): st.DeploymentState.from_object(status)}
+
+
+def _first(index: kopf.Index[Key, Any], key: Key) -> Any:
+    return next(iter(index.get(key, [])), None)
+
+
+# --- status --------------------------------------------------------------------------
+
+
+def _refresh(
+    state: State,
+    key: Key,
+    model_deployments: MDIndex,
+    model_pods: PodIndex,
+    model_workloads: WorkloadIndex,
+    logger: Logger,
+    *,
+    snapshot: Snapshot | None = None,
+    synced: st.Synced | None = None,
+) -> None:
+    snapshot = snapshot or _first(model_deployments, key)
+    if snapshot is None or snapshot.deleting:
+        return
+    pods = list(model_pods.get(key, []))
+    state.reporter.refresh(snapshot, pods, _first(model_workloads, key), logger, synced=synced)
+
+
+async def _status_loop(
+    state: State, mds: MDIndex, pods: PodIndex, workloads: WorkloadIndex, logger: Logger
+) -> None:
+    """Every status_interval: recompute every status (in memory) and write what changed.
+
+    This is what notices a credentials Secret that was created or deleted, and it is the
+    safety net for any missed event. The snapshot of the indexes is taken in the event
+    loop's thread; the (rare) API calls run in a worker thread.
+    """
+    while True:
+        await asyncio.sleep(state.config.status_interval)
+        if not state.indexes_ready:
+            continue
+        work = [
+            (snapshot, list(pods.get(key, [])), _first(workloads, key))
+            for key, store in list(mds.items())
+            for snapshot in list(store)[:1]
+        ]
+        try:
+            await asyncio.to_thread(_refresh_all, state, work, logger)
+        except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+            logger.exception("periodic status refresh failed; trying again in %ss", state.config.status_interval)
+
+
+def _refresh_all(state: State, work: list[tuple[Snapshot, list[st.PodState], st.DeploymentState | None]], logger: Logger) -> None:
+    for snapshot, pods, deployment in work:
+        if not snapshot.deleting:
+            state.reporter.refresh(snapshot, pods, deployment, logger)
+
+
+@kopf.on.resume(*MD)
+@kopf.on.create(*MD)
+@kopf.on.update(*MD)  # type: ignore[arg-type]
+def reconcile(
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    memo: Any,
+    retry: int,
+    logger: Logger,
+    model_deployments: MDIndex,
+    model_pods: PodIndex,
+    model_workloads: WorkloadIndex,
+    **_: Any,
+) -> None:
+    """Apply the rendered children (only those that differ), then record the outcome."""
+    state = _state(memo)
+    snapshot = Snapshot.from_object(_plain(dict(body)))
+    key = (_ns(namespace), name)
+    indexes = (model_deployments, model_pods, model_workloads, logger)
+    problem = render.name_problem(name)
+    if problem:
+        # Retrying cannot help: a name cannot change. Say so in the status, and stop.
+        message = f"{problem}; delete it and create it again under a valid name"
+        synced = st.Synced(snapshot.generation, False, st.REASON_INVALID_NAME, message)
+        _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
+        logger.error(message)
+        return
+    children = render.render_children(snapshot.owner, models.ModelDeploymentSpec.from_object(name, spec))
+    try:
+        changes = state.api.converge_all(children)
+    except ApplyError as error:
+        synced = st.Synced(snapshot.generation, False, st.REASON_APPLY_FAILED, str(error))
+        _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
+        delay = min(300.0, state.config.retry_delay * 2 ** min(retry, 5))
+        raise kopf.TemporaryError(f"applying the children failed: {error}", delay=delay) from error
+    for change in changes:
+        logger.info("%s %s %s", "created" if change.created else "updated", change.kind, change.name)
+    message = f"Deployment, Service, ServiceAccount, Role and RoleBinding match generation {snapshot.generation}"
+    synced = st.Synced(snapshot.generation, True, st.REASON_APPLIED, message)
+    _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
+
+
+@kopf.on.event(*MD)  # type: ignore[arg-type]
+def on_model_deployment_event(
+    event: kopf.RawEvent,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    logger: Logger,
+    model_deployments: MDIndex,
+    model_pods: PodIndex,
+    model_workloads: WorkloadIndex,
+    **_: Any,
+) -> None:
+    """A poller reported (or anything else changed): recompute the aggregate."""
+    if event.get("type") == "DELETED":
+        return
+    _refresh(_state(memo), (namespace, name), model_deployments, model_pods, model_workloads, logger)
+
+
+@kopf.on.event("v1", "pods", labels={**MANAGED, names.LABEL_INSTANCE: kopf.PRESENT})  # type: ignore[arg-type]
+def on_pod_event(
+    namespace: str | None,
+    labels: kopf.Labels,
+    memo: Any,
+    logger: Logger,
+    model_deployments: MDIndex,
+    model_pods: PodIndex,
+    model_workloads: WorkloadIndex,
+    **_: Any,
+) -> None:
+    """A pod came, went or changed readiness: servingVersion, readiness and pruning follow."""
+    key = (namespace, labels[names.LABEL_INSTANCE])
+    _refresh(_state(memo), key, model_deployments, model_pods, model_workloads, logger)
+
+
+# --- drift repair ----------------------------------------------------------------------
+
+
+def _controller(meta: kopf.Meta) -> Mapping[str, Any] | None:
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == names.KIND and ref.get("apiVersion", "").startswith(names.GROUP + "/"):
+            return dict(ref)
+    return None
+
+
+def _make_repair_handler(kind: str) -> Any:
+    def repair_child(
+        event: kopf.RawEvent,
+        body: kopf.Body,
+        name: str,
+        namespace: str | None,
+        meta: kopf.Meta,
+        memo: Any,
+        logger: Logger,
+        model_deployments: MDIndex,
+        model_pods: PodIndex,
+        model_workloads: WorkloadIndex,
+        **_: Any,
+    ) -> None:
+        """A child changed or went away: if it no longer matches its render, put it back."""
+        state = _state(memo)
+        owner_ref = _controller(meta)
+        if owner_ref is None:
+            return
+        key = (namespace, str(owner_ref["name"]))
+        snapshot: Snapshot | None = _first(model_deployments, key)
+        if snapshot is None or snapshot.uid != owner_ref.get("uid") or snapshot.deleting:
+            return  # the owner is gone or going: garbage collection takes the child
+        if kind == "Deployment":
+            # The Deployment's status (replicas, readiness, failures) feeds the aggregate.
+            _refresh(state, key, model_deployments, model_pods, model_workloads, logger, snapshot=snapshot)
+        if render.name_problem(snapshot.name):
+            return
+        spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
+        desired = [
+            c for c in render.render_children(snapshot.owner, spec) if c["kind"] == kind and c["metadata"]["name"] == name
+        ]
+        if not desired:
+            return
+        if event.get("type") != "DELETED" and in_sync(desired[0], _plain(dict(body))):
+            return
+        try:
+            change = state.api.converge(desired[0])
+        except ApplyError as error:
+            logger.warning("could not repair %s %s: %s", kind, name, error)
+            raise kopf.TemporaryError(str(error), delay=state.config.retry_delay) from error
+        if change is not None:
+            what = "recreated" if change.created else "restored"
+            logger.info("%s %s %s of ModelDeployment %s", what, kind, name, snapshot.name)
+
+    repair_child.__name__ = f"repair_{kind.lower()}"
+    return repair_child
+
+
+for _group, _version, _plural, _kind in CHILD_RESOURCES:
+    _resource = (f"{_group}/{_version}", _plural) if _group else (_version, _plural)
+    kopf.on.event(*_resource, labels=MANAGED, id=f"repair-{_plural}")(_make_repair_handler(_kind))

@@ -1,0 +1,132 @@
+"""The status edge: recompute a ModelDeployment's status and write it only when it changed.
+
+Called from the reconcile (with the outcome of applying the children), from the events of
+the ModelDeployment, its Deployment and its pods, and from one operator-wide periodic loop
+(which also re-checks the credentials Secret). Every write is a merge patch of ``status``
+guarded by the resourceVersion it was computed from, so concurrent callers never undo each
+other: a loser of the race drops its result (the object's next event recomputes), except
+the reconcile, which re-reads and retries so its Synced outcome is never lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from model_poller_api import models
+from model_poller_operator import render
+from model_poller_operator import status as st
+from model_poller_operator.apply import Api, StatusConflict
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A ModelDeployment as last seen by the watch (the value of the ModelDeployment index)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    deleting: bool = False
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> Snapshot:
+        meta = obj.get("metadata") or {}
+        return cls(
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            uid=str(meta.get("uid")),
+            generation=int(meta.get("generation") or 0),
+            resource_version=str(meta.get("resourceVersion")),
+            spec=obj.get("spec") or {},
+            status=obj.get("status") or {},
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    @property
+    def owner(self) -> render.Owner:
+        return render.Owner(name=self.name, namespace=self.namespace, uid=self.uid)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class StatusReporter:
+    api: Api
+    secret_check_interval: float
+    _secrets: dict[tuple[str, str], tuple[float, bool | None]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def secret_missing(self, namespace: str, secret: str | None, *, force: bool = False) -> bool | None:
+        """Whether spec.source.credentialsSecret is missing (None: none set, or not allowed to look)."""
+        if not secret:
+            return None
+        key = (namespace, secret)
+        with self._lock:
+            cached = self._secrets.get(key)
+        if not force and cached and time.monotonic() - cached[0] < self.secret_check_interval:
+            return cached[1]
+        exists = self.api.secret_exists(namespace, secret)
+        missing = None if exists is None else not exists
+        with self._lock:
+            self._secrets[key] = (time.monotonic(), missing)
+        return missing
+
+    def refresh(
+        self,
+        snapshot: Snapshot,
+        pods: Sequence[st.PodState],
+        deployment: st.DeploymentState | None,
+        logger: Logger,
+        *,
+        synced: st.Synced | None = None,
+    ) -> bool:
+        """Write the status if it changed; True if something was written."""
+        if synced is None and snapshot.status.get(models.STATUS_OBSERVED_GENERATION) is None:
+            return False  # the first reconcile writes the first status
+        spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
+        observed = st.Observed(
+            name=snapshot.name,
+            namespace=snapshot.namespace,
+            spec=spec,
+            deployment=deployment,
+            pods=tuple(sorted(pods, key=lambda p: p.name)),
+            secret_missing=self.secret_missing(
+                snapshot.namespace, spec.source.credentials_secret, force=synced is not None
+            ),
+        )
+        selector = render.selector_string(snapshot.owner)
+        current, resource_version = snapshot.status, snapshot.resource_version
+        for _attempt in range(5):
+            desired = st.desired_status(current, observed, now=now(), synced=synced, selector=selector)
+            patch = st.status_patch(current, desired, st.stale_pollers(current, observed.pods))
+            if not patch:
+                return False
+            try:
+                self.api.patch_status(snapshot.namespace, snapshot.name, resource_version, patch)
+            except StatusConflict:
+                if synced is None:
+                    return False
+                fresh = self.api.get_model_deployment(snapshot.namespace, snapshot.name)
+                if fresh is None:
+                    return False
+                current = fresh.get("status") or {}
+                resource_version = str(fresh["metadata"]["resourceVersion"])
+                continue
+            if patch.get(models.STATUS_POLLERS):
+                logger.info("pruned status.pollers entries of deleted pods: %s", ", ".join(patch[models.STATUS_POLLERS]))
+            for event in st.events(current, desired, spec.source.uri):
+                self.api.post_event(snapshot.owner, event.type, event.reason, event.message)
+            return True
+        raise RuntimeError(f"status of {snapshot.namespace}/{snapshot.name} kept changing while being written")

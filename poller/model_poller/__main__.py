@@ -1,0 +1,7 @@
+"""``python -m model_poller``."""
+
+import sys
+
+from model_poller.cli import main
+
+sys.exit(main())

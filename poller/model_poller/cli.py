@@ -1,0 +1,102 @@
+"""``model-poller``: flags, their MODEL_POLLER_* variables, and the proof of concept's
+environment, turned into Settings and handed to the Poller."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Mapping, Sequence
+
+from model_poller_api.names import POLLER_HTTP_PORT, env_name
+
+from model_poller.config import build_settings
+from model_poller.errors import ConfigError
+from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO
+from model_poller.logs import configure_logging
+from model_poller.policy import DEFAULT_KEEP
+from model_poller.server import EXIT_CONFIG, Poller
+
+log = logging.getLogger("model_poller")
+
+# flag -> (metavar, help). Every flag also reads env_name(flag), e.g. MODEL_POLLER_SOURCE.
+FLAGS: dict[str, tuple[str | None, str]] = {
+    "--source": ("URI", "where versions live: gs://bucket/prefix/ or file:///dir/"),
+    "--model-dir": ("DIR", "TF Serving's model base path; versions appear as DIR/<version>/ (PoC: SAVE_DIR)"),
+    "--keep": ("N", f"keep the newest N valid versions (default {DEFAULT_KEEP})"),
+    "--pinned": ("V[,V...]", "keep exactly these versions (rollback); exclusive with --keep"),
+    "--subscription": ("projects/P/subscriptions/S", "shared Pub/Sub subscription (PoC: SUBSCRIPTION with PROJECT_ID)"),
+    "--topic": ("projects/P/topics/T", "Pub/Sub topic; this replica creates (and on exit deletes) its own subscription"),
+    "--project": ("PROJECT", "Google Cloud project for short subscription/topic names (PoC: PROJECT_ID)"),
+    "--poll-interval": ("SECONDS", "list the source this often as a safety net (default 60; 90s, 5m work too)"),
+    "--once": (None, "one full sync, then exit 0 if the policy's versions are on disk, 1 otherwise"),
+    "--report-to": ("NAMESPACE/NAME", "patch that ModelDeployment's status (not implemented yet: accepted, ignored)"),
+    "--serving-url": ("URL", "TF Serving REST URL for confirmation (not implemented yet: accepted, ignored)"),
+    "--model-name": ("NAME", "TF Serving model name (used with --serving-url)"),
+    "--http-port": ("PORT", f"port of /healthz, /readyz, /serving-ready, /metrics (default {POLLER_HTTP_PORT}; 0: any)"),
+    "--max-bytes": ("BYTES", f"largest unpacked size of one version (default {DEFAULT_MAX_BYTES >> 30}Gi; 500Mi works)"),
+    "--max-files": ("N", f"most entries in one version (default {DEFAULT_MAX_FILES})"),
+    "--max-ratio": ("RATIO", f"largest compression ratio of an archive (default {DEFAULT_MAX_RATIO:g})"),
+    "--log-format": ("text|json", "log format (default text), one line per event"),
+    "--log-level": ("LEVEL", "DEBUG, INFO (default), WARNING, ERROR"),
+}
+
+# The proof of concept's environment: still honoured when the new names are not set.
+LEGACY_ENV = {"model_dir": "SAVE_DIR", "subscription": "SUBSCRIPTION", "project": "PROJECT_ID"}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-poller",
+        description="Keep a TF Serving model dir in sync with versions at a GCS bucket or a local dir.",
+        epilog="Every flag has an environment variable MODEL_POLLER_<FLAG>, e.g. MODEL_POLLER_POLL_INTERVAL. "
+        "Exit codes with --once: 0 in sync, 1 not in sync (one-line reason on stderr), 2 bad flags.",
+    )
+    for flag, (metavar, help_text) in FLAGS.items():
+        help_text = f"{help_text} [{env_name(flag)}]"
+        if metavar is None:
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, metavar=metavar, default=None, help=help_text)
+    return parser
+
+
+def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str | bool | None]:
+    """Flag, else MODEL_POLLER_<FLAG>, else the proof of concept's variable."""
+    values: dict[str, str | bool | None] = {}
+    for flag in FLAGS:
+        key = flag.lstrip("-").replace("-", "_")
+        value = getattr(args, key)
+        if value is None:
+            value = env.get(env_name(flag)) or None
+        if value is None and key in LEGACY_ENV:
+            value = env.get(LEGACY_ENV[key]) or None
+        values[key] = value
+    return values
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    args = make_parser().parse_args(argv)
+    values = resolve(args, env)
+    try:
+        settings = build_settings(values, env)
+    except ConfigError as exc:
+        configure_logging(str(values.get("log_format") or "text"))
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level)
+    poller = Poller(settings)
+    if settings.once:
+        return poller.run_once()
+    poller.install_signal_handlers()
+    try:
+        return poller.run()
+    except OSError as exc:  # e.g. the HTTP port is taken
+        log.error("cannot start: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

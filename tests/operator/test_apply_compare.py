@@ -1,0 +1,57 @@
+"""Unit tests of the comparison that keeps the steady state free of writes (no cluster)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from model_poller_operator import apply
+
+
+def test_defaults_added_by_the_server_are_ignored() -> None:
+    desired = {"spec": {"ports": [{"name": "http", "port": 8501}], "type": "ClusterIP"}}
+    live = {"spec": {"ports": [{"name": "http", "port": 8501, "protocol": "TCP"}], "type": "ClusterIP", "clusterIP": "10.0.0.1"}}
+    assert apply.is_subset(desired, live)
+
+
+def test_changed_or_missing_fields_are_seen() -> None:
+    desired = {"spec": {"replicas": 2, "template": {"image": "a"}}}
+    assert not apply.is_subset(desired, {"spec": {"replicas": 3, "template": {"image": "a"}}})
+    assert not apply.is_subset(desired, {"spec": {"template": {"image": "a"}}})
+    assert not apply.is_subset({"args": ["--a", "--b"]}, {"args": ["--a"]})
+    assert not apply.is_subset({"args": ["--a"]}, {"args": ["--a", "--b"]})
+    assert not apply.is_subset({"x": True}, {"x": "true"})
+
+
+def test_named_lists_match_by_name() -> None:
+    desired = {"env": [{"name": "A", "value": "1"}]}
+    assert apply.is_subset(desired, {"env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]})
+    assert not apply.is_subset(desired, {"env": [{"name": "B", "value": "2"}, {"name": "A", "value": "0"}]})
+
+
+def test_quantities_compare_by_value() -> None:
+    assert apply.is_subset({"cpu": "1000m", "memory": 5000000000}, {"cpu": "1", "memory": "5G"})
+    assert not apply.is_subset({"cpu": "100m"}, {"cpu": "1"})
+    assert not apply.is_subset({"image": "a:1"}, {"image": "a:2"})
+
+
+def test_empty_maps_equal_absent_ones() -> None:
+    assert apply.is_subset({"emptyDir": {}}, {"emptyDir": {}})
+    assert apply.is_subset({"metadata": {"annotations": {}}}, {"metadata": {}})
+
+
+def test_in_sync_needs_the_hash_of_this_render() -> None:
+    desired: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "m", "namespace": "ns"}, "spec": {"a": 1, "b": 2}}
+    live = apply.with_hash(desired)
+    assert apply.in_sync(desired, live)
+    assert apply.HASH_ANNOTATION not in desired["metadata"].get("annotations", {})
+    smaller = copy.deepcopy(desired)
+    del smaller["spec"]["b"]  # a field the operator stopped rendering: must be applied
+    assert apply.is_subset(smaller, live) and not apply.in_sync(smaller, live)
+    assert not apply.in_sync(desired, None)
+
+
+def test_object_paths() -> None:
+    assert apply.object_path("v1", "Service", "ns", "m") == "/api/v1/namespaces/ns/services/m"
+    assert apply.object_path("apps/v1", "Deployment", "ns", "m") == "/apis/apps/v1/namespaces/ns/deployments/m"
+    assert apply.object_path("modelpoller.dev/v1alpha1", "ModelDeployment", "ns") == "/apis/modelpoller.dev/v1alpha1/namespaces/ns/modeldeployments"

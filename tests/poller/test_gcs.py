@@ -1,0 +1,140 @@
+"""The engine and the command against fake-gcs-server (gs:// sources)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from poller.archives import installed_files, model_files, targz_bytes, zip_bytes
+from poller.conftest import Dirs, EngineFactory
+
+from model_poller.policy import Policy
+
+pytestmark = [pytest.mark.gcs]
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def upload(bucket: Any, name: str, data: bytes) -> None:
+    bucket.blob(name).upload_from_string(data)
+
+
+def gs_uri(bucket: Any, prefix: str = "models/") -> str:
+    return f"gs://{bucket.name}/{prefix}"
+
+
+def numeric_dirs(models: Path) -> list[int]:
+    return sorted(int(p.name) for p in models.iterdir() if p.name.isdigit())
+
+
+def test_every_layout_from_gcs(bucket: Any, dirs: Dirs, make_engine: EngineFactory) -> None:
+    upload(bucket, "models/0001.zip", zip_bytes(model_files(1), top="0001"))
+    upload(bucket, "models/2.zip", zip_bytes(model_files(2)))
+    upload(bucket, "models/3.tar.gz", targz_bytes(model_files(3), top="0003"))
+    upload(bucket, "models/4.tgz", targz_bytes(model_files(4)))
+    for name, data in model_files(5, pbtxt=True).items():
+        upload(bucket, f"models/0005/{name}", data)
+    upload(bucket, "models/0005/_READY", b"")
+    for name, data in model_files(6).items():  # no _READY: still uploading
+        upload(bucket, f"models/6/{name}", data)
+    upload(bucket, "models/README.md", b"junk")
+    upload(bucket, "models/a.b.c", b"junk")
+    upload(bucket, "other/9.zip", zip_bytes(model_files(9)))  # outside the prefix
+    engine = make_engine(Policy(keep=5), uri=gs_uri(bucket))
+    outcome = engine.sync()
+    assert outcome.complete, outcome.reason()
+    assert numeric_dirs(dirs.models) == [1, 2, 3, 4, 5]
+    for v in (1, 2, 3, 4):
+        assert installed_files(dirs.models / str(v)) == model_files(v)
+    assert installed_files(dirs.models / "5") == model_files(5, pbtxt=True)
+    assert engine.sync().installed == []  # nothing downloaded twice
+
+
+def test_policies_and_rollbacks_from_gcs(bucket: Any, dirs: Dirs, make_engine: EngineFactory) -> None:
+    for v in (1, 2, 3):
+        upload(bucket, f"models/{v}.zip", zip_bytes(model_files(v)))
+    engine = make_engine(Policy(keep=2), uri=gs_uri(bucket))
+    assert engine.sync().complete and numeric_dirs(dirs.models) == [2, 3]
+    bucket.blob("models/3.zip").delete()  # rollback by deletion at the source
+    outcome = engine.sync()
+    assert outcome.complete and numeric_dirs(dirs.models) == [1, 2]
+    pinned = make_engine(Policy(keep=None, pinned=frozenset({1})), uri=gs_uri(bucket))
+    assert pinned.sync().complete and numeric_dirs(dirs.models) == [1]
+
+
+def test_bucket_root_prefix(bucket: Any, dirs: Dirs, make_engine: EngineFactory) -> None:
+    upload(bucket, "7.zip", zip_bytes(model_files(7)))
+    assert make_engine(uri=f"gs://{bucket.name}").sync().complete
+    assert numeric_dirs(dirs.models) == [7]
+
+
+def test_once_from_gcs(bucket: Any, dirs: Dirs, cli: Cli) -> None:
+    upload(bucket, "m/0003.zip", zip_bytes(model_files(3), top="0003"))
+    result = cli("--source", f"gs://{bucket.name}/m/", "--model-dir", str(dirs.models), "--once")
+    assert result.returncode == 0, result.stderr
+    assert numeric_dirs(dirs.models) == [3]
+
+
+def test_missing_bucket_is_one_line(fake_gcs: Any, dirs: Dirs, cli: Cli) -> None:
+    result = cli("--source", "gs://no-such-bucket-here/m/", "--model-dir", str(dirs.models), "--once")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "bucket 'no-such-bucket-here' does not exist" in errors[0], result.stderr
+
+
+@pytest.fixture
+def refusing_token_server() -> Iterator[str]:
+    """An OAuth token endpoint that refuses every credential (no Google service involved)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.dumps({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/token"
+    server.shutdown()
+    server.server_close()
+
+
+def test_denied_credential_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli, refusing_token_server: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    creds = tmp_path / "key.json"
+    creds.write_text(json.dumps({
+        "type": "service_account", "project_id": "p", "private_key_id": "1", "private_key": pem.decode(),
+        "client_email": "poller@p.iam.gserviceaccount.com", "client_id": "1", "token_uri": refusing_token_server,
+    }))
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(creds), "STORAGE_EMULATOR_HOST": "", "NO_PROXY": "*"}
+    result = cli("--source", "gs://some-bucket/m/", "--model-dir", str(dirs.models), "--once", env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "invalid_grant" in errors[0], result.stderr
+
+
+def test_no_credentials_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli) -> None:
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json"), "STORAGE_EMULATOR_HOST": ""}
+    result = cli("--source", "gs://some-bucket/m/", "--model-dir", str(dirs.models), "--once", env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "credentials" in errors[0].lower(), result.stderr

@@ -1,0 +1,149 @@
+"""Pub/Sub notifications from fake-gcs-server: every replica hears of every version;
+duplicates and out-of-order redelivery change nothing twice."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from poller.archives import model_files, zip_bytes
+from poller.procs import PollerProcess
+
+from model_poller.notifications import subscription_filter, subscription_name
+
+pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
+
+
+def versions_in(models: Path) -> list[int]:
+    if not models.exists():
+        return []
+    return sorted(int(p.name) for p in models.iterdir() if p.name.isdigit())
+
+
+def wait_until(predicate: Any, timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {what}")
+
+
+def our_subscriptions(project: str, topic: str) -> list[str]:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    return [s for s in publisher.list_topic_subscriptions(request={"topic": topic}) if "/model-poller-" in s]
+
+
+def test_three_replicas_in_topic_mode(fake_gcs: Any, bucket: Any, tmp_path: Path) -> None:
+    from google.cloud import pubsub_v1
+
+    topic = fake_gcs.notification_topic
+    source = f"gs://{bucket.name}/models/"
+    pods = [f"replica-{i}-{uuid.uuid4().hex[:5]}" for i in range(3)]
+    pollers = [
+        PollerProcess(
+            ["--source", source, "--model-dir", str(tmp_path / pod), "--topic", topic, "--poll-interval", "3600", "--keep", "10"],
+            tmp_path / f"{pod}.log",
+            env={"POD_NAME": pod},
+        )
+        for pod in pods
+    ]
+    try:
+        for p in pollers:
+            p.wait_for("/readyz")
+        assert len(our_subscriptions(fake_gcs.project, topic)) >= 3
+        # The poll interval is an hour: only notifications can bring these in.
+        for v in (1, 2, 3):
+            bucket.blob(f"models/{v}.zip").upload_from_string(zip_bytes(model_files(v)))
+        for pod, p in zip(pods, pollers):
+            wait_until(lambda pod=pod: versions_in(tmp_path / pod) == [1, 2, 3], 30, f"{pod}: {p.output()}")
+        for p in pollers:
+            wait_until(lambda p=p: p.metric("model_poller_installs_total") == 3, 10, p.output())
+            assert p.metric("model_poller_notification_to_installed_seconds_count") >= 1
+        downloaded = [p.metric("model_poller_downloaded_bytes_total") for p in pollers]
+        ignored = [p.metric("model_poller_notifications_total", 'outcome="ignored"') for p in pollers]
+
+        # Duplicates and out-of-order redelivery: the same notifications again, oldest last.
+        publisher = pubsub_v1.PublisherClient()
+        for v in (3, 2, 2, 1, 3, 1):
+            blob = bucket.get_blob(f"models/{v}.zip")
+            publisher.publish(
+                topic, b"{}", bucketId=bucket.name, objectId=blob.name, objectGeneration=str(blob.generation),
+                eventType="OBJECT_FINALIZE", payloadFormat="JSON_API_V1",
+            ).result(timeout=30)
+        for i, p in enumerate(pollers):
+            wait_until(lambda p=p, i=i: p.metric("model_poller_notifications_total", 'outcome="ignored"') >= ignored[i] + 6,
+                       20, p.output())
+        for i, p in enumerate(pollers):
+            assert p.metric("model_poller_installs_total") == 3
+            assert p.metric("model_poller_downloaded_bytes_total") == downloaded[i]
+        assert all(versions_in(tmp_path / pod) == [1, 2, 3] for pod in pods)
+
+        # A deletion is a rollback, also learned from a notification.
+        bucket.blob("models/3.zip").delete()
+        for pod in pods:
+            wait_until(lambda pod=pod: versions_in(tmp_path / pod) == [1, 2], 30, pod)
+    finally:
+        codes = [p.terminate() for p in pollers]
+    assert codes == [0, 0, 0], [p.output() for p in pollers]
+    remaining = our_subscriptions(fake_gcs.project, topic)
+    assert not any(pod.lower() in s for s in remaining for pod in pods), remaining
+    for p in pollers:
+        assert "Traceback" not in p.output()
+
+
+def test_shared_subscription_mode(fake_gcs: Any, bucket: Any, tmp_path: Path) -> None:
+    from google.cloud import pubsub_v1
+
+    name = f"projects/{fake_gcs.project}/subscriptions/shared-{uuid.uuid4().hex[:8]}"
+    subscriber = pubsub_v1.SubscriberClient()
+    subscriber.create_subscription(request={"name": name, "topic": fake_gcs.notification_topic})
+    models = tmp_path / "models"
+    poller = PollerProcess(
+        ["--source", f"gs://{bucket.name}/m/", "--model-dir", str(models), "--subscription", name, "--poll-interval", "3600"],
+        tmp_path / "poller.log",
+    )
+    try:
+        poller.wait_for("/readyz")
+        bucket.blob("m/0004.zip").upload_from_string(zip_bytes(model_files(4), top="0004"))
+        wait_until(lambda: versions_in(models) == [4], 30, poller.output())
+    finally:
+        code = poller.terminate()
+    assert code == 0
+    # A shared subscription is not ours to delete.
+    subscriber.get_subscription(request={"subscription": name})
+    subscriber.delete_subscription(request={"subscription": name})
+
+
+def test_missing_topic_logs_one_line_and_keeps_listing(fake_gcs: Any, bucket: Any, tmp_path: Path) -> None:
+    bucket.blob("m/1.zip").upload_from_string(zip_bytes(model_files(1)))
+    models = tmp_path / "models"
+    poller = PollerProcess(
+        ["--source", f"gs://{bucket.name}/m/", "--model-dir", str(models),
+         "--topic", f"projects/{fake_gcs.project}/topics/no-such-topic", "--poll-interval", "1"],
+        tmp_path / "poller.log",
+    )
+    try:
+        poller.wait_for("/readyz")
+        assert versions_in(models) == [1]
+        wait_until(lambda: "topic projects/" in poller.output() and "does not exist" in poller.output(), 10)
+        bucket.blob("m/2.zip").upload_from_string(zip_bytes(model_files(2)))
+        wait_until(lambda: versions_in(models) == [1, 2], 15, poller.output())
+    finally:
+        code = poller.terminate()
+    assert code == 0
+    assert "Traceback" not in poller.output()
+
+
+def test_subscription_naming_and_filter() -> None:
+    a = subscription_name("p", "Pod_A.1", "projects/p/topics/t", "gs://b/m/")
+    assert a.startswith("projects/p/subscriptions/model-poller-pod-a-1-")
+    assert a == subscription_name("p", "Pod_A.1", "projects/p/topics/t", "gs://b/m/")  # stable across restarts
+    assert a != subscription_name("p", "pod-b", "projects/p/topics/t", "gs://b/m/")
+    assert subscription_filter("b", "m/") == 'attributes.bucketId = "b" AND hasPrefix(attributes.objectId, "m/")'
+    assert subscription_filter("b", "") == 'attributes.bucketId = "b"'
