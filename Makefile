@@ -22,7 +22,7 @@ test-binaries:
 
 # The CRD is generated from api/model_poller_api/crd.py (a test checks it stays so).
 crd: venv
-	$(PY) -m model_poller_api.crd crds/modeldeployments.modelpoller.dev.yaml
+	$(PY) -m model_poller_api.crd crds/modeldeployments.modelpoller.dev.yaml deploy/chart/crds/modeldeployments.modelpoller.dev.yaml
 
 lint: venv
 	$(VENV)/bin/lint-imports
@@ -32,7 +32,7 @@ test: venv test-binaries lint
 	MODEL_POLLER_TEST_BIN="$$(bash hack/build-test-binaries.sh)" $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv test-binaries
-	@echo "make demo arrives with the poller and operator issues (#3, #4); see README.md." && exit 1
+	MODEL_POLLER_TEST_BIN="$$(bash hack/build-test-binaries.sh)" $(PY) hack/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

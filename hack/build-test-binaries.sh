@@ -65,7 +65,10 @@ print(")")
 PY
 }
 
-if [ ! -x "$BIN/kube-apiserver" ]; then
+# Only compute the replace list (a module download) when the binary is not cached.
+if [ -x "$BIN/kube-apiserver" ]; then
+    log "kube-apiserver: cached at $BIN/kube-apiserver"
+else
     build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "k8s.io/kubernetes@$KUBE_VERSION" "$(kube_replaces)"
 fi
 build etcd go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3@$ETCD_VERSION"

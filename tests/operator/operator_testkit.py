@@ -227,9 +227,11 @@ class Cluster:
                 return dict(c)
         return {}
 
-    def raw_get(self, path: str) -> dict[str, Any] | None:
+    def raw_get(self, path: str, accept: str = "application/json") -> dict[str, Any] | None:
         try:
-            response = self.api.call_api(*self.api.param_serialize("GET", path, auth_settings=["BearerToken"]))
+            response = self.api.call_api(
+                *self.api.param_serialize("GET", path, header_params={"Accept": accept}, auth_settings=["BearerToken"])
+            )
             response.read()
         except ApiException as error:
             if error.status == 404:

@@ -26,6 +26,7 @@ class Service:
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
         self.name = name
         self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
         log.info("starting %s: %s (log: %s)", name, " ".join(argv), log_path)
         # A new session so stop() can signal the whole group (gcloud forks a JVM).
