@@ -54,7 +54,7 @@ def apply_crd(plane: KubeControlPlane) -> None:
 
     def established() -> bool:
         crd = api.read_custom_resource_definition(body["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+        return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions if crd.status else None) or [])
 
     kit.wait_for("the CRD", established, 30)
 
@@ -78,7 +78,7 @@ def complete(cluster: kit.Cluster, namespace: str) -> tuple[int, int]:
     return observed, with_children
 
 
-def run(count: int, idle: float, workdir: Path) -> dict[str, Any]:
+def run(count: int, idle: float, workdir: Path, verbose: bool = False) -> dict[str, Any]:
     plane = KubeControlPlane(workdir / "kube").start()
     try:
         apply_crd(plane)
@@ -92,7 +92,8 @@ def run(count: int, idle: float, workdir: Path) -> dict[str, Any]:
             "MODEL_POLLER_OPERATOR_SECRET_CHECK_INTERVAL": "60",
             "MODEL_POLLER_OPERATOR_RETRY_DELAY": "15",
         }
-        with kit.run_operator(kubeconfig, workdir, env=env) as operator:
+        command = [str(Path(sys.executable).parent / "model-poller-operator"), "--all-namespaces"]
+        with kit.run_operator(kubeconfig, workdir, env=env, command=command + (["--verbose"] if verbose else [])) as operator:
             rss_before = operator.rss_kib()
             start_offset = kit.audit_offset(plane.audit_log)
             specs = [
@@ -136,6 +137,10 @@ def run(count: int, idle: float, workdir: Path) -> dict[str, Any]:
             peak = operator.peak_rss_kib()
             rss_after = operator.rss_kib()
             alive = operator.process.poll() is None
+            log_text = operator.log()
+        (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
+        (REPO / "bench" / "results" / "operator_scale.log").write_text(log_text)
+        problems = [line for line in log_text.splitlines() if " ERROR " in line or " WARNING " in line]
         by_kind = collections.Counter(
             f"{w['verb']} {w['objectRef'].get('resource')}"
             + (f"/{w['objectRef']['subresource']}" if w["objectRef"].get("subresource") else "")
@@ -156,6 +161,8 @@ def run(count: int, idle: float, workdir: Path) -> dict[str, Any]:
             "idle_writes_per_minute": round(len(idle_writes) * 60 / idle, 2),
             "idle_write_samples": kit.describe_writes(idle_writes)[:10],
             "operator_alive": alive,
+            "operator_log_warnings_and_errors": len(problems),
+            "operator_log_problem_samples": problems[:5],
             "progress_tail": progress[-5:],
         }
     finally:
@@ -166,9 +173,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=300, help="ModelDeployments created at once (default 300)")
     parser.add_argument("--idle", type=float, default=60, help="seconds of idle measurement (default 60)")
+    parser.add_argument("--verbose", action="store_true", help="run the operator with debug logs (slower)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="operator-bench-") as tmp:
-        result = run(args.count, args.idle, Path(tmp))
+        result = run(args.count, args.idle, Path(tmp), args.verbose)
     out = REPO / "bench" / "results" / "operator_scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -265,22 +265,28 @@ class Api:
         except ApiException as error:
             log.warning("could not post Event %s on %s/%s: %s", reason, owner.namespace, owner.name, error.status)
 
-    def converge(self, desired: Mapping[str, Any]) -> Change | None:
-        """Apply one child if the live object differs from ``desired``; None if in sync."""
+    def converge(self, desired: Mapping[str, Any], *, read_first: bool = True) -> Change | None:
+        """Apply one child if the live object differs from ``desired``; None if in sync.
+
+        ``read_first=False`` applies without looking (for a ModelDeployment just created,
+        whose children cannot exist yet: server-side apply is idempotent anyway).
+        """
         meta = desired["metadata"]
+        live = None
         try:
-            live = self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
-            if in_sync(desired, live):
-                return None
+            if read_first:
+                live = self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+                if in_sync(desired, live):
+                    return None
             self.apply(with_hash(desired))
         except ApiException as error:
             raise ApplyError(desired, error) from error
         return Change(kind=desired["kind"], name=meta["name"], created=live is None)
 
-    def converge_all(self, children: list[Obj]) -> list[Change]:
+    def converge_all(self, children: list[Obj], *, read_first: bool = True) -> list[Change]:
         changes = []
         for child in children:
-            change = self.converge(child)
+            change = self.converge(child, read_first=read_first)
             if change is not None:
                 changes.append(change)
         return changes

@@ -11,13 +11,16 @@ ENV_PREFIX: Final = "MODEL_POLLER_OPERATOR_"
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    # How often each ModelDeployment's status is recomputed from the watched pods,
-    # Deployment and poller reports (in memory; a write only when something changed).
+    # Period of the operator-wide status loop, which recomputes every ModelDeployment's
+    # status from the indexes (in memory; a write only when something changed). Events of
+    # ModelDeployments, Deployments and pods trigger a recomputation at once anyway.
     status_interval: float = 10.0
     # How often the existence of spec.source.credentialsSecret is re-checked (one GET).
     secret_check_interval: float = 60.0
     # Delay before retrying a failed apply of the children.
     retry_delay: float = 15.0
+    # How long kopf waits for the echo of its own patch before handling a stale version.
+    consistency_timeout: float = 60.0
     # Threads running the (synchronous) handlers.
     workers: int = 8
     # Server-side timeout of one watch request, and the client-side one (a bit longer).

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Final, Mapping
 
@@ -67,6 +68,14 @@ class State:
     # so the periodic loop never prunes status.pollers from a half-listed pods index.
     indexes_ready: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _locks: dict[Key, threading.Lock] = field(default_factory=dict)
+    _locks_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, key: Key) -> threading.Lock:
+        """One lock per ModelDeployment: its reconcile and the repairs of its children take
+        turns, so two of them never both see the same drift and both write the fix."""
+        with self._locks_lock:
+            return self._locks.setdefault(key, threading.Lock())
 
 
 def _state(memo: Any) -> State:
@@ -116,6 +125,9 @@ async def configure(
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=names.PROGRESS_ANNOTATION_PREFIX, key="last-handled-configuration"
     )
+    # Under load the watch stream can lag behind kopf's own patches by several seconds; wait
+    # for the patched version instead of re-handling a stale one (which re-runs handlers).
+    settings.persistence.consistency_timeout = CONFIG.consistency_timeout
     settings.watching.server_timeout = CONFIG.watch_server_timeout
     settings.watching.client_timeout = CONFIG.watch_client_timeout
     settings.watching.connect_timeout = CONFIG.watch_connect_timeout
@@ -229,6 +241,7 @@ def reconcile(
     spec: kopf.Spec,
     memo: Any,
     retry: int,
+    reason: str,
     logger: Logger,
     model_deployments: MDIndex,
     model_pods: PodIndex,
@@ -248,9 +261,20 @@ def reconcile(
         _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
         logger.error(message)
         return
-    children = render.render_children(snapshot.owner, models.ModelDeploymentSpec.from_object(name, spec))
     try:
-        changes = state.api.converge_all(children)
+        children = render.render_children(snapshot.owner, models.ModelDeploymentSpec.from_object(name, spec))
+    except (ValueError, KeyError, TypeError) as error:
+        # Something the CRD schema let through but the operator cannot render: say so, and
+        # wait for the next spec change (retrying the same spec cannot help).
+        message = f"spec cannot be rendered: {error}"
+        synced = st.Synced(snapshot.generation, False, st.REASON_INVALID_SPEC, message)
+        _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
+        logger.error(message)
+        return
+    try:
+        # A brand-new ModelDeployment has no children yet: apply without reading first.
+        with state.lock(key):
+            changes = state.api.converge_all(children, read_first=not (reason == kopf.Reason.CREATE and retry == 0))
     except ApplyError as error:
         synced = st.Synced(snapshot.generation, False, st.REASON_APPLY_FAILED, str(error))
         _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
@@ -344,7 +368,8 @@ def _make_repair_handler(kind: str) -> Any:
         if event.get("type") != "DELETED" and in_sync(desired[0], _plain(dict(body))):
             return
         try:
-            change = state.api.converge(desired[0])
+            with state.lock(key):
+                change = state.api.converge(desired[0])
         except ApplyError as error:
             logger.warning("could not repair %s %s: %s", kind, name, error)
             raise kopf.TemporaryError(str(error), delay=state.config.retry_delay) from error

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from model_poller_api import models
+from model_poller_api.conditions import find_condition
 from model_poller_operator import render
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api, StatusConflict
@@ -83,6 +84,14 @@ class StatusReporter:
             self._secrets[key] = (time.monotonic(), missing)
         return missing
 
+    @staticmethod
+    def reconciled(snapshot: Snapshot) -> bool:
+        """Whether the reconcile of the current generation has run (successfully or not)."""
+        if snapshot.status.get(models.STATUS_OBSERVED_GENERATION) == snapshot.generation:
+            return True
+        synced = find_condition(snapshot.status.get(models.STATUS_CONDITIONS) or (), models.CONDITION_SYNCED)
+        return synced is not None and synced.get("observedGeneration") == snapshot.generation
+
     def refresh(
         self,
         snapshot: Snapshot,
@@ -93,8 +102,8 @@ class StatusReporter:
         synced: st.Synced | None = None,
     ) -> bool:
         """Write the status if it changed; True if something was written."""
-        if synced is None and snapshot.status.get(models.STATUS_OBSERVED_GENERATION) is None:
-            return False  # the first reconcile writes the first status
+        if synced is None and not self.reconciled(snapshot):
+            return False  # the reconcile of this generation comes next and writes the status
         spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
         observed = st.Observed(
             name=snapshot.name,

@@ -24,6 +24,7 @@ REASON_NOT_READY: Final = "ReplicasNotReady"
 REASON_APPLIED: Final = "ChildrenApplied"
 REASON_APPLY_FAILED: Final = "ApplyFailed"
 REASON_INVALID_NAME: Final = "InvalidName"
+REASON_INVALID_SPEC: Final = "InvalidSpec"
 # Reasons of the Degraded condition.
 REASON_AS_EXPECTED: Final = "AsExpected"
 REASON_SECRET_MISSING: Final = "CredentialsSecretMissing"

@@ -53,7 +53,8 @@ import operator_testkit as kit  # noqa: E402
 @pytest.fixture(scope="session")
 def operator_kubeconfig(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kubeconfig for the operator's own ServiceAccount, bound to the chart's ClusterRole."""
-    return kit.install_operator_identity(kube, tmp_path_factory.mktemp("operator-identity"))
+    path: Path = kit.install_operator_identity(kube, tmp_path_factory.mktemp("operator-identity"))
+    return path
 
 
 @pytest.fixture(scope="module")

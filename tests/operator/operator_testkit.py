@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 from kubernetes import client
@@ -92,6 +92,7 @@ def service_account_token(kube: Any, namespace: str, name: str, seconds: int = 4
     core = client.CoreV1Api(kube.api_client())
     request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))
     response = core.create_namespaced_service_account_token(name, namespace, request)
+    assert response.status is not None
     return str(response.status.token)
 
 
@@ -197,20 +198,16 @@ class Cluster:
 
     def create_md(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": spec}
-        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            names.GROUP, names.VERSION, namespace, names.PLURAL, body
-        )
-        return created
+        created = self.custom.create_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, body)
+        return cast(dict[str, Any], created)
 
     def get_md(self, namespace: str, name: str) -> dict[str, Any]:
-        md: dict[str, Any] = self.custom.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, name)
-        return md
+        md = self.custom.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, name)
+        return cast(dict[str, Any], md)
 
     def patch_md(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        md: dict[str, Any] = self.custom.patch_namespaced_custom_object(
-            names.GROUP, names.VERSION, namespace, names.PLURAL, name, patch
-        )
-        return md
+        md = self.custom.patch_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, name, patch)
+        return cast(dict[str, Any], md)
 
     def observed(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The MD once its status reports its current generation, else None."""

@@ -91,3 +91,16 @@ def test_manifests_apply_and_the_operator_pod_is_restricted(kube: Any, cluster: 
         cluster.core.create_namespaced_pod(namespace, pod)
     except ApiException as error:  # pragma: no cover - the message is the point
         raise AssertionError(f"the operator's own pod is not 'restricted': {error.body}") from error
+
+
+def test_operator_settings_from_the_environment() -> None:
+    from model_poller_operator.config import OperatorConfig
+
+    assert OperatorConfig.from_env({}) == OperatorConfig()
+    config = OperatorConfig.from_env(
+        {"MODEL_POLLER_OPERATOR_STATUS_INTERVAL": "2.5", "MODEL_POLLER_OPERATOR_WORKERS": "3", "MODEL_POLLER_OPERATOR_RETRY_DELAY": ""}
+    )
+    assert (config.status_interval, config.workers, config.retry_delay) == (2.5, 3, OperatorConfig().retry_delay)
+    assert isinstance(config.workers, int)
+    with pytest.raises(ValueError, match="MODEL_POLLER_OPERATOR_WORKERS"):
+        OperatorConfig.from_env({"MODEL_POLLER_OPERATOR_WORKERS": "many"})

@@ -40,7 +40,8 @@ def wait_children(cluster: kit.Cluster, namespace: str, name: str, timeout: floa
         found = {kind: cluster.child(kind, namespace, child) for kind, child in _child_names(name).items()}
         return {k: v for k, v in found.items() if v is not None} if all(found.values()) else None
 
-    return kit.wait_for(f"children of {namespace}/{name}", probe, timeout)
+    found: dict[str, dict[str, Any]] = kit.wait_for(f"children of {namespace}/{name}", probe, timeout)
+    return found
 
 
 def contains(expected: Any, live: Any, path: str = "") -> list[str]:
@@ -218,9 +219,10 @@ def test_poller_identity_can_patch_only_its_own_status(
     entry = {"status": {"pollers": {"a-pod": {"versions": [1], "serving": 1, "latest": 1, "lastSync": "2026-01-01T00:00:00Z", "error": None}}}}
 
     # Allowed: read its own ModelDeployment, watch it by name, patch its status.
-    assert poller.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "a")["spec"]
+    own = poller.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "a")
+    assert isinstance(own, dict) and own["spec"]
     poller.patch_namespaced_custom_object_status(names.GROUP, names.VERSION, namespace, names.PLURAL, "a", entry)
-    stream = watch.Watch().stream(
+    stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
         poller.list_namespaced_custom_object,
         names.GROUP,
         names.VERSION,
@@ -258,7 +260,8 @@ def test_poller_identity_can_patch_only_its_own_status(
                 ),
             )
         )
-        return bool(authz.create_subject_access_review(review).status.allowed)
+        status = authz.create_subject_access_review(review).status
+        return bool(status and status.allowed)
 
     assert allowed("patch", names.PLURAL, "a", "status")
     assert not allowed("patch", names.PLURAL, "b", "status")
