@@ -52,8 +52,8 @@ POLLER_PORT_NAME: Final = "poller-http"
 DEFAULT_POLLER_RESOURCES: Final[Obj] = {"requests": {"cpu": "50m", "memory": "64Mi"}}
 
 # A Service name (and hence a ModelDeployment name) must be an RFC 1035 label.
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME_LENGTH: Final = 63
+_DNS1035_LABEL = re.compile(names.NAME_PATTERN)
+MAX_NAME_LENGTH: Final = names.MAX_NAME_LENGTH
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,10 @@ class Owner:
 
 
 def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name the children, or None. The CRD cannot check metadata.name."""
+    """Why ``name`` cannot name the children, or None.
+
+    The CRD rejects such names (a CEL rule on metadata.name); this catches objects stored
+    before that rule existed."""
     if len(name) > MAX_NAME_LENGTH:
         return f"metadata.name {name!r} is longer than {MAX_NAME_LENGTH} characters (it names a Service and labels)"
     if not _DNS1035_LABEL.match(name):

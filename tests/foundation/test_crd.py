@@ -129,6 +129,14 @@ def test_invalid_spec_is_rejected_naming_the_field(
     assert words in err.value.body, err.value.body
 
 
+@pytest.mark.parametrize("name", ["my.model", "1model", "m" * 64])
+def test_a_name_that_cannot_name_a_service_is_rejected(kube: Any, namespace: str, name: str) -> None:
+    with pytest.raises(ApiException) as err:
+        _create(kube, namespace, {**VALID, "metadata": {"name": name}})
+    assert err.value.status == 422
+    assert "metadata.name" in err.value.body and "DNS-1035 label" in err.value.body, err.value.body
+
+
 def test_printer_columns_come_from_the_server(kube: Any, namespace: str) -> None:
     _create(kube, namespace, VALID)
     status = {"modelName": "faster_rcnn", "readyReplicas": 2, "latestVersion": 3, "servingVersion": 3, "replicas": 2}

@@ -418,19 +418,6 @@ def test_poller_errors_become_degraded_conditions(
     assert operator.process.poll() is None
 
 
-def test_an_invalid_name_is_reported_not_crashed_on(
-    operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str
-) -> None:
-    cluster.create_md(namespace, "my.model", {"source": {"uri": "gs://bkt/m/"}})
-    synced = kit.wait_for(
-        "Synced=False", lambda: (c := cluster.condition(namespace, "my.model", "Synced")).get("status") == "False" and c
-    )
-    assert synced["reason"] == "InvalidName"
-    assert "DNS-1035" in synced["message"]
-    assert cluster.child("Deployment", namespace, "my.model") is None
-    assert operator.healthy()
-
-
 def test_examples_are_valid(operator: kit.OperatorProcess, kube: Any, namespace: str) -> None:
     examples = sorted((Path(__file__).resolve().parents[2] / "deploy" / "examples").glob("*.yaml"))
     assert examples
