@@ -1,7 +1,7 @@
 """Install throughput and peak RSS of the poller vs a plain baseline, side by side.
 
 For each size (default 1 GiB and 4 GiB) one zip archive of incompressible shards (like
-float weights) is uploaded to fake-gcs-server. Then, alternating, each run in its own
+float weights) is placed in fake-gcs-server (see ``seed_object``). Then, alternating, each run in its own
 fresh process on the same object:
 - baseline: streaming HTTP GET of the object (1 MiB chunks) to a file, then
   ``zipfile.ZipFile.extractall`` (no checksum, no limits, no fsync, no atomic rename);
@@ -14,6 +14,9 @@ Wall time includes process start. Peak RSS (ru_maxrss) is measured per process.
 from __future__ import annotations
 
 import argparse
+import base64
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +26,10 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import google_crc32c
 from poller_services import machine, services
 
 GiB = 1 << 30
@@ -62,6 +68,49 @@ def build_archive(path: Path, size: int) -> None:
             shard += 1
 
 
+def seed_object(gcs: Any, bucket: Any, name: str, path: Path) -> None:
+    """Put the file at ``path`` into fake-gcs-server as ``gs://bucket/name`` without an upload.
+
+    fake-gcs-server's upload handlers and its filesystem backend's ``CreateObject`` hold the
+    whole object in memory (a 4 GiB upload took 23 GiB RSS and was OOM-killed). Its
+    filesystem backend, however, serves every read straight from
+    ``<root>/<bucket>/<name>`` (internal/backend/fs.go: getObject -> newLazyReader), with
+    the object's attributes JSON in the ``user.metadata`` xattr of that file (or a
+    ``<name>.metadata`` file where xattrs are unsupported; metadata_xattr.go /
+    metadata_file.go). So: upload a tiny placeholder through the API (the server writes
+    attributes in its own format, with a generation), then rename the real content over it
+    and rewrite the attributes' Crc32c/Md5Hash/Etag for the new bytes. Listing, metadata,
+    downloads and ranged reads then all come from disk; the size comes from stat().
+    """
+    bucket.blob(name).upload_from_string(b"placeholder")
+    storage = gcs.workdir / "storage"
+    target = storage / quote(bucket.name, safe="") / name
+    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 * MiB):
+            crc.update(chunk)  # type: ignore[no-untyped-call]
+            md5.update(chunk)
+    try:
+        attrs_raw, use_xattr = os.getxattr(target, "user.metadata"), True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.ENODATA):
+            raise
+        attrs_raw, use_xattr = Path(f"{target}.metadata").read_bytes(), False
+    attrs = json.loads(attrs_raw)
+    attrs["Crc32c"] = base64.b64encode(crc.digest()).decode()  # type: ignore[no-untyped-call]
+    attrs["Md5Hash"] = attrs["Etag"] = base64.b64encode(md5.digest()).decode()
+    encoded = json.dumps(attrs).encode()
+    os.rename(path, target)
+    if use_xattr:
+        os.setxattr(target, "user.metadata", encoded)
+    else:
+        Path(f"{target}.metadata").write_bytes(encoded)
+    blob = bucket.get_blob(name)
+    if blob.size != target.stat().st_size or blob.crc32c != attrs["Crc32c"]:
+        raise SystemExit(f"seeding {name} failed: server reports {blob.size} B crc32c {blob.crc32c}")
+
+
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     """(seconds, peak RSS MiB, exit code) of one child process.
 
@@ -89,6 +138,13 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     return seconds, peak_kib / 1024, proc.returncode
 
 
+def vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1,4", help="archive sizes in GiB")
@@ -104,10 +160,8 @@ def main() -> int:
             archive = root / "upload.zip"
             build_archive(archive, size)
             name = f"m{size_gib:g}/0001.zip"
-            blob = bucket.blob(name, chunk_size=64 * MiB)
-            blob.upload_from_filename(str(archive))
             archive_bytes = archive.stat().st_size
-            archive.unlink()
+            seed_object(gcs, bucket, name, archive)
             url = f"{gcs.url}/download/storage/v1/b/{bucket.name}/o/{name.replace('/', '%2F')}?alt=media"
             runs: dict[str, list[tuple[float, float]]] = {"baseline": [], "poller": []}
             for _ in range(args.rounds):
@@ -138,6 +192,7 @@ def main() -> int:
                 "poller_peak_rss_MiB": round(max(r for _, r in runs["poller"]), 1),
                 "baseline_peak_rss_MiB": round(max(r for _, r in runs["baseline"]), 1),
             }
+            result["fake_gcs_peak_rss_MiB"] = round(vm_hwm_mib(gcs._service.proc.pid), 1)
             print(json.dumps(result), flush=True)
             results.append(result)
             bucket.blob(name).delete()

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Render deploy/manifests/ from the Helm chart (default values), for `kubectl apply` users.
-#   bash deploy/render-manifests.sh            (needs helm >= 3 on PATH, or HELM=/path/to/helm)
+#   bash deploy/render-manifests.sh   (uses helm from PATH, else the one hack/build-test-binaries.sh builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HELM="${HELM:-helm}"
+HELM="${HELM:-$(command -v helm || echo "$(bash hack/build-test-binaries.sh)/helm")}"
 "$HELM" lint deploy/chart >&2
 {
     cat <<'HEADER'

@@ -5,6 +5,7 @@
 #   kube-apiserver  k8s.io/kubernetes      (staging modules replaced by matching v0.x.y tags)
 #   etcd            go.etcd.io/etcd/server/v3
 #   fake-gcs-server github.com/fsouza/fake-gcs-server
+#   helm            helm.sh/helm/v3 (chart lint and template in the tests)
 #
 # Prints the binary directory on stdout; everything else goes to stderr.
 set -euo pipefail
@@ -12,9 +13,13 @@ set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 
 CACHE="${MODEL_POLLER_CACHE:-$HOME/.cache/model-poller}"
-BIN="$CACHE/bin/kube-$KUBE_VERSION-etcd-$ETCD_VERSION-fakegcs-$FAKE_GCS_VERSION"
+# Each binary is cached per version; BIN holds links to the pinned set, so changing one
+# pin rebuilds only that binary.
+BUILDS="$CACHE/build"
+BIN="$CACHE/bin/kube-$KUBE_VERSION-etcd-$ETCD_VERSION-fakegcs-$FAKE_GCS_VERSION-helm-$HELM_VERSION"
 export GOMODCACHE="${GOMODCACHE_OVERRIDE:-$CACHE/gomod}"
 export GOCACHE="${GOCACHE:-$HOME/.cache/go-build}"
 export GOFLAGS="-modcacherw"
@@ -27,10 +32,13 @@ log() { echo "build-test-binaries: $*" >&2; }
 # $1 output name, $2 package to build, $3 module@version, $4 extra go.mod lines (replaces).
 build() {
     local out="$1" pkg="$2" modver="$3" extra="${4:-}"
-    if [ -x "$BIN/$out" ]; then
-        log "$out: cached at $BIN/$out"
+    local dest="$BUILDS/$out-${modver##*@}"
+    if [ -x "$dest/$out" ]; then
+        log "$out: cached at $dest/$out"
+        ln -sfn "$dest/$out" "$BIN/$out"
         return
     fi
+    mkdir -p "$dest"
     local work
     work="$(mktemp -d)"
     log "$out: building $pkg from $modver (first run only; a few minutes)"
@@ -41,9 +49,10 @@ build() {
         sed -i '1i //go:build tools' tools.go
         go get "$modver" >&2
         go mod tidy -e >&2 || true
-        go build -trimpath -ldflags "-s -w" -o "$BIN/$out.tmp" "$pkg" >&2
+        go build -trimpath -ldflags "-s -w" -o "$dest/$out.tmp" "$pkg" >&2
     )
-    mv "$BIN/$out.tmp" "$BIN/$out"
+    mv "$dest/$out.tmp" "$dest/$out"
+    ln -sfn "$dest/$out" "$BIN/$out"
     rm -rf "$work"
     log "$out: built"
 }
@@ -66,12 +75,13 @@ PY
 }
 
 # Only compute the replace list (a module download) when the binary is not cached.
-if [ -x "$BIN/kube-apiserver" ]; then
-    log "kube-apiserver: cached at $BIN/kube-apiserver"
+if [ -x "$BUILDS/kube-apiserver-$KUBE_VERSION/kube-apiserver" ]; then
+    build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "k8s.io/kubernetes@$KUBE_VERSION"
 else
     build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "k8s.io/kubernetes@$KUBE_VERSION" "$(kube_replaces)"
 fi
 build etcd go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
 build fake-gcs-server github.com/fsouza/fake-gcs-server "github.com/fsouza/fake-gcs-server@$FAKE_GCS_VERSION"
+build helm helm.sh/helm/v3/cmd/helm "helm.sh/helm/v3@$HELM_VERSION"
 
 echo "$BIN"
