@@ -26,7 +26,7 @@ crd: venv
 
 lint: venv
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy api/model_poller_api
+	$(VENV)/bin/mypy api/model_poller_api poller/model_poller operator/model_poller_operator
 
 test: venv test-binaries lint
 	MODEL_POLLER_TEST_BIN="$$(bash hack/build-test-binaries.sh)" $(PY) -m pytest $(PYTEST_ARGS)
