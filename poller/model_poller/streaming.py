@@ -9,11 +9,14 @@ checksum of the whole object is verified before anything is renamed into place.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import os
 import struct
 import threading
 from pathlib import Path
+from typing import Any
 
 from model_poller.errors import Abandoned, SourceError
 from model_poller.install_verify import Verifier
@@ -21,6 +24,34 @@ from model_poller.sources.base import Source
 from model_poller.versions import SourceObject
 
 MAX_TAIL = 64 << 20  # a bigger central directory is read from the finished download
+# The part of the staging archive already unpacked is dropped every this many bytes...
+DISCARD_EVERY = 64 << 20
+# ...except for this much just behind the read position (the BufferedReader's window).
+DISCARD_MARGIN = 8 << 20
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _load_fallocate() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+_fallocate = _load_fallocate()
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free ``[offset, offset+length)`` of the file (its page cache, dirty or not, and its
+    blocks); the file keeps its size. False where the filesystem cannot."""
+    if _fallocate is None or length <= 0:
+        return False
+    return bool(_fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0)
 _EOCD = b"PK\x05\x06"
 _ZIP64_LOCATOR = b"PK\x06\x07"
 
@@ -136,7 +167,17 @@ class Download(threading.Thread):
 
 class GrowingReader(io.RawIOBase):
     """A seekable view of the object being downloaded: ``[0, tail_start)`` from the
-    growing file (waiting as needed), ``[tail_start, size)`` from the read-ahead tail."""
+    growing file (waiting as needed), ``[tail_start, size)`` from the read-ahead tail.
+
+    The extractors read front to back, so what lies well behind the read position is
+    never read again: it is punched out of the staging file as the reading advances.
+    Without that, a 4 GiB archive is 4 GiB of dirty page cache that the kernel starts
+    writing to disk (past vm.dirty_background_ratio), competing with the unpacked files'
+    writes that must reach the disk; with it, the archive costs a bounded window of page
+    cache and next to no disk writes. (The checksum was computed as the bytes arrived;
+    the read-ahead tail is never punched, so ``finish()`` can still compare it.) Reading
+    behind the dropped part is refused, never answered with the hole's zeros.
+    """
 
     def __init__(self, download: Download, tail: bytes, tail_start: int) -> None:
         super().__init__()
@@ -146,6 +187,8 @@ class GrowingReader(io.RawIOBase):
         self._tail_start = tail_start if tail else self._size
         self._fd = os.open(download.path, os.O_RDONLY | os.O_CLOEXEC)
         self._pos = 0
+        self._discard_fd: int | None = os.open(download.path, os.O_WRONLY | os.O_CLOEXEC)
+        self._discarded = 0
 
     def readable(self) -> bool:
         return True
@@ -169,14 +212,30 @@ class GrowingReader(io.RawIOBase):
             at = self._pos - self._tail_start
             data = self._tail[at : at + want]
         else:
+            if self._pos < self._discarded:
+                raise SourceError(f"internal: read at {self._pos}, before the discarded {self._discarded} bytes")
             end = min(self._pos + want, self._tail_start)
             self._download.wait_for(end)
             data = os.pread(self._fd, end - self._pos, self._pos)
+            self._discard_behind()
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
+    def _discard_behind(self) -> None:
+        upto = (self._pos - DISCARD_MARGIN) // DISCARD_EVERY * DISCARD_EVERY
+        if self._discard_fd is None or upto <= self._discarded:
+            return
+        if punch_hole(self._discard_fd, self._discarded, upto - self._discarded):
+            self._discarded = upto
+        else:
+            os.close(self._discard_fd)
+            self._discard_fd = None
+
     def close(self) -> None:
         if not self.closed:
             os.close(self._fd)
+            if self._discard_fd is not None:
+                os.close(self._discard_fd)
+                self._discard_fd = None
         super().close()

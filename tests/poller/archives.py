@@ -160,6 +160,17 @@ def zip_duplicate() -> bytes:
         return zip_with([("saved_model.pb", b"second copy")])
 
 
+def zip_overlapping() -> bytes:
+    """The central directory's last entry points at the first entry's local header (two
+    entries sharing bytes, the overlapping-entries zip-bomb trick)."""
+    import struct
+
+    blob = bytearray(zip_with([("variables/extra", b"y" * 5000)]))
+    last = blob.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", blob, last + 42, 0)
+    return bytes(blob)
+
+
 def zip_encrypted_flag() -> bytes:
     """An entry flagged as encrypted (flag bit 0) in both its local and central header."""
     blob = bytearray(zip_with([(_zinfo("secret"), b"xxxxxxxxxxxx")]))

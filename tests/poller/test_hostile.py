@@ -43,6 +43,7 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str, Limits]] = {
     "zip-garbage": ("2.zip", lambda: os.urandom(4096), "corrupt", Limits()),
     "zip-empty-file": ("2.zip", lambda: b"", "corrupt", Limits()),
     "zip-duplicate-entry": ("2.zip", a.zip_duplicate, "duplicate_entry", Limits()),
+    "zip-overlapping-entries": ("2.zip", a.zip_overlapping, "corrupt", Limits()),
     "zip-encrypted": ("2.zip", a.zip_encrypted_flag, "unsupported", Limits()),
     "zip-no-saved-model": ("2.zip", lambda: a.zip_bytes({"variables/x": b"1", "README": b"x"}), "no_saved_model", Limits()),
     "zip-two-top-folders": ("2.zip", lambda: a.zip_bytes({"0002/saved_model.pb": b"x", "0003/saved_model.pb": b"y"}), "no_saved_model", Limits()),

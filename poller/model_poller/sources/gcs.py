@@ -87,7 +87,16 @@ class GcsSource:
         if span is not None:
             headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
         try:
-            # The client's authorized session: same credentials, same endpoint as the listing.
+            # The client's authorized session (``Client._http``, private): same credentials,
+            # same endpoint and emulator handling as the listing. The public download API
+            # does not fit a multi-GiB stream into a sink: ``Blob.download_to_file`` reads
+            # the raw response in 8 KiB pieces (google-resumable-media's
+            # _SINGLE_GET_CHUNK_SIZE) and hashes everything a second time, and
+            # ``Blob.open()`` issues one ranged request per 40 MiB chunk and buffers each
+            # whole chunk (read from the library's code, not benchmarked here); neither
+            # can be stopped mid-chunk. Building our own AuthorizedSession would need the
+            # client's credentials (``Client._credentials``, equally private), so the
+            # client's own session is used, in one place. Raw (undecoded) reads of 1 MiB.
             session = self._client._http
             with session.get(url, stream=True, timeout=(30, 120), headers=headers) as resp:
                 if resp.status_code == 404:
