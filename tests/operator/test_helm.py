@@ -56,11 +56,15 @@ def test_rendered_chart_is_accepted_by_the_api_server(kube: Any, namespace: str,
 
 @pytest.mark.kube
 def test_one_helm_install(kube: Any, namespace: str) -> None:
-    """What the README has a user type: one `helm install`; the CRD (already there) is left alone."""
-    helm("install", "model-poller-operator", str(CHART), "--namespace", namespace, "--kubeconfig", str(kube.kubeconfig))
+    """One `helm install`, as the README has a user type; the CRD (already there) is left alone.
+
+    The release has its own name: other tests apply the plain manifests, whose
+    cluster-scoped ClusterRole `model-poller-operator` helm would refuse to take over."""
+    release = "mp-helm"
+    helm("install", release, str(CHART), "--namespace", namespace, "--kubeconfig", str(kube.kubeconfig))
     api = kube.api_client()
     deployments = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
-    assert [d.metadata.name for d in deployments] == ["model-poller-operator"]
+    assert [d.metadata.name for d in deployments] == [f"{release}-model-poller-operator"]
     container = deployments[0].spec.template.spec.containers[0]
     assert container.security_context.read_only_root_filesystem is True
     assert container.liveness_probe.http_get.path == "/healthz"
@@ -70,4 +74,4 @@ def test_one_helm_install(kube: Any, namespace: str) -> None:
     assert any(s.name == sa and s.namespace == namespace for b in bindings for s in (b.subjects or []))
     crd = client.ApiextensionsV1Api(api).read_custom_resource_definition(names.CRD_NAME)
     assert crd.spec.group == names.GROUP
-    assert "model-poller-operator" in helm("list", "--namespace", namespace, "--kubeconfig", str(kube.kubeconfig), "-q")
+    assert release in helm("list", "--namespace", namespace, "--kubeconfig", str(kube.kubeconfig), "-q")
