@@ -3,6 +3,7 @@
 # them under ~/.cache so only the first run pays for the build (like envtest's assets).
 #
 #   kube-apiserver  k8s.io/kubernetes      (staging modules replaced by matching v0.x.y tags)
+#   kube-controller-manager  the same module; tests run only its garbage collector
 #   etcd            go.etcd.io/etcd/server/v3
 #   fake-gcs-server github.com/fsouza/fake-gcs-server
 #   helm            helm.sh/helm/v3 (chart lint and template in the tests)
@@ -79,6 +80,11 @@ if [ -x "$BUILDS/kube-apiserver-$KUBE_VERSION/kube-apiserver" ]; then
     build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "k8s.io/kubernetes@$KUBE_VERSION"
 else
     build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "k8s.io/kubernetes@$KUBE_VERSION" "$(kube_replaces)"
+fi
+if [ -x "$BUILDS/kube-controller-manager-$KUBE_VERSION/kube-controller-manager" ]; then
+    build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "k8s.io/kubernetes@$KUBE_VERSION"
+else
+    build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "k8s.io/kubernetes@$KUBE_VERSION" "$(kube_replaces)"
 fi
 build etcd go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
 build fake-gcs-server github.com/fsouza/fake-gcs-server "github.com/fsouza/fake-gcs-server@$FAKE_GCS_VERSION"

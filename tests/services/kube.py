@@ -1,7 +1,8 @@
 """A real Kubernetes control plane for tests: etcd + a secured kube-apiserver on loopback.
 
 The same approach as controller-runtime's envtest. There is NO kubelet, scheduler or
-controller-manager: objects are stored and validated (admission, CEL, RBAC, PodSecurity,
+controller-manager (``start_garbage_collector()`` adds only the garbage collector, for the
+tests of cascading deletion): objects are stored and validated (admission, CEL, RBAC, PodSecurity,
 subresources, server-side apply and watches are all real), but Deployments never create
 ReplicaSets or Pods, and no token controller runs (use the TokenRequest API). A test that
 needs a pod creates it from the rendered template.
@@ -207,10 +208,47 @@ class KubeControlPlane:
         """Environment for a subprocess (kubectl, kopf, the poller) talking to this server."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
+    def start_garbage_collector(self) -> Service:
+        """kube-controller-manager running only its garbage collector, for cascade tests.
+
+        Not part of the plane by default (see the module docstring); the caller stops it.
+        """
+        port = free_port()
+        kubeconfig = str(self.kubeconfig)
+        gc = Service(
+            "kube-controller-manager (garbagecollector only)",
+            [
+                str(binary("kube-controller-manager")),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--controllers=garbagecollector",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                "--v=1",
+            ],
+            self.workdir / "kube-controller-manager.log",
+        )
+        gc.wait_until(lambda: _healthz_ok(port, self.token), 60)
+        return gc
+
     def stop(self) -> None:
         for service in reversed(self._services):
             service.stop()
         self._services.clear()
+
+
+def _healthz_ok(port: int, token: str) -> bool:
+    # The controller-manager serves a self-signed certificate of its own.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://127.0.0.1:{port}/healthz", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+        return bool(resp.status == 200)
 
 
 def _http_ok(url: str) -> bool:
