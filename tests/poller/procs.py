@@ -11,7 +11,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "a condition") -> None:
+    """Poll ``predicate`` until it is truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s: {what}")
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from poller.archives import model_files, zip_bytes
-from poller.procs import free_port
+from poller.procs import free_port, wait_until
 
 import model_poller.server as server_module
 from model_poller.config import build_settings
@@ -68,14 +68,6 @@ def leftover_messages(subscriber: Any, subscription: str) -> list[str]:
         return []
     return [m.message.attributes["objectId"] for m in response.received_messages]
 
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
 
 
 def test_download_longer_than_ack_deadline_installs_once(

@@ -3,14 +3,13 @@ duplicates and out-of-order redelivery change nothing twice."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from poller.archives import model_files, zip_bytes
-from poller.procs import PollerProcess
+from poller.procs import PollerProcess, wait_until
 
 from model_poller.notifications import subscription_filter, subscription_name
 
@@ -22,14 +21,6 @@ def versions_in(models: Path) -> list[int]:
         return []
     return sorted(int(p.name) for p in models.iterdir() if p.name.isdigit())
 
-
-def wait_until(predicate: Any, timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
 
 
 def our_subscriptions(project: str, topic: str) -> list[str]:

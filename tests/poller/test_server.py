@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 from poller.archives import model_files, zip_bytes
 from poller.conftest import Dirs
-from poller.procs import PollerProcess
+from poller.procs import PollerProcess, wait_until
 
-
-def wait_until(predicate: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.slow
