@@ -204,6 +204,12 @@ def status_schema() -> Schema:
                         "latest": {**version, "nullable": True},
                         "lastSync": {"type": "string", "format": "date-time", "nullable": True},
                         "error": {"type": "string", "nullable": True},
+                        "reason": {
+                            "type": "string",
+                            "nullable": True,
+                            "enum": [r.value for r in models.ReportReason],
+                            "description": "What kind of error `error` is; null with no error.",
+                        },
                     },
                 },
             },

@@ -7,6 +7,7 @@ the poller agree on what an omitted field means.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -114,15 +115,47 @@ def _quantity(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+class ReportReason(str, enum.Enum):
+    """Why a poller reports an error: set by the poller from its exception types, mapped
+    to the Degraded condition's reason by the operator (never parsed from the message)."""
+
+    # A version at the source was refused (hostile or broken upload, over a limit).
+    VERSION_REJECTED = "VersionRejected"
+    # TF Serving failed to load a version inside the policy.
+    LOAD_FAILED = "LoadFailed"
+    # The source could not be listed or read (network, 5xx, timeout).
+    SOURCE_UNREACHABLE = "SourceUnreachable"
+    # The poller's identity may not read the source (401/403).
+    ACCESS_DENIED = "AccessDenied"
+    # The bucket (or the file:// directory) does not exist.
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    # A version in spec.versions.pinned is not a valid version at the source.
+    PINNED_VERSION_MISSING = "PinnedVersionMissing"
+    # The model dir could not be written (disk full, read-only, I/O error).
+    INSTALL_FAILED = "InstallFailed"
+
+    @classmethod
+    def parse(cls, value: Any) -> ReportReason | None:
+        """The member named by ``value``; None for None or an unknown value (a newer poller)."""
+        try:
+            return cls(value) if value is not None else None
+        except ValueError:
+            return None
+
+
 @dataclass(frozen=True)
 class PollerReport:
-    """What one pod's poller writes under ``status.pollers[<pod name>]``."""
+    """What one pod's poller writes under ``status.pollers[<pod name>]``.
+
+    ``error`` is for humans; ``reason`` says what kind of error it is (None with no error).
+    """
 
     versions: tuple[int, ...] = ()
     serving: int | None = None
     last_sync: str | None = None
     error: str | None = None
     latest: int | None = None
+    reason: ReportReason | None = None
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -131,6 +164,7 @@ class PollerReport:
             "latest": self.latest,
             "lastSync": self.last_sync,
             "error": self.error,
+            "reason": self.reason.value if self.reason is not None else None,
         }
 
     @classmethod
@@ -141,6 +175,7 @@ class PollerReport:
             last_sync=entry.get("lastSync"),
             error=entry.get("error"),
             latest=entry.get("latest"),
+            reason=ReportReason.parse(entry.get("reason")),
         )
 
 
