@@ -1,5 +1,12 @@
 """The edge: compare the rendered children with the live ones, apply only what differs.
 
+Every child is read before it is written, and a live object that is not controlled by
+this ModelDeployment (no controller ownerReference with its uid) is never written: that
+is a name conflict, reported, not an overwrite (a ModelDeployment ``payments`` must not
+take over someone's Service ``payments``). The chart's ValidatingAdmissionPolicy refuses
+such writes too, should one slip through (e.g. an object created between the read and
+the write).
+
 Writes are server-side apply (``PATCH application/apply-patch+yaml``) with the field
 manager ``model-poller-operator`` and ``force=true``: a field a user edited by hand is
 taken back, a field the operator stopped rendering is removed. Nothing is written when
@@ -39,7 +46,6 @@ PLURALS: Final = {
     "ServiceAccount": "serviceaccounts",
     "Role": "roles",
     "RoleBinding": "rolebindings",
-    "Secret": "secrets",
     "Event": "events",
     names.KIND: names.PLURAL,
 }
@@ -139,6 +145,79 @@ class Change:
     created: bool
 
 
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference with ``controller: true``, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def is_model_deployment_ref(ref: Mapping[str, Any]) -> bool:
+    return ref.get("kind") == names.KIND and str(ref.get("apiVersion", "")).startswith(names.GROUP + "/")
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A live object holds a child's name but is not controlled by this ModelDeployment."""
+
+    kind: str
+    name: str
+    # Who controls it instead, for the message: "" when nothing does.
+    controller: str = ""
+
+    @classmethod
+    def of(cls, desired: Mapping[str, Any], live: Mapping[str, Any]) -> Conflict | None:
+        """None when ``live`` is controlled by the owner that ``desired`` names."""
+        want = controller_of(desired)
+        have = controller_of(live)
+        if want is not None and have is not None and have.get("uid") == want.get("uid") and is_model_deployment_ref(have):
+            return None
+        if have is None:
+            controller = ""
+        elif is_model_deployment_ref(have) and have.get("name") == (want or {}).get("name"):
+            controller = f"an earlier {names.KIND} {have.get('name')} (uid {have.get('uid')})"
+        else:
+            controller = f"{have.get('kind')} {have.get('name')}"
+        return cls(kind=str(desired["kind"]), name=str(desired["metadata"]["name"]), controller=controller)
+
+    def describe(self) -> str:
+        by = f"controlled by {self.controller}" if self.controller else "not controlled by any owner"
+        return f"{self.kind} {self.name} ({by})"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What converging the children did: applied, refused (conflicts) and held back."""
+
+    changes: tuple[Change, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    # Children not applied because a child they depend on is in conflict.
+    held_back: tuple[tuple[str, str], ...] = ()
+
+    def conflict_message(self, namespace: str) -> str:
+        """A message naming every conflicting object and what to do about it."""
+        several = len(self.conflicts) > 1
+        it = "them" if several else "it"
+        objects = ", ".join(c.describe() for c in self.conflicts)
+        refs = " ".join(f"{c.kind.lower()}/{c.name}" for c in self.conflicts)
+        message = (
+            f"{objects} already exist{'' if several else 's'} in namespace {namespace!r} and "
+            f"{'are' if several else 'is'} not owned by this ModelDeployment: the operator leaves {it} untouched"
+        )
+        if self.held_back:
+            held = ", ".join(f"{kind} {name}" for kind, name in self.held_back)
+            message += (
+                f", and did not apply {held} either (the poller's pods would run under an identity "
+                "the operator does not control)"
+            )
+        return (
+            f"{message}. If {'they are leftovers' if several else 'it is a leftover'}, delete {it} "
+            f"(kubectl -n {namespace} delete {refs}); otherwise give this ModelDeployment another name. "
+            "The operator retries by itself."
+        )
+
+
 class StatusConflict(Exception):
     """The ModelDeployment changed since it was read; recompute from the new version."""
 
@@ -203,21 +282,19 @@ class Api:
             content_type="application/apply-patch+yaml",
         )
 
-    def secret_exists(self, namespace: str, name: str) -> bool | None:
-        """Whether a Secret exists (its metadata only is fetched); None if not allowed to look."""
+    def list_events(self, namespace: str, field_selector: str, limit: int = 500) -> list[Obj] | None:
+        """Events of ``namespace`` matching ``field_selector``; None when not allowed to list them."""
         try:
-            self._call(
+            found = self._call(
                 "GET",
-                object_path("v1", "Secret", namespace, name),
-                accept="application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+                object_path("v1", "Event", namespace),
+                query=[("fieldSelector", field_selector), ("limit", str(limit))],
             )
-            return True
         except ApiException as error:
-            if error.status == 404:
-                return False
             if error.status in (401, 403):
                 return None
             raise
+        return list(found.get("items") or [])
 
     def get_model_deployment(self, namespace: str, name: str) -> Obj | None:
         return self.get(names.API_VERSION, names.KIND, namespace, name)
@@ -265,28 +342,42 @@ class Api:
         except ApiException as error:
             log.warning("could not post Event %s on %s/%s: %s", reason, owner.namespace, owner.name, error.status)
 
-    def converge(self, desired: Mapping[str, Any], *, read_first: bool = True) -> Change | None:
+    def converge(self, desired: Mapping[str, Any]) -> Change | Conflict | None:
         """Apply one child if the live object differs from ``desired``; None if in sync.
 
-        ``read_first=False`` applies without looking (for a ModelDeployment just created,
-        whose children cannot exist yet: server-side apply is idempotent anyway).
+        The live object is always read first: one not controlled by the owner that
+        ``desired`` names is left alone and returned as a :class:`Conflict`.
         """
         meta = desired["metadata"]
-        live = None
         try:
-            if read_first:
-                live = self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
-                if in_sync(desired, live):
-                    return None
+            live = self.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+            if live is not None:
+                conflict = Conflict.of(desired, live)
+                if conflict is not None:
+                    return conflict
+            if in_sync(desired, live):
+                return None
             self.apply(with_hash(desired))
         except ApiException as error:
             raise ApplyError(desired, error) from error
         return Change(kind=desired["kind"], name=meta["name"], created=live is None)
 
-    def converge_all(self, children: list[Obj], *, read_first: bool = True) -> list[Change]:
-        changes = []
+    def converge_all(self, children: list[Obj], depends_on: Mapping[str, tuple[str, ...]]) -> Outcome:
+        """Converge every child in order. A child whose name is taken by an object this
+        ModelDeployment does not own is skipped, and so is every child that ``depends_on``
+        (kind -> kinds) a skipped kind, transitively; the others are still applied."""
+        changes: list[Change] = []
+        conflicts: list[Conflict] = []
+        held_back: list[tuple[str, str]] = []
         for child in children:
-            change = self.converge(child, read_first=read_first)
-            if change is not None:
-                changes.append(change)
-        return changes
+            kind, name = str(child["kind"]), str(child["metadata"]["name"])
+            blocked = {c.kind for c in conflicts} | {k for k, _ in held_back}
+            if blocked & set(depends_on.get(kind, ())):
+                held_back.append((kind, name))
+                continue
+            result = self.converge(child)
+            if isinstance(result, Conflict):
+                conflicts.append(result)
+            elif result is not None:
+                changes.append(result)
+        return Outcome(changes=tuple(changes), conflicts=tuple(conflicts), held_back=tuple(held_back))

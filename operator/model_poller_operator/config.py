@@ -15,8 +15,10 @@ class OperatorConfig:
     # status from the indexes (in memory; a write only when something changed). Events of
     # ModelDeployments, Deployments and pods trigger a recomputation at once anyway.
     status_interval: float = 10.0
-    # How often the existence of spec.source.credentialsSecret is re-checked (one GET).
-    secret_check_interval: float = 60.0
+    # While a pod of a ModelDeployment with spec.source.credentialsSecret waits to start, how
+    # long one list of its namespace's FailedMount Events is reused (the operator may not
+    # read Secrets: a missing one shows in those Events).
+    pod_events_interval: float = 30.0
     # Delay before retrying a failed apply of the children.
     retry_delay: float = 15.0
     # How long kopf waits for the echo of its own patch before handling a stale version.

@@ -3,10 +3,13 @@
 - ``reconcile`` (create/update/resume): render the children, apply what differs, then
   write the status (observedGeneration, Synced, and the aggregate).
 - status refresh: on every event of a ModelDeployment (a poller reported), of its
-  Deployment and of its pods, and in one operator-wide loop every few seconds (which also
-  re-checks the credentials Secret). All in memory from the indexes; a write only when the
-  status changed.
+  Deployment and of its pods, and in one operator-wide loop every few seconds. All in
+  memory from the indexes (plus, while a pod waits to start and a credentials Secret is
+  configured, a cached list of that namespace's FailedMount Events); a write only when the
+  status changed. The operator has no access to Secrets: a missing one is what the pods say.
 - ``repair_*`` (events of the children): a child edited or deleted by hand is put back.
+- a child's name held by an object this ModelDeployment does not control is never written:
+  Synced=False NameConflict, an Event, and a retry with backoff until the name is free.
 
 There are no per-object timers or daemons, hence no finalizer on ModelDeployments:
 owner references delete the children, and a stopped operator never blocks a deletion.
@@ -30,7 +33,7 @@ import kopf
 from model_poller_api import models, names
 from model_poller_operator import render
 from model_poller_operator import status as st
-from model_poller_operator.apply import Api, ApplyError, in_sync
+from model_poller_operator.apply import Api, ApplyError, Conflict, controller_of, in_sync, is_model_deployment_ref
 from model_poller_operator.config import OperatorConfig
 from model_poller_operator.refresh import Logger, Snapshot, StatusReporter
 
@@ -135,7 +138,7 @@ async def configure(
     settings.posting.reporting_component = names.MANAGER
     settings.execution.max_workers = CONFIG.workers
     api = Api.from_environment()
-    state = State(api=api, config=CONFIG, reporter=StatusReporter(api, CONFIG.secret_check_interval))
+    state = State(api=api, config=CONFIG, reporter=StatusReporter(api, CONFIG.pod_events_interval))
     memo["state"] = state
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     state.tasks.append(
@@ -172,7 +175,14 @@ def model_pods(namespace: str | None, name: str, labels: kopf.Labels, status: ko
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def model_workloads(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[Key, st.DeploymentState]:
+def model_workloads(
+    namespace: str | None, name: str, body: kopf.Body, status: kopf.Status, **_: Any
+) -> dict[Key, st.DeploymentState]:
+    # Only a Deployment controlled by a ModelDeployment of its name feeds that one's
+    # status: a look-alike with our label but another owner is not ours to report.
+    ref = controller_of(_plain(dict(body)))
+    if ref is None or not is_model_deployment_ref(ref) or ref.get("name") != name:
+        return {}
     return {(namespace, name): st.DeploymentState.from_object(status)}
 
 
@@ -241,7 +251,6 @@ def reconcile(
     spec: kopf.Spec,
     memo: Any,
     retry: int,
-    reason: str,
     logger: Logger,
     model_deployments: MDIndex,
     model_pods: PodIndex,
@@ -272,19 +281,28 @@ def reconcile(
         logger.error(message)
         return
     try:
-        # A brand-new ModelDeployment has no children yet: apply without reading first.
         with state.lock(key):
-            changes = state.api.converge_all(children, read_first=not (reason == kopf.Reason.CREATE and retry == 0))
+            outcome = state.api.converge_all(children, render.DEPENDS_ON)
     except ApplyError as error:
         synced = st.Synced(snapshot.generation, False, st.REASON_APPLY_FAILED, str(error))
         _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
-        delay = min(300.0, state.config.retry_delay * 2 ** min(retry, 5))
-        raise kopf.TemporaryError(f"applying the children failed: {error}", delay=delay) from error
-    for change in changes:
+        raise kopf.TemporaryError(f"applying the children failed: {error}", delay=_backoff(state, retry)) from error
+    for change in outcome.changes:
         logger.info("%s %s %s", "created" if change.created else "updated", change.kind, change.name)
+    if outcome.conflicts:
+        # Someone else's objects hold our children's names: report, never overwrite, and
+        # look again later (their deletion makes no event the operator watches).
+        message = outcome.conflict_message(key[0])
+        synced = st.Synced(snapshot.generation, False, st.REASON_NAME_CONFLICT, message)
+        _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
+        raise kopf.TemporaryError(f"name conflict: {message}", delay=_backoff(state, retry))
     message = f"Deployment, Service, ServiceAccount, Role and RoleBinding match generation {snapshot.generation}"
     synced = st.Synced(snapshot.generation, True, st.REASON_APPLIED, message)
     _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
+
+
+def _backoff(state: State, retry: int) -> float:
+    return float(min(300.0, state.config.retry_delay * 2 ** min(retry, 5)))
 
 
 @kopf.on.event(*MD)  # type: ignore[arg-type]
@@ -325,10 +343,8 @@ def on_pod_event(
 
 
 def _controller(meta: kopf.Meta) -> Mapping[str, Any] | None:
-    for ref in meta.get("ownerReferences") or ():
-        if ref.get("controller") and ref.get("kind") == names.KIND and ref.get("apiVersion", "").startswith(names.GROUP + "/"):
-            return dict(ref)
-    return None
+    ref = controller_of({"metadata": _plain(dict(meta))})
+    return ref if ref is not None and is_model_deployment_ref(ref) else None
 
 
 def _make_repair_handler(kind: str) -> Any:
@@ -373,6 +389,11 @@ def _make_repair_handler(kind: str) -> Any:
         except ApplyError as error:
             logger.warning("could not repair %s %s: %s", kind, name, error)
             raise kopf.TemporaryError(str(error), delay=state.config.retry_delay) from error
+        if isinstance(change, Conflict):
+            # Deleted, and the name taken by someone else meanwhile: the reconcile's retry
+            # reports it; nothing is written here.
+            logger.warning("not repairing %s: its name is now held by %s", name, change.describe())
+            return
         if change is not None:
             what = "recreated" if change.created else "restored"
             logger.info("%s %s %s of ModelDeployment %s", what, kind, name, snapshot.name)

@@ -1,8 +1,10 @@
 """The status edge: recompute a ModelDeployment's status and write it only when it changed.
 
 Called from the reconcile (with the outcome of applying the children), from the events of
-the ModelDeployment, its Deployment and its pods, and from one operator-wide periodic loop
-(which also re-checks the credentials Secret). Every write is a merge patch of ``status``
+the ModelDeployment, its Deployment and its pods, and from one operator-wide periodic loop.
+While a pod waits to start and a credentials Secret is configured, the namespace's
+FailedMount Events are listed too (cached): that is how a missing Secret is seen, since
+the operator has no access to Secrets. Every write is a merge patch of ``status``
 guarded by the resourceVersion it was computed from, so concurrent callers never undo each
 other: a loser of the race drops its result (the object's next event recomputes), except
 the reconcile, which re-reads and retries so its Synced outcome is never lost.
@@ -65,24 +67,42 @@ def now() -> str:
 @dataclass
 class StatusReporter:
     api: Api
-    secret_check_interval: float
-    _secrets: dict[tuple[str, str], tuple[float, bool | None]] = field(default_factory=dict)
+    pod_events_interval: float
+    _events: dict[str, tuple[float, tuple[st.PodEvent, ...]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def secret_missing(self, namespace: str, secret: str | None, *, force: bool = False) -> bool | None:
-        """Whether spec.source.credentialsSecret is missing (None: none set, or not allowed to look)."""
-        if not secret:
-            return None
-        key = (namespace, secret)
+    def pod_events(
+        self, namespace: str, spec: models.ModelDeploymentSpec, pods: Sequence[st.PodState], logger: Logger
+    ) -> tuple[st.PodEvent, ...]:
+        """The Events about pods of ``namespace`` worth reading (FailedMount), when needed.
+
+        One list per namespace and ``pod_events_interval`` at most, and only while a pod
+        waits to start with a credentials Secret configured (a steady state lists nothing)."""
+        if not st.pod_events_needed(spec, pods):
+            return ()
         with self._lock:
-            cached = self._secrets.get(key)
-        if not force and cached and time.monotonic() - cached[0] < self.secret_check_interval:
+            cached = self._events.get(namespace)
+        if cached and time.monotonic() - cached[0] < self.pod_events_interval:
             return cached[1]
-        exists = self.api.secret_exists(namespace, secret)
-        missing = None if exists is None else not exists
+        found: list[st.PodEvent] = []
+        for reason in st.POD_EVENT_REASONS:
+            items = self.api.list_events(namespace, f"involvedObject.kind=Pod,reason={reason}")
+            if items is None:
+                logger.warning("not allowed to list Events in %s: a missing Secret will not be reported", namespace)
+                items = []
+            found += [
+                st.PodEvent(
+                    pod=str((item.get("involvedObject") or {}).get("name", "")),
+                    type=str(item.get("type") or ""),
+                    reason=str(item.get("reason") or ""),
+                    message=str(item.get("message") or ""),
+                )
+                for item in items
+            ]
+        events = tuple(found)
         with self._lock:
-            self._secrets[key] = (time.monotonic(), missing)
-        return missing
+            self._events[namespace] = (time.monotonic(), events)
+        return events
 
     @staticmethod
     def reconciled(snapshot: Snapshot) -> bool:
@@ -111,9 +131,7 @@ class StatusReporter:
             spec=spec,
             deployment=deployment,
             pods=tuple(sorted(pods, key=lambda p: p.name)),
-            secret_missing=self.secret_missing(
-                snapshot.namespace, spec.source.credentials_secret, force=synced is not None
-            ),
+            pod_events=self.pod_events(snapshot.namespace, spec, pods, logger),
         )
         selector = render.selector_string(snapshot.owner)
         current, resource_version = snapshot.status, snapshot.resource_version

@@ -4,9 +4,11 @@ No API calls here. Every function is a function of an :class:`Owner` and a typed
 :class:`~model_poller_api.models.ModelDeploymentSpec`, so the output is golden-file tested
 (``tests/operator/test_render.py``) and the edge (``apply.py``) only compares and applies.
 
-What is deliberately *not* rendered: ``spec.versions`` (keep/pinned). The poller reads the
-version policy from its ModelDeployment at run time, so a policy change never touches the
-pod template and never restarts pods.
+The version policy (``spec.versions``) is read by the poller from its ModelDeployment at
+run time; the pod template holds only one number derived from it, and only when
+``spec.storage.sizeLimit`` is set: the per-version unpack bound ``--max-bytes`` (see
+:func:`max_bytes`). Without a sizeLimit a policy change never touches the pod template;
+with one, only a change of the *number* of versions kept does (pinned [3] -> [4] does not).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import copy
 import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final
+
+from kubernetes.utils import parse_quantity
 
 from model_poller_api import models, names
 
@@ -48,8 +53,13 @@ SERVING_BINARY: Final = "/usr/bin/tensorflow_model_server"
 SERVING_URL: Final = f"http://localhost:{names.SERVING_REST_PORT}"
 POLLER_PORT_NAME: Final = "poller-http"
 
-# The poller's requests when spec.poller.resources is not given: it is I/O bound.
-DEFAULT_POLLER_RESOURCES: Final[Obj] = {"requests": {"cpu": "50m", "memory": "64Mi"}}
+# The poller's resources when spec.poller.resources is not given: it is I/O bound, and its
+# peak stays under 300 MiB for any upload, so whatever slips past its own limits is
+# OOM-killed in the poller's container instead of pressing on the node's other pods.
+DEFAULT_POLLER_RESOURCES: Final[Obj] = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
+
+# --max-bytes is never derived below this: a tiny sizeLimit still lets small models in.
+MIN_MAX_BYTES: Final = 1 << 20
 
 # A Service name (and hence a ModelDeployment name) must be an RFC 1035 label.
 _DNS1035_LABEL = re.compile(names.NAME_PATTERN)
@@ -150,8 +160,36 @@ def model_dir(spec: models.ModelDeploymentSpec) -> str:
     return f"{names.MODELS_MOUNT}/{spec.model_name}"
 
 
+def versions_on_disk(spec: models.ModelDeploymentSpec) -> int:
+    """How many versions the policy keeps: ``keep``, or the number of pinned versions."""
+    if spec.versions.pinned is not None:
+        return len(spec.versions.pinned)
+    return spec.versions.keep or models.DEFAULT_KEEP
+
+
+def max_bytes(spec: models.ModelDeploymentSpec) -> int | None:
+    """The per-version unpack bound (``--max-bytes``) that keeps the model dir under
+    ``spec.storage.sizeLimit``; None without a sizeLimit (the poller's default applies).
+
+    An emptyDir over its sizeLimit gets the whole pod evicted, so a version too large must
+    be refused by the poller before that. The model dir holds the ``n`` versions the policy
+    keeps (``keep``, or the number of pinned versions), the one a new version replaces
+    (removed only once TF Serving has loaded a version inside the policy) and one staging
+    copy being unpacked, hence::
+
+        max_bytes = max(sizeLimit // (n + 2), 1 MiB)
+    """
+    if spec.storage.size_limit is None:
+        return None
+    try:
+        limit = Decimal(parse_quantity(spec.storage.size_limit))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, InvalidOperation):
+        raise ValueError(f"spec.storage.sizeLimit {spec.storage.size_limit!r} is not a quantity (e.g. 20Gi)") from None
+    return max(int(limit) // (versions_on_disk(spec) + 2), MIN_MAX_BYTES)
+
+
 def poller_env(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
-    """The poller's flags as MODEL_POLLER_* variables (never the version policy)."""
+    """The poller's flags as MODEL_POLLER_* variables (the policy only through --max-bytes)."""
     env = [
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -169,6 +207,9 @@ def poller_env(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
         _env(names.env_name("--serving-url"), SERVING_URL),
         _env(names.env_name("--http-port"), str(names.POLLER_HTTP_PORT)),
     ]
+    limit = max_bytes(spec)
+    if limit is not None:
+        env.append(_env(names.env_name("--max-bytes"), str(limit)))
     if spec.source.credentials_secret:
         env.append(_env("GOOGLE_APPLICATION_CREDENTIALS", f"{CREDENTIALS_DIR}/{CREDENTIALS_KEY}"))
     return env
@@ -401,6 +442,15 @@ RENDERERS: Final = (
     render_service,
     render_deployment,
 )
+
+# What a child needs from the others. The RoleBinding names the poller's Role and
+# ServiceAccount, and the Deployment's pods run as that identity: neither is applied while
+# one of those names is held by an object the ModelDeployment does not own (the binding
+# would hand our ServiceAccount someone else's Role, the pods whatever rights it grants).
+DEPENDS_ON: Final[dict[str, tuple[str, ...]]] = {
+    "RoleBinding": ("ServiceAccount", "Role"),
+    "Deployment": ("ServiceAccount", "Role", "RoleBinding"),
+}
 
 # (apiVersion, kind) of every child, in apply order.
 CHILD_KINDS: Final = (

@@ -25,6 +25,7 @@ REASON_APPLIED: Final = "ChildrenApplied"
 REASON_APPLY_FAILED: Final = "ApplyFailed"
 REASON_INVALID_NAME: Final = "InvalidName"
 REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_NAME_CONFLICT: Final = "NameConflict"
 # Reasons of the Degraded condition.
 REASON_AS_EXPECTED: Final = "AsExpected"
 REASON_SECRET_MISSING: Final = "CredentialsSecretMissing"
@@ -54,19 +55,117 @@ _HINTS: Final = {
 }
 
 
+ContainerPhase = Literal["waiting", "running", "terminated", "unknown"]
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One container of a pod (init containers included), as the kubelet reports it."""
+
+    name: str
+    init: bool = False
+    state: ContainerPhase = "unknown"
+    # The current state's reason and message: ImagePullBackOff, ErrImagePull,
+    # CrashLoopBackOff, CreateContainerConfigError, ContainerCreating, PodInitializing...
+    reason: str = ""
+    message: str = ""
+    ready: bool = False
+    restart_count: int = 0
+    # Why the previous run ended (OOMKilled, Error...), from lastState.terminated.
+    last_termination_reason: str = ""
+
+    @classmethod
+    def from_status(cls, entry: Mapping[str, Any], *, init: bool) -> ContainerState:
+        current = entry.get("state") or {}
+        phase: ContainerPhase = "unknown"
+        detail: Mapping[str, Any] = {}
+        if current.get("waiting") is not None:
+            phase, detail = "waiting", current["waiting"]
+        elif current.get("running") is not None:
+            phase, detail = "running", current["running"]
+        elif current.get("terminated") is not None:
+            phase, detail = "terminated", current["terminated"]
+        last = (entry.get("lastState") or {}).get("terminated") or {}
+        return cls(
+            name=str(entry.get("name", "")),
+            init=init,
+            state=phase,
+            reason=str(detail.get("reason") or ""),
+            message=str(detail.get("message") or ""),
+            ready=bool(entry.get("ready")),
+            restart_count=int(entry.get("restartCount") or 0),
+            last_termination_reason=str(last.get("reason") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class PodCondition:
+    """One of the pod's own conditions (PodScheduled, Initialized, ContainersReady, Ready...)."""
+
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+
+
 @dataclass(frozen=True)
 class PodState:
-    """One pod of a ModelDeployment, as the pods watch sees it."""
+    """One pod of a ModelDeployment, as the pods watch sees it: what the pod itself says."""
 
     name: str
     ready: bool = False
+    phase: str = ""
+    # Pod-level reason and message (e.g. Evicted: "The node was low on resource: ...").
+    reason: str = ""
+    message: str = ""
+    conditions: tuple[PodCondition, ...] = ()
+    containers: tuple[ContainerState, ...] = ()
 
     @classmethod
     def from_object(cls, name: str, status: Mapping[str, Any]) -> PodState:
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+        conditions = tuple(
+            PodCondition(
+                type=str(c.get("type", "")),
+                status=str(c.get("status", "")),
+                reason=str(c.get("reason") or ""),
+                message=str(c.get("message") or ""),
+            )
+            for c in status.get("conditions") or ()
         )
-        return cls(name=name, ready=ready)
+        containers = tuple(
+            ContainerState.from_status(entry, init=init)
+            for key, init in (("initContainerStatuses", True), ("containerStatuses", False))
+            for entry in status.get(key) or ()
+        )
+        return cls(
+            name=name,
+            ready=any(c.type == "Ready" and c.status == "True" for c in conditions),
+            phase=str(status.get("phase") or ""),
+            reason=str(status.get("reason") or ""),
+            message=str(status.get("message") or ""),
+            conditions=conditions,
+            containers=containers,
+        )
+
+    @property
+    def waiting(self) -> tuple[ContainerState, ...]:
+        """The containers that wait, with the kubelet's reason (ImagePullBackOff...)."""
+        return tuple(c for c in self.containers if c.state == "waiting")
+
+    @property
+    def started(self) -> bool:
+        """Whether any container has run: the pod got past volume mounts and config."""
+        return any(c.state in ("running", "terminated") or c.restart_count for c in self.containers)
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    """A Kubernetes Event about one pod (the operator lists them, read-only)."""
+
+    pod: str
+    type: str
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -107,8 +206,8 @@ class Observed:
     spec: models.ModelDeploymentSpec
     deployment: DeploymentState | None
     pods: tuple[PodState, ...]
-    # None: no secret configured, or the operator may not check it.
-    secret_missing: bool | None = None
+    # Events about the pods that have not started (FailedMount...): see pod_events_needed().
+    pod_events: tuple[PodEvent, ...] = ()
     extra_problems: tuple[tuple[str, str], ...] = field(default=())
 
 
@@ -177,19 +276,67 @@ def serving_version(reports: Mapping[str, models.PollerReport], pods: Sequence[P
     return min(serving) if serving else None
 
 
+# The kubelet's words for a Secret that does not exist, in a container's waiting message
+# (CreateContainerConfigError) and in a FailedMount Event. The operator may not read
+# Secrets, so what the pods say is how it learns that one is missing.
+POD_EVENT_REASONS: Final = ("FailedMount",)
+
+
+def _secret_not_found(secret: str) -> str:
+    return f'secret "{secret}" not found'
+
+
+def pod_events_needed(spec: models.ModelDeploymentSpec, pods: Sequence[PodState]) -> bool:
+    """Whether the pods' Events are worth listing: a credentials Secret is configured and a
+    pod has not started (a missing Secret volume shows only in a FailedMount Event)."""
+    return bool(spec.source.credentials_secret) and any(not p.started and not p.ready for p in pods)
+
+
+def missing_secret_evidence(
+    secret: str, pods: Sequence[PodState], events: Sequence[PodEvent]
+) -> list[tuple[str, str]]:
+    """(pod, what it says) for each pod that reports ``secret`` as not found.
+
+    Only pods that have not started count: once the Secret exists the kubelet mounts it and
+    the containers run, so older FailedMount Events of such a pod are history."""
+    needle = _secret_not_found(secret)
+    evidence: list[tuple[str, str]] = []
+    for pod in pods:
+        if pod.ready:
+            continue
+        said = next((f"{c.reason}: {c.message}" for c in pod.waiting if needle in c.message), None)
+        if said is None and not pod.started:
+            said = next(
+                (f"{e.reason}: {e.message}" for e in events if e.pod == pod.name and needle in e.message), None
+            )
+        if said is not None:
+            evidence.append((pod.name, said))
+    return evidence
+
+
+def credentials_secret_problem(observed: Observed) -> str | None:
+    """The Degraded message when the pods say spec.source.credentialsSecret is missing."""
+    secret = observed.spec.source.credentials_secret
+    if not secret:
+        return None
+    evidence = missing_secret_evidence(secret, observed.pods, observed.pod_events)
+    if not evidence:
+        return None
+    pods = ", ".join(pod for pod, _ in evidence)
+    return (
+        f"Secret {secret!r} (spec.source.credentialsSecret) does not exist in namespace "
+        f"{observed.namespace!r}; the pods cannot start until it does (pod {pods}: {evidence[0][1]}): "
+        f"kubectl -n {observed.namespace} create secret generic {secret} "
+        "--from-file=key.json=<service-account key file>"
+    )
+
+
 def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> list[tuple[str, str]]:
     """(reason, message) of everything that needs a user's attention, most important first."""
     found: list[tuple[str, str]] = []
-    secret = observed.spec.source.credentials_secret
-    if observed.secret_missing and secret:
-        found.append(
-            (
-                REASON_SECRET_MISSING,
-                f"Secret {secret!r} (spec.source.credentialsSecret) does not exist in namespace "
-                f"{observed.namespace!r}; the pods cannot start until it does: kubectl -n {observed.namespace} "
-                f"create secret generic {secret} --from-file=key.json=<service-account key file>",
-            )
-        )
+    secret_problem = credentials_secret_problem(observed)
+    if secret_problem:
+        found.append((REASON_SECRET_MISSING, secret_problem))
     by_reason: dict[str, list[tuple[str, str]]] = {}
     for pod, report in reports.items():
         if report.error:

@@ -2,7 +2,9 @@
 
 Imported by tests/operator/conftest.py (which puts this folder on sys.path) and by
 bench/operator_scale.py. No mocks: a real kube-apiserver (tests/services/kube.py), the real
-operator as a subprocess under its own ServiceAccount with the chart's ClusterRole.
+operator as a subprocess under its own ServiceAccount with the chart's ClusterRole and
+under the chart's ValidatingAdmissionPolicy (so every integration test also proves that
+normal reconciles pass the policy).
 """
 
 from __future__ import annotations
@@ -63,29 +65,65 @@ def ignore_conflict(fn: Callable[[], Any]) -> None:
             raise
 
 
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+
+
 def install_operator_identity(kube: Any, workdir: Path) -> Path:
-    """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding (from deploy/manifests),
-    and a kubeconfig holding that ServiceAccount's token. Returns the kubeconfig path."""
+    """The chart's ServiceAccount, ClusterRole, ClusterRoleBinding and admission policy (from
+    deploy/manifests, which is `helm template` of the chart), and a kubeconfig holding that
+    ServiceAccount's token. Returns the kubeconfig path once the policy is in force."""
     api = kube.api_client()
     core = client.CoreV1Api(api)
-    rbac = client.RbacAuthorizationV1Api(api)
     ignore_conflict(
         lambda: core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE)))
     )
     for doc in yaml.safe_load_all(MANIFESTS.read_text()):
-        if not doc:
-            continue
-        kind = doc["kind"]
-        if kind == "ServiceAccount":
+        if doc and doc["kind"] == "ServiceAccount":
             ignore_conflict(lambda: core.create_namespaced_service_account(OPERATOR_NAMESPACE, doc))
-        elif kind == "ClusterRole":
-            ignore_conflict(lambda: rbac.create_cluster_role(doc))
-        elif kind == "ClusterRoleBinding":
-            ignore_conflict(lambda: rbac.create_cluster_role_binding(doc))
+        elif doc and doc["kind"] in CLUSTER_SCOPED:
+            create_cluster_object(kube, doc)
     token = service_account_token(kube, OPERATOR_NAMESPACE, OPERATOR_SA)
+    wait_for_policy(kube, token)
     path = workdir / "operator.kubeconfig"
     path.write_text(yaml.safe_dump(kube.kubeconfig_for(OPERATOR_USER, token)))
     return path
+
+
+def create_cluster_object(kube: Any, doc: dict[str, Any]) -> None:
+    """Create one cluster-scoped object of the chart (already there: left as it is)."""
+    api = kube.api_client()
+    rbac = client.RbacAuthorizationV1Api(api)
+    admission = client.AdmissionregistrationV1Api(api)
+    create = {
+        "ClusterRole": rbac.create_cluster_role,
+        "ClusterRoleBinding": rbac.create_cluster_role_binding,
+        "ValidatingAdmissionPolicy": admission.create_validating_admission_policy,
+        "ValidatingAdmissionPolicyBinding": admission.create_validating_admission_policy_binding,
+    }[doc["kind"]]
+    ignore_conflict(lambda: create(doc))
+
+
+def policy_refusal(kube: Any, token: str, namespace: str = "default") -> str | None:
+    """The admission policy's refusal of a known-bad request by the holder of ``token`` (an
+    unlabelled ServiceAccount, server-side dry run: nothing is stored), or None if allowed."""
+    core = client.CoreV1Api(kube.api_client(token))
+    try:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "policy-probe"}}, dry_run="All")
+    except ApiException as error:
+        if "ValidatingAdmissionPolicy" in str(error.body):
+            return str(error.body)
+        raise
+    return None
+
+
+def wait_for_policy(kube: Any, token: str, namespace: str = "default") -> None:
+    """Policies take effect asynchronously: wait until a known-bad request is refused."""
+    wait_for(
+        "the ValidatingAdmissionPolicy to be in force",
+        lambda: policy_refusal(kube, token, namespace),
+        timeout=60,
+        interval=0.5,
+    )
 
 
 def service_account_token(kube: Any, namespace: str, name: str, seconds: int = 4 * 3600) -> str:
@@ -146,7 +184,7 @@ def run_operator(
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "MODEL_POLLER_OPERATOR_STATUS_INTERVAL": "1",
-        "MODEL_POLLER_OPERATOR_SECRET_CHECK_INTERVAL": "1",
+        "MODEL_POLLER_OPERATOR_POD_EVENTS_INTERVAL": "1",
         "MODEL_POLLER_OPERATOR_RETRY_DELAY": "1",
         **(env or {}),
     }

@@ -55,3 +55,45 @@ def test_object_paths() -> None:
     assert apply.object_path("v1", "Service", "ns", "m") == "/api/v1/namespaces/ns/services/m"
     assert apply.object_path("apps/v1", "Deployment", "ns", "m") == "/apis/apps/v1/namespaces/ns/deployments/m"
     assert apply.object_path("modelpoller.dev/v1alpha1", "ModelDeployment", "ns") == "/apis/modelpoller.dev/v1alpha1/namespaces/ns/modeldeployments"
+
+
+def _child(kind: str, name: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "ns"}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": kind, "metadata": meta}
+
+
+def _md_ref(name: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": "modelpoller.dev/v1alpha1", "kind": "ModelDeployment", "name": name, "uid": uid, "controller": True}
+
+
+def test_a_live_object_not_controlled_by_this_model_deployment_is_a_conflict() -> None:
+    desired = _child("Service", "payments", _md_ref("payments", "uid-1"))
+    assert apply.Conflict.of(desired, _child("Service", "payments", _md_ref("payments", "uid-1"))) is None
+    assert apply.Conflict.of(desired, _child("Service", "payments", None)) == apply.Conflict("Service", "payments", "")
+    earlier = apply.Conflict.of(desired, _child("Service", "payments", _md_ref("payments", "uid-0")))
+    assert earlier is not None and "earlier ModelDeployment payments (uid uid-0)" in earlier.describe()
+    foreign = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "uid-1", "controller": True}
+    other = apply.Conflict.of(desired, _child("Service", "payments", foreign))
+    assert other is not None and other.describe() == "Service payments (controlled by ReplicaSet rs)"
+    # An owner that is not the controller does not make the object ours.
+    not_controller = {**_md_ref("payments", "uid-1"), "controller": False}
+    assert apply.Conflict.of(desired, _child("Service", "payments", not_controller)) is not None
+
+
+def test_conflict_message_names_the_objects_and_what_to_do() -> None:
+    outcome = apply.Outcome(
+        conflicts=(apply.Conflict("Service", "payments"), apply.Conflict("Role", "payments-poller", "Deployment x")),
+        held_back=(("Deployment", "payments"),),
+    )
+    message = outcome.conflict_message("shop")
+    assert message.startswith(
+        "Service payments (not controlled by any owner), Role payments-poller (controlled by Deployment x) already exist"
+    )
+    assert "did not apply Deployment payments either" in message
+    assert "kubectl -n shop delete service/payments role/payments-poller" in message
+    assert "If they are leftovers, delete them" in message and "another name" in message
+    single = apply.Outcome(conflicts=(apply.Conflict("Service", "payments"),)).conflict_message("shop")
+    assert "already exists in namespace 'shop' and is not owned by this ModelDeployment" in single
+    assert "If it is a leftover, delete it" in single and "either" not in single

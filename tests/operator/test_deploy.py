@@ -54,12 +54,17 @@ def test_every_value_is_documented() -> None:
 
 def test_manifests_grant_what_the_operator_needs() -> None:
     docs = {d["kind"]: d for d in _docs(kit.MANIFESTS)}
-    assert set(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
+    assert set(docs) == {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+    }  # fmt: skip
     rules = docs["ClusterRole"]["rules"]
     verbs = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert verbs[("modelpoller.dev", "modeldeployments/status")] == {"get", "patch"}
     assert {"create", "patch"} <= verbs[("apps", "deployments")]
+    assert verbs[("", "events")] == {"create", "list"}
     assert "delete" not in set().union(*verbs.values()), "the operator never deletes: owner references do"
+    assert ("", "secrets") not in verbs, "the operator has no access to Secrets at all"
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True

@@ -17,11 +17,20 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "chart"
 MANIFESTS = REPO / "deploy" / "manifests" / "model-poller-operator.yaml"
 
+# "NS" stands for the watched namespace: "ml" when linting, the test's own namespace when
+# the API server has to accept the namespaced Roles.
 VALUE_SETS = {
     "defaults": [],
-    "namespaced-with-peering": ["--set", "watch.namespaces={ml,team-*}", "--set", "peering.enabled=true", "--set", "replicaCount=2"],
-    "no-rbac-no-secret-check": ["--set", "rbac.create=false", "--set", "serviceAccount.create=false", "--set", "rbac.secretCheck=false"],
-}
+    "namespaced-with-peering": ["--set", "watch.namespaces={NS}", "--set", "peering.enabled=true", "--set", "replicaCount=2"],
+    "no-rbac-no-policy-patterns": [
+        "--set", "rbac.create=false", "--set", "serviceAccount.create=false", "--set", "admissionPolicy.enabled=false",
+        "--set", "watch.namespaces={ml-*}",
+    ],
+}  # fmt: skip
+
+
+def values_for(values: list[str], namespace: str) -> list[str]:
+    return [v.replace("NS", namespace) for v in values]
 
 
 def helm(*args: str, env: dict[str, str] | None = None) -> str:
@@ -32,8 +41,55 @@ def helm(*args: str, env: dict[str, str] | None = None) -> str:
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_chart_lints(values: list[str]) -> None:
-    out = helm("lint", "--strict", str(CHART), *values)
+    out = helm("lint", "--strict", str(CHART), *values_for(values, "ml"))
     assert "0 chart(s) failed" in out
+
+
+def test_namespace_patterns_are_refused_when_the_rbac_is_namespaced() -> None:
+    done = subprocess.run(
+        [str(binary("helm")), "template", "mp", str(CHART), "--set", "watch.namespaces={ml,team-*}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert 'watch.namespaces: "team-*" is a pattern' in done.stderr and "rbac.create=false" in done.stderr
+
+
+def _rendered(*values: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(helm("template", "mp", str(CHART), "--namespace", "ops", *values)) if d]
+
+
+def test_watched_namespaces_get_roles_not_a_cluster_wide_grant() -> None:
+    docs = _rendered("--set", "watch.namespaces={ml,team-a}")
+    roles = {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] in ("Role", "RoleBinding")}
+    assert roles == {("Role", "ml"), ("RoleBinding", "ml"), ("Role", "team-a"), ("RoleBinding", "team-a")}
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    cluster_wide = {(g, r) for rule in cluster_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert cluster_wide == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in cluster_role["rules"])
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=ml" in args and "--namespace=team-a" in args and "--all-namespaces" not in args
+
+
+@pytest.mark.parametrize("values", [[], ["--set", "watch.namespaces={ml}"]], ids=["cluster-wide", "namespaced"])
+def test_no_rule_mentions_secrets(values: list[str]) -> None:
+    for doc in _rendered(*values):
+        for rule in doc.get("rules") or ():
+            assert "secrets" not in rule["resources"] and "*" not in rule["resources"], doc["metadata"]["name"]
+            assert "*" not in rule["verbs"] and "*" not in rule["apiGroups"]
+
+
+def test_admission_policy_names_the_operator_and_its_labels() -> None:
+    docs = {d["kind"]: d for d in _rendered()}
+    policy = docs["ValidatingAdmissionPolicy"]
+    assert docs["ValidatingAdmissionPolicyBinding"]["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == "request.userInfo.username == 'system:serviceaccount:ops:mp-model-poller-operator'"
+    text = yaml.safe_dump(policy)
+    # The same names as the operator's own (api/model_poller_api/names.py).
+    assert f"'{names.LABEL_MANAGED_BY}'" in text and f"'{names.MANAGER}'" in text
+    assert f"'{names.KIND}'" in text and f"'{names.GROUP}/'" in text
+    assert "ValidatingAdmissionPolicy" not in {d["kind"] for d in _rendered("--set", "admissionPolicy.enabled=false")}
 
 
 def test_plain_manifests_are_the_chart_rendered_with_defaults() -> None:
@@ -46,7 +102,7 @@ def test_plain_manifests_are_the_chart_rendered_with_defaults() -> None:
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_rendered_chart_is_accepted_by_the_api_server(kube: Any, namespace: str, tmp_path: Path, values: list[str]) -> None:
     out = tmp_path / "rendered.yaml"
-    out.write_text(helm("template", "mp", str(CHART), "--namespace", namespace, *values))
+    out.write_text(helm("template", "mp", str(CHART), "--namespace", namespace, *values_for(values, namespace)))
     done = subprocess.run(
         ["kubectl", "apply", "--dry-run=server", "-n", namespace, "-f", str(out)],
         env=kube.env(), capture_output=True, text=True,

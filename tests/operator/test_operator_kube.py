@@ -376,21 +376,100 @@ def test_status_aggregates_poller_reports_and_prunes_deleted_pods(
     assert cluster.condition(namespace, "m", "Ready")["reason"] == "ReplicasNotReady"
 
 
-def test_missing_credentials_secret_is_degraded_until_it_exists(
+def _kubelet_status(cluster: kit.Cluster, namespace: str, pod: str, status: dict[str, Any]) -> None:
+    """Write a pod's status as the kubelet would (there is no kubelet here)."""
+    cluster.core.patch_namespaced_pod_status(pod, namespace, {"status": status})
+
+
+def _waiting(reason: str, message: str = "") -> dict[str, Any]:
+    return {"waiting": {"reason": reason, **({"message": message} if message else {})}}
+
+
+def _container_status(name: str, state: dict[str, Any], ready: bool = False) -> dict[str, Any]:
+    return {"name": name, "ready": ready, "restartCount": 0, "image": "img", "imageID": "", "state": state}
+
+
+def _failed_mount_event(cluster: kit.Cluster, namespace: str, pod: dict[str, Any], secret: str) -> None:
+    """The Event a kubelet posts when a pod's Secret volume cannot be mounted."""
+    now = "2026-01-01T00:00:00Z"
+    cluster.core.create_namespaced_event(
+        namespace,
+        {
+            "metadata": {"name": f"{pod['metadata']['name']}.failedmount"},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod["metadata"]["name"],
+                "namespace": namespace,
+                "uid": pod["metadata"]["uid"],
+            },
+            "type": "Warning",
+            "reason": "FailedMount",
+            "message": f'MountVolume.SetUp failed for volume "gcs-credentials" : secret "{secret}" not found',
+            "source": {"component": "kubelet", "host": "node-1"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 3,
+        },
+    )
+
+
+def test_missing_credentials_secret_is_degraded_from_what_the_pod_says(
     operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str
 ) -> None:
+    """The operator may not read Secrets: it learns of a missing one from the pod (its
+    FailedMount Event while it waits to start), until the pod starts."""
     cluster.create_md(namespace, "m", {"source": {"uri": "gs://bkt/m/", "credentialsSecret": "gcs-key"}})
+    template = wait_children(cluster, namespace, "m")["Deployment"]["spec"]["template"]
     cluster.wait_observed(namespace, "m")
+    created = cluster.core.create_namespaced_pod(namespace, _pod(template, "m-aaaaa"))
+    pod = cluster.api.sanitize_for_serialization(created)
+    waiting = {
+        "phase": "Pending",
+        "initContainerStatuses": [_container_status("poller", _waiting("PodInitializing"))],
+        "containerStatuses": [_container_status("serving", _waiting("PodInitializing"))],
+    }
+    _kubelet_status(cluster, namespace, "m-aaaaa", waiting)
+    time.sleep(2)
+    assert cluster.condition(namespace, "m", "Degraded").get("status") == "False", "no evidence yet"
+    _failed_mount_event(cluster, namespace, pod, "gcs-key")
     degraded = kit.wait_for(
         "Degraded", lambda: (c := cluster.condition(namespace, "m", "Degraded")).get("status") == "True" and c
     )
     assert degraded["reason"] == "CredentialsSecretMissing"
+    assert "spec.source.credentialsSecret" in degraded["message"] and "m-aaaaa" in degraded["message"]
     assert f"kubectl -n {namespace} create secret generic gcs-key" in degraded["message"]
     assert "CredentialsSecretMissing" in {e["reason"] for e in cluster.events(namespace, "m")}
-    # The children are there all the same (the pods wait for the secret, as Kubernetes does).
-    wait_children(cluster, namespace, "m")
+    # The Secret is created and the kubelet starts the pod: the old Event is history.
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "gcs-key"}, "stringData": {"key.json": "{}"}})
+    running = {
+        "phase": "Running",
+        "initContainerStatuses": [_container_status("poller", {"running": {"startedAt": "2026-01-01T00:00:01Z"}})],
+        "containerStatuses": [_container_status("serving", _waiting("PodInitializing"))],
+    }
+    _kubelet_status(cluster, namespace, "m-aaaaa", running)
     kit.wait_for("Degraded to clear", lambda: cluster.condition(namespace, "m", "Degraded").get("status") == "False")
+
+
+def test_missing_secret_in_a_containers_waiting_message_is_degraded(
+    operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str
+) -> None:
+    cluster.create_md(namespace, "m", {"source": {"uri": "gs://bkt/m/", "credentialsSecret": "gcs-key"}})
+    template = wait_children(cluster, namespace, "m")["Deployment"]["spec"]["template"]
+    cluster.wait_observed(namespace, "m")
+    cluster.core.create_namespaced_pod(namespace, _pod(template, "m-aaaaa"))
+    config_error = _waiting("CreateContainerConfigError", 'secret "gcs-key" not found')
+    _kubelet_status(
+        cluster,
+        namespace,
+        "m-aaaaa",
+        {"phase": "Pending", "initContainerStatuses": [_container_status("poller", config_error)]},
+    )
+    degraded = kit.wait_for(
+        "Degraded", lambda: (c := cluster.condition(namespace, "m", "Degraded")).get("status") == "True" and c
+    )
+    assert degraded["reason"] == "CredentialsSecretMissing"
+    assert "CreateContainerConfigError" in degraded["message"]
 
 
 def test_poller_errors_become_degraded_conditions(

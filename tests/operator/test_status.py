@@ -23,7 +23,7 @@ def observed(
     pods: tuple[st.PodState, ...] = (),
     ready: int = 0,
     want: int = 2,
-    secret_missing: bool | None = None,
+    pod_events: tuple[st.PodEvent, ...] = (),
     conditions: tuple[tuple[str, str, str, str], ...] = (),
     **spec_overrides: Any,
 ) -> st.Observed:
@@ -33,7 +33,7 @@ def observed(
         spec=spec(replicas=want, **spec_overrides),
         deployment=st.DeploymentState(replicas=want, ready_replicas=ready, updated_replicas=want, conditions=conditions),
         pods=pods,
-        secret_missing=secret_missing,
+        pod_events=pod_events,
     )
 
 
@@ -120,15 +120,79 @@ def test_ready_reasons_tell_the_user_what_to_do() -> None:
     assert zero[models.STATUS_SERVING_VERSION] is None
 
 
-def test_missing_secret_is_degraded_with_the_command_that_fixes_it() -> None:
-    obs = observed(secret_missing=True, source={"uri": "gs://b/m/", "credentialsSecret": "gcs-key"})
-    desired = st.desired_status({}, obs, now=NOW, selector=SELECTOR)
+# What a kubelet writes for a pod whose credentials Secret volume cannot be mounted: the
+# pod stays Pending, every container waits, and the reason is only in a FailedMount Event.
+PENDING_ON_MOUNT: dict[str, Any] = {
+    "phase": "Pending",
+    "conditions": [
+        {"type": "PodReadyToStartContainers", "status": "False"},
+        {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized", "message": "containers with incomplete status: [poller]"},
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [poller serving]"},
+        {"type": "PodScheduled", "status": "True"},
+    ],
+    "initContainerStatuses": [
+        {"name": "poller", "ready": False, "restartCount": 0, "started": False, "image": "p", "imageID": "",
+         "state": {"waiting": {"reason": "PodInitializing"}}},
+    ],
+    "containerStatuses": [
+        {"name": "serving", "ready": False, "restartCount": 0, "started": False, "image": "s", "imageID": "",
+         "state": {"waiting": {"reason": "PodInitializing"}}},
+    ],
+}
+FAILED_MOUNT = st.PodEvent(
+    pod="m-a",
+    type="Warning",
+    reason="FailedMount",
+    message='MountVolume.SetUp failed for volume "gcs-credentials" : secret "gcs-key" not found',
+)
+# A Secret consumed through the environment instead: the container itself says it.
+CONFIG_ERROR: dict[str, Any] = {
+    "phase": "Pending",
+    "containerStatuses": [
+        {"name": "serving", "ready": False, "restartCount": 0,
+         "state": {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "gcs-key" not found'}}},
+    ],
+}
+RUNNING: dict[str, Any] = {
+    "phase": "Running",
+    "conditions": [{"type": "Ready", "status": "False"}],
+    "initContainerStatuses": [{"name": "poller", "ready": True, "restartCount": 0, "state": {"running": {"startedAt": NOW}}}],
+    "containerStatuses": [{"name": "serving", "ready": False, "restartCount": 0, "state": {"running": {"startedAt": NOW}}}],
+}
+WITH_SECRET = {"source": {"uri": "gs://b/m/", "credentialsSecret": "gcs-key"}}
+
+
+def test_missing_secret_volume_is_degraded_from_the_pods_failed_mount_event() -> None:
+    pods = (st.PodState.from_object("m-a", PENDING_ON_MOUNT),)
+    assert st.pod_events_needed(spec(**WITH_SECRET), pods)
+    desired = st.desired_status({}, observed(pods, pod_events=(FAILED_MOUNT,), **WITH_SECRET), now=NOW, selector=SELECTOR)
     degraded = cond(desired, "Degraded")
-    assert degraded["status"] == "True"
-    assert degraded["reason"] == st.REASON_SECRET_MISSING
+    assert (degraded["status"], degraded["reason"]) == ("True", st.REASON_SECRET_MISSING)
+    assert "spec.source.credentialsSecret" in degraded["message"]
+    assert "m-a" in degraded["message"] and 'secret "gcs-key" not found' in degraded["message"]
     assert "kubectl -n ml create secret generic gcs-key" in degraded["message"]
     events = st.events({}, desired, "gs://b/m/")
     assert st.PostedEvent("Warning", st.REASON_SECRET_MISSING, degraded["message"]) in events
+
+
+def test_missing_secret_is_degraded_from_a_containers_waiting_message() -> None:
+    pods = (st.PodState.from_object("m-a", CONFIG_ERROR),)
+    desired = st.desired_status({}, observed(pods, **WITH_SECRET), now=NOW, selector=SELECTOR)
+    assert cond(desired, "Degraded")["reason"] == st.REASON_SECRET_MISSING
+    assert "CreateContainerConfigError" in cond(desired, "Degraded")["message"]
+
+
+def test_secret_is_not_reported_missing_without_evidence_from_this_secret_or_once_the_pod_runs() -> None:
+    pending = (st.PodState.from_object("m-a", PENDING_ON_MOUNT),)
+    other_pod = st.PodEvent("m-zzz", "Warning", "FailedMount", FAILED_MOUNT.message)
+    other_secret = st.PodEvent("m-a", "Warning", "FailedMount", 'MountVolume.SetUp failed: secret "other" not found')
+    running = (st.PodState.from_object("m-a", RUNNING),)
+    for pods, pod_events in ((pending, ()), (pending, (other_pod, other_secret)), (running, (FAILED_MOUNT,))):
+        desired = st.desired_status({}, observed(pods, pod_events=pod_events, **WITH_SECRET), now=NOW, selector=SELECTOR)
+        assert cond(desired, "Degraded")["status"] == "False", (pods, pod_events)
+    # Without a credentials Secret, or once the pods run, no Event is worth listing.
+    assert not st.pod_events_needed(spec(), pending)
+    assert not st.pod_events_needed(spec(**WITH_SECRET), running)
 
 
 def test_poller_errors_become_degraded_reasons() -> None:
@@ -201,3 +265,39 @@ def test_pod_and_deployment_state_from_objects() -> None:
     d = st.DeploymentState.from_object({"replicas": 2, "readyReplicas": 1})
     assert (d.replicas, d.ready_replicas, d.updated_replicas) == (2, 1, 0)
     assert st.DeploymentState.from_object(None) == st.DeploymentState()
+
+
+def test_pod_state_keeps_what_the_pod_itself_says() -> None:
+    status = {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [serving]"}],
+        "initContainerStatuses": [
+            {"name": "poller", "ready": False, "restartCount": 4,
+             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container=poller"}},
+             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
+        ],
+        "containerStatuses": [
+            {"name": "serving", "ready": False, "restartCount": 0,
+             "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "tensorflow/serving:nope"'}}},
+        ],
+    }
+    pod = st.PodState.from_object("m-a", status)
+    assert pod == st.PodState(
+        name="m-a",
+        ready=False,
+        phase="Running",
+        conditions=(st.PodCondition("Ready", "False", "ContainersNotReady", "containers with unready status: [serving]"),),
+        containers=(
+            st.ContainerState("poller", init=True, state="waiting", reason="CrashLoopBackOff",
+                              message="back-off 1m20s restarting failed container=poller", restart_count=4,
+                              last_termination_reason="OOMKilled"),
+            st.ContainerState("serving", init=False, state="waiting", reason="ImagePullBackOff",
+                              message='Back-off pulling image "tensorflow/serving:nope"'),
+        ),
+    )
+    assert [c.reason for c in pod.waiting] == ["CrashLoopBackOff", "ImagePullBackOff"]
+    assert pod.started  # the poller has run (and crashed) before
+    assert not st.PodState.from_object("m-b", PENDING_ON_MOUNT).started
+    assert st.PodState.from_object("m-c", RUNNING).started
+    evicted = st.PodState.from_object("m-d", {"phase": "Failed", "reason": "Evicted", "message": "ephemeral storage"})
+    assert (evicted.phase, evicted.reason, evicted.message) == ("Failed", "Evicted", "ephemeral storage")

@@ -40,3 +40,70 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* The operator's user name, as the API server sees its ServiceAccount token. */}}
+{{- define "model-poller-operator.user" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "model-poller-operator.serviceAccountName" . }}
+{{- end }}
+
+{{/*
+Refuse namespace patterns when the RBAC is namespaced: a Role lives in one named namespace,
+so "ml-*" (or kopf's "!ns" exclusions) cannot be granted by Roles.
+*/}}
+{{- define "model-poller-operator.checkNamespaces" -}}
+{{- if .Values.rbac.create }}
+{{- range .Values.watch.namespaces }}
+{{- if regexMatch "[*?\\[\\]!]" . }}
+{{- fail (printf "watch.namespaces: %q is a pattern, but with rbac.create=true the chart grants a Role in each watched namespace, which needs exact names: list the namespaces (e.g. --set 'watch.namespaces={ml,team-a}'), or set rbac.create=false and grant the rights yourself (see docs/security.md)" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+What the operator does to ModelDeployments and their children: in a ClusterRole when it
+watches every namespace, in one Role per namespace when watch.namespaces is set.
+*/}}
+{{- define "model-poller-operator.applicationRules" -}}
+# Post Kubernetes Events (version changes, errors) on the ModelDeployments, and read the
+# pods' FailedMount Events: a missing credentials Secret shows there (the operator has no
+# access to Secrets at all).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, list]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create]
+# Watch the ModelDeployments; patch their metadata (kopf's progress annotations under
+# modelpoller.dev) and their status (the aggregate).
+- apiGroups: [modelpoller.dev]
+  resources: [modeldeployments]
+  verbs: [get, list, watch, patch]
+- apiGroups: [modelpoller.dev]
+  resources: [modeldeployments/status]
+  verbs: [get, patch]
+# Children carry ownerReferences with blockOwnerDeletion (needs this where the
+# OwnerReferencesPermissionEnforcement admission plugin runs, e.g. OpenShift).
+- apiGroups: [modelpoller.dev]
+  resources: [modeldeployments/finalizers]
+  verbs: [update]
+# The children, applied server-side (create/patch), watched to repair hand edits. The
+# ValidatingAdmissionPolicy (admission-policy.yaml) narrows these writes to objects the
+# operator owns, in the shape it renders: RBAC cannot say "only my children".
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services, serviceaccounts]
+  verbs: [get, list, watch, create, patch]
+# The poller's Role and RoleBinding. The operator may grant only what it holds itself:
+# get/watch on modeldeployments and patch on modeldeployments/status (above).
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch]
+# The pods of the ModelDeployments (watched with a label selector): readiness, what the
+# kubelet says about them, and pruning status.pollers entries of pods that are gone.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- end }}
