@@ -17,6 +17,7 @@ from model_poller.errors import ConfigError
 from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO, Limits
 from model_poller.policy import DEFAULT_KEEP, Policy
 from model_poller.sources import validate_uri
+from model_poller.versions import parse_version
 
 _T = TypeVar("_T")
 
@@ -24,7 +25,7 @@ DEFAULT_POLL_INTERVAL = 60.0
 LOG_FORMATS = ("text", "json")
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
 _SUBSCRIPTION = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
-_SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE | re.ASCII)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30, "TI": 1 << 40}
 
@@ -70,13 +71,10 @@ def parse_interval(text: str) -> float:
 
 
 def parse_pinned(text: str) -> frozenset[int]:
-    try:
-        versions = frozenset(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"invalid version list {text!r}: use e.g. 3 or 3,4") from None
-    if not versions or min(versions) < 0:
-        raise ValueError(f"invalid version list {text!r}: use e.g. 3 or 3,4")
-    return versions
+    parsed = [parse_version(v.strip()) for v in text.split(",") if v.strip()]
+    if not parsed or None in parsed:
+        raise ValueError(f"invalid version list {text!r}: use e.g. 3 or 3,4 (ASCII digits, at most int64)")
+    return frozenset(v for v in parsed if v is not None)
 
 
 def parse_bool(text: str) -> bool:

@@ -4,6 +4,11 @@ Everything is written under ``<model-dir>/.model-poller-staging-*`` (same filesy
 non-numeric, so TF Serving never looks at it); the finished SavedModel directory then
 appears as ``<model-dir>/<version>`` by a single ``rename``. Removal goes the other way:
 one ``rename`` to a non-numeric trash name, then the tree is deleted.
+
+A version directory holds exactly the uploaded files. What the poller remembers about a
+version (the upload's generation) lives beside it, in
+``<model-dir>/.model-poller/versions/<version>.json``: written durably before the
+version's rename into place, removed after the version is removed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import io
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -26,15 +30,40 @@ from model_poller.extract import Limits, Unpacker, extract, find_model_root
 from model_poller.install_verify import Verifier
 from model_poller.sources.base import Source
 from model_poller.streaming import Download, GrowingReader, zip_tail
-from model_poller.versions import Artifact, Kind, SourceObject
+from model_poller.versions import Artifact, Kind, parse_version
 
 log = logging.getLogger(__name__)
 
+# Work in progress and crash leftovers: everything named so is removed at start.
 WORK_PREFIX = ".model-poller-"
 STAGING_PREFIX = WORK_PREFIX + "staging-"
 TRASH_PREFIX = WORK_PREFIX + "trash-"
-MARKER_FILE = ".model-poller.json"
-_NUMERIC = re.compile(r"^\d+$")
+# The bookkeeping folder: no dash, so the start-up cleanup of WORK_PREFIX leaves it alone.
+BOOKKEEPING_DIR = ".model-poller"
+RECORDS_DIR = "versions"
+_RECORD_SUFFIX = ".json"
+_RECORD_TEMP_PREFIX = ".tmp-"
+
+# errno values that are the local disk's trouble, never the upload's: an error carrying
+# one of these is retried with backoff even when the unpacker reported it as bad data.
+LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
+     errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY}
+)
+# errno values the file system answers to a name or layout taken from the archive (or a
+# folder version's object names) while unpacking: for a path inside the unpacked tree
+# (see content_rejection), the upload can never install here.
+_CONTENT_ERRNOS = {
+    errno.ENAMETOOLONG: "unsafe_path",
+    errno.EILSEQ: "unsafe_path",
+    errno.EINVAL: "unsafe_path",
+    errno.ELOOP: "unsafe_path",
+    errno.EEXIST: "duplicate_entry",
+    errno.ENOTDIR: "duplicate_entry",
+    errno.EISDIR: "duplicate_entry",
+    errno.ENOTEMPTY: "duplicate_entry",
+    errno.EMLINK: "too_many_files",
+}
 
 
 @dataclass(frozen=True)
@@ -48,10 +77,12 @@ class InstallResult:
 
 
 class ModelDir:
-    """``<model-dir>``: numeric children are versions, ``.model-poller-*`` are ours."""
+    """``<model-dir>``: numeric children are versions, ``.model-poller-*`` are work in
+    progress, ``.model-poller/`` is the bookkeeping."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.records = path / BOOKKEEPING_DIR / RECORDS_DIR
 
     def prepare(self) -> list[str]:
         """Create the dir if needed, prove it writable, remove crash leftovers."""
@@ -62,45 +93,122 @@ class ModelDir:
         except OSError as exc:
             raise ModelDirError(f"model dir {self.path} is not writable: {exc.strerror or exc}") from None
         removed = []
-        for child in sorted(self.path.iterdir()):
-            if child.name.startswith(WORK_PREFIX):
-                remove_tree(child)
-                removed.append(child.name)
-        if removed:
-            fsync_dir(self.path)
+        try:
+            for child in sorted(self.path.iterdir()):
+                if child.name.startswith(WORK_PREFIX):
+                    remove_tree(child)
+                    removed.append(child.name)
+            if removed:
+                fsync_dir(self.path)
+            removed.extend(self._remove_stale_records())
+        except OSError as exc:
+            raise ModelDirError(f"cannot remove leftovers in model dir {self.path}: {exc}") from None
         return removed
 
-    def installed(self) -> dict[int, int | None]:
-        """``{version: generation}`` of the versions on disk (generation None if unknown)."""
-        result: dict[int, int | None] = {}
+    def _remove_stale_records(self) -> list[str]:
+        """Records without their version (a crash between the record and the rename, or
+        between a removal and its record's): they must not vouch for a later hand-made dir."""
+        try:
+            records = sorted(self.records.iterdir())
+        except FileNotFoundError:
+            return []  # nothing installed yet: the folder appears with the first record
+        present = {child.name for child in self._version_children()}
+        stale = []
+        for record in records:
+            if record.name.startswith(_RECORD_TEMP_PREFIX) or self._read_record(record)[0] not in present:
+                remove_tree(record)
+                stale.append(f"{BOOKKEEPING_DIR}/{RECORDS_DIR}/{record.name}")
+        if stale:
+            fsync_dir(self.records)
+        return stale
+
+    def _version_children(self) -> list[Path]:
         try:
             children = list(self.path.iterdir())
         except FileNotFoundError:
-            return result
-        for child in children:
-            if not _NUMERIC.match(child.name) or not child.is_dir():
-                continue
-            version = int(child.name)
-            generation: int | None = None
-            try:
-                generation = int(json.loads((child / MARKER_FILE).read_text())["generation"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            if version in result and result[version] is not None:
+            return []
+        return [c for c in children if parse_version(c.name) is not None and c.is_dir() and not c.is_symlink()]
+
+    def _record_path(self, version: int) -> Path:
+        return self.records / f"{version}{_RECORD_SUFFIX}"
+
+    @staticmethod
+    def _read_record(path: Path) -> tuple[str | None, int | None]:
+        """(directory name, generation) from one record; (None, None) if unreadable."""
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None, None
+        if not isinstance(body, dict):
+            return None, None
+        directory, generation = body.get("directory"), body.get("generation")
+        return (
+            directory if isinstance(directory, str) else None,
+            generation if isinstance(generation, int) and not isinstance(generation, bool) else None,
+        )
+
+    def installed(self) -> dict[int, int | None]:
+        """``{version: generation}`` of the versions on disk (generation None if unknown:
+        no record, e.g. a directory put there by hand or by an earlier release)."""
+        result: dict[int, int | None] = {}
+        for child in self._version_children():
+            version = parse_version(child.name)
+            assert version is not None  # _version_children keeps only those
+            directory, generation = self._read_record(self._record_path(version))
+            if directory != child.name:
+                generation = None  # the record is about the other spelling ("2" vs "0002")
+            if result.get(version) is not None:
                 continue  # "2" and "0002": keep the one we know
             result[version] = generation
         return result
 
     def version_paths(self, version: int) -> list[Path]:
-        return [c for c in self.path.iterdir() if _NUMERIC.match(c.name) and int(c.name) == version]
+        return [c for c in self._version_children() if parse_version(c.name) == version]
+
+    def write_record(self, artifact: Artifact, directory: str) -> None:
+        """Durably record which upload ``<model-dir>/<directory>`` holds: temp file,
+        fsync, rename, fsync of the folder; so after a crash a record is whole or absent."""
+        body = json.dumps(
+            {
+                "version": artifact.version,
+                "directory": directory,
+                "generation": artifact.generation,
+                "object": artifact.name,
+                "installedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        ).encode()
+        self.records.mkdir(parents=True, exist_ok=True)  # created with the first record
+        fd, temp = tempfile.mkstemp(prefix=f"{_RECORD_TEMP_PREFIX}{artifact.version}-", dir=self.records)
+        try:
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, self._record_path(artifact.version))
+        except BaseException:
+            remove_tree(Path(temp))
+            raise
+        fsync_dir(self.records)
+
+    def forget(self, version: int) -> None:
+        """Remove ``version``'s record (its directory is already gone)."""
+        try:
+            os.unlink(self._record_path(version))
+        except FileNotFoundError:
+            return
+        fsync_dir(self.records)
 
     def remove(self, version: int) -> None:
-        """Make ``version`` disappear atomically (rename to trash), then delete it."""
+        """Make ``version`` disappear atomically (rename to trash), forget it, delete it."""
         for path in self.version_paths(version):
             trash = Path(tempfile.mkdtemp(prefix=f"{TRASH_PREFIX}{version}-", dir=self.path))
             target = trash / "v"
             os.rename(path, target)
             fsync_dir(self.path)
+            self.forget(version)
             remove_tree(trash)
 
     def staging(self) -> Path:
@@ -116,33 +224,23 @@ def install(
 ) -> InstallResult:
     """Install ``artifact`` as ``<model-dir>/<version>``, or raise and leave no trace.
 
-    Raises ``Rejected`` (never valid at this generation), ``SourceError`` (try again
-    later), ``Abandoned`` (stop requested) or ``OSError`` (the model dir's trouble).
+    Raises ``Rejected`` (never valid at this generation: bad data, or names or a layout
+    the file system refuses), ``SourceError`` (try again later), ``Abandoned`` (stop
+    requested), ``ModelDirError`` or ``OSError`` (the model dir's trouble: try again later).
     """
     started = time.monotonic()
     staging = model_dir.staging()
     try:
-        with Syncer() as syncer:
-            unpacked = staging / "unpacked"
-            unpacked.mkdir()
-            if artifact.kind is Kind.FOLDER:
-                unpacker = Unpacker(unpacked, limits, syncer, stop)
-                downloaded = _download_folder(source, artifact, unpacker, stop)
-            else:
-                archive = staging / ("archive.zip" if artifact.kind is Kind.ZIP else "archive.tar.gz")
-                unpacker = Unpacker(unpacked, limits, syncer, stop, archive_size=artifact.size)
-                downloaded = _download_and_extract(source, artifact, archive, unpacker, stop)
-                archive.unlink()
-            log.debug("version %d: unpacked at %.2fs", artifact.version, time.monotonic() - started)
-            root = find_model_root(unpacked)
-            _write_marker(root, artifact, syncer)
-            unpacker.sync_dirs()
-            fsync_dir(root)
-            log.debug("version %d: on disk at %.2fs", artifact.version, time.monotonic() - started)
+        root, unpacker, downloaded = _unpack(source, artifact, staging / "unpacked", limits, stop)
+        log.debug("version %d: on disk at %.2fs", artifact.version, time.monotonic() - started)
         final = model_dir.path / str(artifact.version)
+        if os.path.lexists(final):
+            raise ModelDirError(f"{final} appeared while installing (another poller on this dir?)")
+        model_dir.write_record(artifact, final.name)
         try:
             os.rename(root, final)
         except OSError as exc:
+            model_dir.forget(artifact.version)
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise ModelDirError(f"{final} appeared while installing (another poller on this dir?)") from None
             raise
@@ -157,6 +255,74 @@ def install(
         )
     finally:
         remove_tree(staging)
+
+
+def _unpack(
+    source: Source, artifact: Artifact, unpacked: Path, limits: Limits, stop: threading.Event
+) -> tuple[Path, Unpacker, int]:
+    """Download and unpack into ``unpacked``, everything fsynced; returns the SavedModel
+    root, the unpacker (for its counts) and the bytes downloaded.
+
+    Errors are sorted by cause: the upload's (``Rejected``, remembered, never downloaded
+    again) or the local disk's (``OSError``, retried with backoff).
+    """
+    try:
+        with Syncer() as syncer:
+            unpacked.mkdir()
+            if artifact.kind is Kind.FOLDER:
+                unpacker = Unpacker(unpacked, limits, syncer, stop)
+                downloaded = _download_folder(source, artifact, unpacker, stop)
+            else:
+                archive = unpacked.parent / ("archive.zip" if artifact.kind is Kind.ZIP else "archive.tar.gz")
+                unpacker = Unpacker(unpacked, limits, syncer, stop, archive_size=artifact.size)
+                downloaded = _download_and_extract(source, artifact, archive, unpacker, stop)
+                archive.unlink()
+            root = find_model_root(unpacked)
+            unpacker.sync_dirs()
+            fsync_dir(root)
+        return root, unpacker, downloaded
+    except Rejected as exc:
+        local = local_cause(exc)
+        if local is None:
+            raise
+        # A full disk is not a corrupt archive: retry, do not remember. (A fresh error:
+        # re-raising ``local`` itself would make its cause chain a loop.)
+        raise OSError(local.errno, local.strerror, local.filename) from None
+    except OSError as exc:
+        rejection = content_rejection(exc, unpacked)
+        if rejection is None:
+            raise
+        raise rejection from exc
+
+
+def local_cause(exc: BaseException) -> OSError | None:
+    """The local I/O failure (full disk, I/O error, permissions) behind ``exc``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
+            return current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return None
+
+
+def content_rejection(exc: OSError, unpacked: Path) -> Rejected | None:
+    """``Rejected`` when the file system refused a path inside ``unpacked`` because of
+    its name or layout (too long, invalid, colliding); None for anything else."""
+    reason = _CONTENT_ERRNOS.get(exc.errno or 0)
+    if reason is None or not _is_inside(exc.filename, unpacked):
+        return None
+    relative = os.path.relpath(os.fsdecode(exc.filename), unpacked)
+    shown = relative if len(relative) <= 120 else relative[:117] + "..."
+    return Rejected(reason, f"the file system refuses {shown!r}: {exc.strerror or exc}")
+
+
+def _is_inside(filename: object, folder: Path) -> bool:
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return False
+    path = os.fsdecode(filename)
+    return path.startswith(str(folder) + os.sep)
 
 
 def _download_and_extract(
@@ -201,22 +367,4 @@ def _download_folder(source: Source, artifact: Artifact, unpacker: Unpacker, sto
     return total
 
 
-def _write_marker(root: Path, artifact: Artifact, syncer: Syncer) -> None:
-    body = json.dumps(
-        {
-            "version": artifact.version,
-            "generation": artifact.generation,
-            "object": artifact.name,
-            "installedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    ).encode()
-    fd = os.open(root / MARKER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, body)
-    except BaseException:
-        os.close(fd)
-        raise
-    syncer.hand_over(fd)
-
-
-__all__ = ["Abandoned", "InstallResult", "ModelDir", "install", "MARKER_FILE", "STAGING_PREFIX"]
+__all__ = ["Abandoned", "BOOKKEEPING_DIR", "InstallResult", "ModelDir", "install", "STAGING_PREFIX"]

@@ -42,11 +42,21 @@ class Metrics:
         self.rejections = Counter(
             "model_poller_rejections", "Versions rejected, by reason.", ["reason"], registry=r
         )
+        self.install_attempts = Counter(
+            "model_poller_install_attempts", "Installs started (each one downloads the version).", registry=r
+        )
         self.failures = Counter(
-            "model_poller_install_failures", "Installs that failed and will be retried.", registry=r
+            "model_poller_install_failures", "Installs that failed and will be retried (with backoff).", registry=r
+        )
+        self.unexpected_errors = Counter(
+            "model_poller_install_unexpected_errors",
+            "Installs that failed with an error no handler expected (a bug: the log holds its traceback); "
+            "also counted in model_poller_install_failures.",
+            registry=r,
         )
         self.sync_errors = Counter(
-            "model_poller_sync_errors", "Syncs that could not list the source.", registry=r
+            "model_poller_sync_errors", "Syncs that did not finish (source not listed, or an unexpected error).",
+            registry=r,
         )
         self.notifications = Counter(
             "model_poller_notifications", "Pub/Sub notifications received, by outcome.", ["outcome"], registry=r

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from model_poller.errors import NotificationError
 from model_poller.text import one_line
+from model_poller.versions import parse_version
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,8 @@ def hint_from_message(message: Any) -> Hint | None:
     name = attrs.get("objectId")
     if not bucket or not name:
         return None
-    generation: int | None
-    try:
-        generation = int(attrs.get("objectGeneration", ""))
-    except ValueError:
-        generation = None
+    # Like a version number: ASCII digits within int64 (int() would take " 12" or "١٢").
+    generation = parse_version(str(attrs.get("objectGeneration", "")))
     published = time.time()
     publish_time = getattr(message, "publish_time", None)
     if publish_time is not None:
@@ -191,7 +189,12 @@ class Notifications:
         log.info("created subscription %s on %s", self.subscription, self.topic)
 
     def _receive(self, message: Any) -> None:
-        hint = hint_from_message(message)
+        try:
+            hint = hint_from_message(message)
+        except Exception:  # noqa: BLE001 - a malformed message is acked and dropped, never redelivered forever
+            log.exception("ignoring a malformed notification (message id %s)", getattr(message, "message_id", "?"))
+            message.ack()
+            return
         if hint is None or hint.bucket != self.bucket or not hint.name.startswith(self.prefix):
             message.ack()  # not about our source
             return

@@ -25,7 +25,8 @@ from model_poller.notifications import DELETE, Hint, Notifications
 from model_poller.report import NullReporter, RemovalGate, Reporter
 from model_poller.sources import Source, open_source
 from model_poller.sync import Engine, SyncOutcome
-from model_poller.versions import READY_MARKER, parse_archive_name
+from model_poller.text import one_line
+from model_poller.versions import READY_MARKER, parse_archive_name, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Poller:
         self._engine: Engine | None = None
         self._notifications: Notifications | None = None
         self._listening = False
+        self._bugs_logged: set[str] = set()
 
     # -- burst mode -------------------------------------------------------------------
 
@@ -182,25 +184,51 @@ class Poller:
 
     def _needs_sync(self, hint: Hint) -> bool:
         """False for a hint that cannot change anything: a duplicate, a redelivery of
-        something handled, an installed or rejected upload, a file of an unready folder."""
+        something handled, an installed or rejected upload, a file of an unready folder,
+        a name that is no version (logged: the hint is then acked and remembered)."""
         assert self._engine is not None
         if hint.key in self._handled:
             return False
+        target = self._hint_target(hint)
+        if target is None:
+            log.info("ignoring notification for gs://%s/%s: not a version (<digits>.zip, .tar.gz, .tgz or "
+                     "<digits>/_READY; ASCII digits, at most int64)", hint.bucket, one_line(hint.name, 300))
+            return False
         if hint.event == DELETE:
             return True
+        version, rest = target
+        if rest and rest != READY_MARKER:
+            return False  # a folder version's file: its _READY marker's notification matters
+        return hint.generation is None or not self._engine.known(version, hint.generation)
+
+    def _hint_target(self, hint: Hint) -> tuple[int, str] | None:
+        """``(version, rest)`` for an object of a version (``rest`` is "" for an archive,
+        the path inside the folder for a folder version's object); None for other names.
+        Object names are untrusted: parse_version decides, never ``str.isdigit()``."""
         assert self._notifications is not None
         relative = hint.name[len(self._notifications.prefix):]
         head, sep, rest = relative.partition("/")
-        if not sep:
-            parsed = parse_archive_name(relative)
-            if parsed is None:
-                return False
-            version = parsed[0]
-        elif rest == READY_MARKER and head.isdigit():
-            version = int(head)
-        else:
-            return False  # a folder version's file: its _READY marker's notification matters
-        return hint.generation is None or not self._engine.known(version, hint.generation)
+        if sep:
+            version = parse_version(head)
+            return (version, rest) if version is not None else None
+        parsed = parse_archive_name(relative)
+        return (parsed[0], "") if parsed is not None else None
+
+    def _triage(self, hint: Hint) -> bool:
+        """True if ``hint`` waits for the next sync; otherwise it is settled (acked) now."""
+        try:
+            needed = self._needs_sync(hint)
+        except Exception:  # noqa: BLE001 - defence in depth: one message never ends the poller
+            log.exception("ignoring notification for gs://%s/%s: unexpected error (a bug: please report it)",
+                          hint.bucket, one_line(hint.name, 300))
+            needed = False
+        if needed:
+            self.metrics.notifications.labels(outcome="sync").inc()
+            return True
+        self.metrics.notifications.labels(outcome="ignored").inc()
+        self._remember(hint)
+        hint.ack()
+        return False
 
     def _remember(self, hint: Hint) -> None:
         self._handled[hint.key] = None
@@ -216,14 +244,7 @@ class Poller:
         next_notify_retry = 0.0
         waiting: list[Hint] = []
         while not self.stop.is_set():
-            for hint in self._drain():
-                if self._needs_sync(hint):
-                    waiting.append(hint)
-                    self.metrics.notifications.labels(outcome="sync").inc()
-                else:
-                    self.metrics.notifications.labels(outcome="ignored").inc()
-                    self._remember(hint)
-                    hint.ack()
+            waiting.extend(hint for hint in self._drain() if self._triage(hint))
             now = time.monotonic()
             if self._wants_notifications() and now >= next_notify_retry:
                 try:
@@ -267,6 +288,17 @@ class Poller:
             for hint in hints:
                 hint.nack()
             return None
+        except Exception as exc:  # noqa: BLE001 - defence in depth: a bug costs this sync (retried with backoff)
+            self.metrics.sync_errors.inc()
+            what = f"{type(exc).__name__}: {one_line(exc, 200)}"
+            if what in self._bugs_logged:  # the traceback is in the log already
+                log.error("sync failed with an unexpected error: %s", what)
+            else:
+                self._bugs_logged.add(what)
+                log.exception("sync failed with an unexpected error (a bug: please report it with this traceback)")
+            for hint in hints:
+                hint.nack()
+            return None
         installed = {r.version for r in outcome.installed}
         now = time.time()
         for hint in hints:
@@ -286,13 +318,8 @@ class Poller:
         return outcome
 
     def _hint_version(self, hint: Hint) -> int | None:
-        assert self._notifications is not None
-        relative = hint.name[len(self._notifications.prefix):]
-        head, sep, _ = relative.partition("/")
-        if sep:
-            return int(head) if head.isdigit() else None
-        parsed = parse_archive_name(relative)
-        return parsed[0] if parsed else None
+        target = self._hint_target(hint)
+        return target[0] if target is not None else None
 
     def _close_source(self) -> None:
         if self._source is not None:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from model_poller_api.models import PollerReport
 
-from model_poller.errors import Rejected, SourceError
+from model_poller.errors import Abandoned, ModelDirError, Rejected, SourceError
 from model_poller.extract import Limits
 from model_poller.install import InstallResult, ModelDir, install
 from model_poller.metrics import Metrics
@@ -90,10 +90,28 @@ class Engine:
         """True if this exact upload is installed or was rejected: nothing to do for it."""
         return self._on_disk.get(version) == generation or (version, generation) in self.rejected
 
-    def _once(self, key: str, message: str, *args: object, level: int = logging.INFO) -> None:
-        if key not in self._logged:
-            self._logged.add(key)
-            log.log(level, message, *args)
+    def _once(
+        self, key: str, message: str, *args: object, level: int = logging.INFO, exc_info: BaseException | None = None
+    ) -> bool:
+        """Log ``message`` the first time ``key`` is seen; True if it was logged now."""
+        if key in self._logged:
+            return False
+        self._logged.add(key)
+        log.log(level, message, *args, exc_info=exc_info)
+        return True
+
+    def _unexpected(self, artifact: Artifact, exc: Exception) -> str:
+        """Count and log an error no handler expected (a bug); the version is retried with
+        backoff like a failed download. The traceback is logged once per upload and kind of error."""
+        self.metrics.failures.inc()
+        self.metrics.unexpected_errors.inc()
+        what = f"{type(exc).__name__}: {one_line(exc, 200)}"
+        key = f"unexpected:{artifact.version}:{artifact.generation}:{type(exc).__qualname__}"
+        message = "install of version %d failed with an unexpected error, will retry: %s"
+        if not self._once(key, message + " (a bug: please report it with this traceback)",
+                          artifact.version, what, level=logging.ERROR, exc_info=exc):
+            log.error(message, artifact.version, what)
+        return f"version {artifact.version}: unexpected error {what}"
 
     def sync(self) -> SyncOutcome:
         """List, install, remove. Raises SourceError if the source cannot be listed,
@@ -130,8 +148,11 @@ class Engine:
             artifact = usable[todo[0]]
             where = f"{self.source.uri}{artifact.name}"
             log.info("installing version %d from %s (%d bytes)", artifact.version, where, artifact.size)
+            self.metrics.install_attempts.inc()
             try:
                 result = install(self.source, artifact, self.model_dir, self.limits, self.stop)
+            except Abandoned:
+                raise
             except Rejected as exc:
                 self.rejected[(artifact.version, artifact.generation)] = exc.reason
                 self.metrics.rejections.labels(reason=exc.reason).inc()
@@ -140,12 +161,16 @@ class Engine:
                 if self.policy.pinned is not None:
                     problems.append(f"pinned version {artifact.version} rejected: {exc.reason}")
                 continue
-            except (SourceError, OSError) as exc:
+            except (SourceError, ModelDirError, OSError) as exc:
                 failed.add(artifact.version)
                 self.metrics.failures.inc()
-                message = one_line(exc if isinstance(exc, SourceError) else f"model dir: {exc}")
+                message = one_line(exc if isinstance(exc, (SourceError, ModelDirError)) else f"model dir: {exc}")
                 log.error("install of version %d failed, will retry: %s", artifact.version, message)
                 problems.append(f"version {artifact.version}: {message}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one version, never the process
+                failed.add(artifact.version)
+                problems.append(self._unexpected(artifact, exc))
                 continue
             on_disk[artifact.version] = artifact.generation
             self._on_disk[artifact.version] = artifact.generation

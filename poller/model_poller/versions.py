@@ -3,6 +3,10 @@
 A version is ``<digits>.zip``, ``<digits>.tar.gz``, ``<digits>.tgz`` or a folder
 ``<digits>/`` holding the marker object ``_READY``. Everything else is skipped with a
 reason (the caller logs it once), never an exception.
+
+``<digits>`` means ASCII digits only, with a value TF Serving can read: it parses version
+directory names as int64. ``parse_version`` is the one place that decides; every name
+(listing, notification, model dir child) goes through it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ from typing import Iterable
 READY_MARKER = "_READY"
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
-_ARCHIVE = re.compile(r"^(\d+)\.(zip|tar\.gz|tgz)$")
-_DIGITS = re.compile(r"^\d+$")
+INT64_MAX = (1 << 63) - 1
+# [0-9], not \d: without re.ASCII, \d also matches other scripts' digits ("١٢").
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_INT64_DIGITS = len(str(INT64_MAX))
+# Matched with fullmatch: "$" would also accept a trailing newline.
+_ARCHIVE = re.compile(r"([^./]+)\.(zip|tar\.gz|tgz)", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -72,13 +80,47 @@ class Skipped:
     reason: str
 
 
+def parse_version(text: str) -> int | None:
+    """``"0002"`` -> 2; None unless ``text`` is ASCII digits whose value fits in an int64.
+
+    Never ``str.isdigit()`` (true for ``"²"``, which ``int()`` then refuses) nor a bare
+    ``\\d`` (matches ``"١٢"``, which ``int()`` accepts): TF Serving reads version
+    directories as int64 ASCII numbers, and so do we.
+    """
+    if not _ASCII_DIGITS.fullmatch(text):
+        return None
+    if len(text.lstrip("0")) > _INT64_DIGITS:
+        return None  # (and int() refuses strings past 4300 digits)
+    value = int(text)
+    return value if value <= INT64_MAX else None
+
+
 def parse_archive_name(name: str) -> tuple[int, Kind] | None:
     """``0002.zip`` -> (2, ZIP); anything that is not a version archive -> None."""
-    match = _ARCHIVE.match(name)
+    match = _ARCHIVE.fullmatch(name)
     if not match:
         return None
+    version = parse_version(match.group(1))
+    if version is None:
+        return None
     kind = Kind.ZIP if match.group(2) == "zip" else Kind.TAR_GZ
-    return int(match.group(1)), kind
+    return version, kind
+
+
+def _archive_skip_reason(name: str) -> str:
+    """Why ``name`` (no ``/``) is not a version archive, for the log line."""
+    match = _ARCHIVE.fullmatch(name)
+    if match and _ASCII_DIGITS.fullmatch(match.group(1)):
+        return f"version number {match.group(1)} is beyond int64 (TF Serving could not load it)"
+    if match:
+        return f"{match.group(1)!r} is not ASCII digits 0-9"
+    return "not <digits>.zip, <digits>.tar.gz or <digits>.tgz"
+
+
+def _folder_skip_reason(head: str) -> str:
+    if _ASCII_DIGITS.fullmatch(head):
+        return f"folder version number {head} is beyond int64 (TF Serving could not load it)"
+    return "folder name is not a version number (ASCII digits 0-9)"
 
 
 def parse_listing(objects: Iterable[SourceObject]) -> tuple[dict[int, Artifact], list[Skipped]]:
@@ -89,7 +131,7 @@ def parse_listing(objects: Iterable[SourceObject]) -> tuple[dict[int, Artifact],
     """
     candidates: dict[int, list[Artifact]] = {}
     skipped: list[Skipped] = []
-    folders: dict[str, list[SourceObject]] = {}
+    folders: dict[tuple[str, int], list[SourceObject]] = {}
     ignored_tops: dict[str, str] = {}
 
     for obj in objects:
@@ -97,30 +139,30 @@ def parse_listing(objects: Iterable[SourceObject]) -> tuple[dict[int, Artifact],
         if not sep:
             parsed = parse_archive_name(obj.name)
             if parsed is None:
-                skipped.append(Skipped(obj.name, "not <digits>.zip, <digits>.tar.gz or <digits>.tgz"))
+                skipped.append(Skipped(obj.name, _archive_skip_reason(obj.name)))
                 continue
             version, kind = parsed
             candidates.setdefault(version, []).append(
                 Artifact(version=version, kind=kind, objects=(obj,), name=obj.name)
             )
             continue
-        if not _DIGITS.match(head):
-            ignored_tops.setdefault(head + "/", "folder name is not a version number")
+        folder_version = parse_version(head)
+        if folder_version is None:
+            ignored_tops.setdefault(head + "/", _folder_skip_reason(head))
             continue
         if not rest or rest.endswith("/"):
             continue  # a zero-byte "directory" placeholder object
-        folders.setdefault(head, []).append(obj)
+        folders.setdefault((head, folder_version), []).append(obj)
 
     skipped.extend(Skipped(name, reason) for name, reason in sorted(ignored_tops.items()))
 
-    for head, members in sorted(folders.items()):
+    for (head, version), members in sorted(folders.items()):
         marker_name = f"{head}/{READY_MARKER}"
         marker = next((m for m in members if m.name == marker_name), None)
         if marker is None:
             skipped.append(Skipped(head + "/", f"folder has no {READY_MARKER} marker yet"))
             continue
         files = tuple(sorted((m for m in members if m.name != marker_name), key=lambda m: m.name))
-        version = int(head)
         candidates.setdefault(version, []).append(
             Artifact(version=version, kind=Kind.FOLDER, objects=files, marker=marker, name=head + "/")
         )

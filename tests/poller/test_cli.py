@@ -65,7 +65,7 @@ def test_env_vars_and_json_logs(dirs: Dirs, cli: Cli) -> None:
     }
     result = cli(env=env)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in dirs.models.iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in dirs.models.iterdir() if p.name.isdigit()) == ["1", "2"]
     import json
 
     lines = [json.loads(line) for line in result.stderr.splitlines()]
@@ -102,6 +102,12 @@ def test_flag_beats_env_beats_legacy() -> None:
         (["--source", "file:///s/", "--model-dir", "/m", "--keep", "2", "--pinned", "1"], "mutually exclusive"),
         (["--source", "file:///s/", "--model-dir", "/m", "--keep", "0"], "at least 1"),
         (["--source", "file:///s/", "--model-dir", "/m", "--pinned", "a"], "--pinned"),
+        # Version numbers are ASCII digits within int64, here as at the source.
+        (["--source", "file:///s/", "--model-dir", "/m", "--pinned", "١٢"], "--pinned"),
+        (["--source", "file:///s/", "--model-dir", "/m", "--pinned", "3,²"], "--pinned"),
+        (["--source", "file:///s/", "--model-dir", "/m", "--pinned", "99999999999999999999"], "--pinned"),
+        (["--source", "file:///s/", "--model-dir", "/m", "--pinned", "-1"], "--pinned"),
+        (["--source", "file:///s/", "--model-dir", "/m", "--max-bytes", "١٢Mi"], "--max-bytes"),
         (["--source", "file:///s/", "--model-dir", "/m", "--poll-interval", "soon"], "--poll-interval"),
         (["--source", "file:///s/", "--model-dir", "/m", "--topic", "t"], "projects/P/topics/T"),
         (["--source", "file:///s/", "--model-dir", "/m", "--topic", "projects/p/topics/t",

@@ -112,7 +112,8 @@ def test_kill_9_during_install_never_leaves_a_partial_version(dirs: Dirs) -> Non
 
     final = start(dirs)
     assert final.wait(300) == 0
-    assert sorted(p.name for p in dirs.models.iterdir()) == ["7"], f"seed {seed}: debris left"
+    assert sorted(p.name for p in dirs.models.iterdir()) == [".model-poller", "7"], f"seed {seed}: debris left"
+    assert sorted(p.name for p in (dirs.models / ".model-poller" / "versions").iterdir()) == ["7.json"]
     for name, size in expected.items():
         assert (dirs.models / "7" / name).stat().st_size == size
     assert (dirs.models / "7" / "saved_model.pb").read_bytes() == (probe.models / "7" / "saved_model.pb").read_bytes()

@@ -3,6 +3,7 @@ duplicates and out-of-order redelivery change nothing twice."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,74 @@ def test_subscription_naming_and_filter() -> None:
     assert a != subscription_name("p", "pod-b", "projects/p/topics/t", "gs://b/m/")
     assert subscription_filter("b", "m/") == 'attributes.bucketId = "b" AND hasPrefix(attributes.objectId, "m/")'
     assert subscription_filter("b", "") == 'attributes.bucketId = "b"'
+
+
+def test_names_that_are_no_version_never_stop_the_poller(fake_gcs: Any, bucket: Any, tmp_path: Path) -> None:
+    """``²`` passes str.isdigit() and then makes int() raise: such a notification used to
+    end the poller, unacked, so it came back and ended every restart too."""
+    from google.api_core import exceptions as api
+    from google.cloud import pubsub_v1
+
+    junk = ["m/²/_READY", "m/١٢.zip", "m/99999999999999999999.zip", "m/١٢/_READY"]
+    bucket.blob("m/1.zip").upload_from_string(zip_bytes(model_files(1)))
+    for name in junk:  # before the subscription exists: only the listing sees these
+        bucket.blob(name).upload_from_string(zip_bytes(model_files(12)))
+    name = f"projects/{fake_gcs.project}/subscriptions/junk-{uuid.uuid4().hex[:8]}"
+    subscriber = pubsub_v1.SubscriberClient()
+    subscriber.create_subscription(
+        request={"name": name, "topic": fake_gcs.notification_topic, "ack_deadline_seconds": 10}
+    )
+    models = tmp_path / "models"
+    poller = PollerProcess(
+        ["--source", f"gs://{bucket.name}/m/", "--model-dir", str(models), "--subscription", name,
+         "--poll-interval", "3600", "--keep", "10"],
+        tmp_path / "poller.log",
+    )
+    try:
+        poller.wait_for("/readyz")
+        assert versions_in(models) == [1]
+        publisher = pubsub_v1.PublisherClient()
+        for object_name in junk:
+            blob = bucket.get_blob(object_name)
+            for event in ("OBJECT_FINALIZE", "OBJECT_DELETE"):
+                publisher.publish(
+                    fake_gcs.notification_topic, b"{}", bucketId=bucket.name, objectId=object_name,
+                    objectGeneration=str(blob.generation), eventType=event, payloadFormat="JSON_API_V1",
+                ).result(timeout=30)
+        # A generation that is not ASCII digits is no generation (int() would take it).
+        publisher.publish(
+            fake_gcs.notification_topic, b"{}", bucketId=bucket.name, objectId="m/1.zip",
+            objectGeneration="١٢", eventType="OBJECT_FINALIZE", payloadFormat="JSON_API_V1",
+        ).result(timeout=30)
+        wait_until(lambda: poller.metric("model_poller_notifications_total", 'outcome="ignored"') >= 8, 20,
+                   poller.output())
+        # Still following notifications: a later valid version arrives through one.
+        bucket.blob("m/2.zip").upload_from_string(zip_bytes(model_files(2)))
+        wait_until(lambda: versions_in(models) == [1, 2], 30, poller.output())
+        assert poller.metric("model_poller_install_attempts_total") == 2  # none of the junk names
+        assert poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 0
+    finally:
+        code = poller.terminate()
+    assert code == 0, poller.output()
+    log = poller.log.read_text()
+    assert "Traceback" not in log
+    for object_name in junk:
+        # The listing logs each name once; each notification is logged once, then acked.
+        assert log.count(f"ignoring notification for gs://{bucket.name}/{object_name}:") == 2, log
+    for listed in ["m/²/", "m/١٢.zip", "m/99999999999999999999.zip", "m/١٢/"]:
+        assert log.count(f"ignoring gs://{bucket.name}/{listed}:") == 1, log
+    # Everything was acked: nothing comes back once the ack deadline (10 s) has passed.
+    deadline = time.monotonic() + 12
+    redelivered = []
+    while time.monotonic() < deadline:
+        try:
+            response = subscriber.pull(request={"subscription": name, "max_messages": 50}, timeout=3)
+        except api.DeadlineExceeded:
+            continue
+        redelivered += [m.message.attributes.get("objectId") for m in response.received_messages]
+        if response.received_messages:
+            subscriber.acknowledge(
+                request={"subscription": name, "ack_ids": [m.ack_id for m in response.received_messages]}
+            )
+    subscriber.delete_subscription(request={"subscription": name})
+    assert redelivered == []

@@ -29,11 +29,11 @@ def test_probes_metrics_polling_and_sigterm(dirs: Dirs, tmp_path: Path) -> None:
         assert poller.metric("model_poller_last_sync_timestamp_seconds") > time.time() - 60
         # A new version is picked up within a poll interval; the old one goes.
         (dirs.src / "2.zip").write_bytes(zip_bytes(model_files(2)))
-        wait_until(lambda: sorted(p.name for p in dirs.models.iterdir()) == ["2"])
+        wait_until(lambda: sorted(p.name for p in dirs.models.iterdir()) == [".model-poller", "2"])
         # A hostile upload shows in /metrics and changes nothing.
         (dirs.src / "3.zip").write_bytes(b"garbage")
         wait_until(lambda: poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 1)
-        assert sorted(p.name for p in dirs.models.iterdir()) == ["2"]
+        assert sorted(p.name for p in dirs.models.iterdir()) == [".model-poller", "2"]
         assert poller.metric("model_poller_installs_total") == 2
         assert poller.get("/nope")[0] == 404
     finally:

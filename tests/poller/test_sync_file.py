@@ -9,6 +9,7 @@ import pytest
 from poller.archives import installed_files, model_files, targz_bytes, write_folder, zip_bytes
 from poller.conftest import Dirs, EngineFactory
 
+from model_poller.install import BOOKKEEPING_DIR
 from model_poller.policy import Policy
 
 LAYOUTS = {
@@ -25,7 +26,8 @@ def numeric_dirs(models: Path) -> list[int]:
 
 
 def debris(models: Path) -> list[str]:
-    return [p.name for p in models.iterdir() if not p.name.isdigit()]
+    """What is neither a version nor the poller's bookkeeping folder."""
+    return [p.name for p in models.iterdir() if not p.name.isdigit() and p.name != BOOKKEEPING_DIR]
 
 
 def touch_later(path: Path, step: int) -> None:

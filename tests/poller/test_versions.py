@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model_poller.versions import Kind, SourceObject, parse_archive_name, parse_listing
+from model_poller.versions import INT64_MAX, Kind, SourceObject, parse_archive_name, parse_listing, parse_version
 
 
 def obj(name: str, generation: int = 1, size: int = 10) -> SourceObject:
@@ -49,3 +49,43 @@ def test_same_version_twice_newest_generation_wins() -> None:
 def test_version_is_integer_value() -> None:
     artifacts, _ = parse_listing([obj("0010.zip"), obj("9.tgz")])
     assert sorted(artifacts) == [9, 10]
+
+
+def test_parse_version_is_ascii_digits_within_int64() -> None:
+    assert parse_version("0002") == 2
+    assert parse_version("0") == 0
+    assert parse_version(str(INT64_MAX)) == INT64_MAX
+    assert parse_version("0" * 40 + "7") == 7  # leading zeros do not count against int64
+    refused = [
+        "²",  # str.isdigit() is true, int() raises: the notification crash
+        "١٢",  # \d matches and int() accepts it as 12
+        "１２",  # fullwidth digits, same
+        str(INT64_MAX + 1),
+        "99999999999999999999",
+        "9" * 5000,  # int() refuses more than 4300 digits with a ValueError
+        "",
+        "1\n",
+        " 1",
+        "+1",
+        "-1",
+        "1_000",
+        "0x10",
+    ]
+    for text in refused:
+        assert parse_version(text) is None, repr(text)
+
+
+def test_listing_ignores_non_ascii_and_out_of_range_names_with_a_reason() -> None:
+    names = ["١٢.zip", "²/_READY", "²/saved_model.pb", "99999999999999999999.zip", "١٢/_READY",
+             "١٢/saved_model.pb", "99999999999999999999/_READY", "99999999999999999999/saved_model.pb",
+             "2.zip\n", "７.tgz"]
+    artifacts, skipped = parse_listing([obj(n) for n in names] + [obj("3.zip")])
+    assert set(artifacts) == {3}
+    reasons = {s.name: s.reason for s in skipped}
+    assert set(reasons) == {"١٢.zip", "²/", "99999999999999999999.zip", "١٢/", "99999999999999999999/", "2.zip\n",
+                            "７.tgz"}
+    assert "beyond int64" in reasons["99999999999999999999.zip"]
+    assert "beyond int64" in reasons["99999999999999999999/"]
+    assert "ASCII" in reasons["١٢.zip"] and "ASCII" in reasons["²/"]
+    for name in ["١٢.zip", "99999999999999999999.zip", "2.zip\n", "７.tgz", "²", "9" * 5000 + ".zip"]:
+        assert parse_archive_name(name) is None, name
