@@ -1,11 +1,13 @@
 """A real Kubernetes control plane for tests: etcd + a secured kube-apiserver on loopback.
 
 The same approach as controller-runtime's envtest. There is NO kubelet, scheduler or
-controller-manager (``start_garbage_collector()`` adds only the garbage collector, for the
-tests of cascading deletion): objects are stored and validated (admission, CEL, RBAC, PodSecurity,
+controller-manager by default: objects are stored and validated (admission, CEL, RBAC, PodSecurity,
 subresources, server-side apply and watches are all real), but Deployments never create
 ReplicaSets or Pods, and no token controller runs (use the TokenRequest API). A test that
-needs a pod creates it from the rendered template.
+needs a pod creates it from the rendered template, or opts in: ``start_garbage_collector()``
+(cascading deletion), ``start_controllers()`` (Deployment and ReplicaSet controllers too, so
+Pods are created from the template) with ``services.kubelet.Kubelet`` to run those Pods as
+local processes. ``stop_apiserver()``/``start_apiserver()`` make an API server outage.
 
 Admin access is a static token (member of system:masters); service-account tokens are
 signed with a generated key, so ServiceAccounts, TokenRequest and RBAC work as in a cluster.
@@ -21,6 +23,7 @@ import os
 import secrets
 import ssl
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,16 +216,29 @@ class KubeControlPlane:
 
         Not part of the plane by default (see the module docstring); the caller stops it.
         """
+        return self.start_controllers(("garbagecollector",))
+
+    def start_controllers(
+        self, controllers: Sequence[str] = ("deployment", "replicaset", "garbagecollector")
+    ) -> Service:
+        """The real kube-controller-manager running only ``controllers``; the caller stops it.
+
+        With the default set, Deployments get ReplicaSets, ReplicaSets create Pods from the
+        template through the API, and the Deployment's status (readyReplicas, ...) is computed
+        from the pods' Ready conditions, as in a cluster. Nothing runs those pods: see
+        ``services.kubelet.Kubelet``. The controllers act as admin (no per-controller
+        ServiceAccounts: no token controller runs here).
+        """
         port = free_port()
         kubeconfig = str(self.kubeconfig)
-        gc = Service(
-            "kube-controller-manager (garbagecollector only)",
+        service = Service(
+            f"kube-controller-manager ({','.join(controllers)})",
             [
                 str(binary("kube-controller-manager")),
                 f"--kubeconfig={kubeconfig}",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
-                "--controllers=garbagecollector",
+                f"--controllers={','.join(controllers)}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
                 "--bind-address=127.0.0.1",
@@ -232,8 +248,39 @@ class KubeControlPlane:
             ],
             self.workdir / "kube-controller-manager.log",
         )
-        gc.wait_until(lambda: _healthz_ok(port, self.token), 60)
-        return gc
+        service.wait_until(lambda: _healthz_ok(port, self.token), 60)
+        return service
+
+    def stop_apiserver(self, grace: float = 2) -> None:
+        """Stop kube-apiserver only (an outage drill); etcd and its data stay.
+
+        SIGTERM, then SIGKILL after ``grace`` seconds: it stops listening at once, but with
+        clients connected its graceful exit can hang for longer than a drill wants to wait.
+        Clients see connection refused until ``start_apiserver()``.
+        """
+        apiserver = self._apiserver()
+        if apiserver.proc.poll() is None:
+            apiserver.stop(timeout=grace)
+            log.info("kube-apiserver stopped (outage drill); etcd keeps running")
+
+    def start_apiserver(self, timeout: float = 120) -> None:
+        """Start kube-apiserver again after ``stop_apiserver()``: same port, flags, keys and etcd."""
+        old = self._apiserver()
+        if old.proc.poll() is None:
+            raise RuntimeError("kube-apiserver is already running; call stop_apiserver() first")
+        # The argv is the one start() built (Popen keeps it): same port, certificates,
+        # service-account keys and token file, so existing tokens and kubeconfigs stay valid.
+        args = old.proc.args
+        argv = [str(arg) for arg in args] if isinstance(args, (list, tuple)) else [str(args)]
+        apiserver = Service(old.name, argv, old.log_path)
+        self._services[self._services.index(old)] = apiserver
+        apiserver.wait_until(self._ready, timeout)
+
+    def _apiserver(self) -> Service:
+        for service in self._services:
+            if service.name == "kube-apiserver":
+                return service
+        raise RuntimeError("kube-apiserver was never started: call start() first")
 
     def stop(self) -> None:
         for service in reversed(self._services):
