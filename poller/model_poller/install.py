@@ -234,8 +234,8 @@ def install(
         root, unpacker, downloaded = _unpack(source, artifact, staging / "unpacked", limits, stop)
         log.debug("version %d: on disk at %.2fs", artifact.version, time.monotonic() - started)
         final = model_dir.path / str(artifact.version)
-        if os.path.lexists(final):
-            raise ModelDirError(f"{final} appeared while installing (another poller on this dir?)")
+        if os.path.lexists(final):  # (a version dir would have been seen: a file, or a race)
+            raise ModelDirError(f"{final} is in the way: remove it (or is another poller using this dir?)")
         model_dir.write_record(artifact, final.name)
         try:
             os.rename(root, final)

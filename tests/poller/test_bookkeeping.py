@@ -57,7 +57,7 @@ def test_entries_named_like_the_old_marker_install_as_ordinary_files(dirs: Dirs,
     engine = make_engine()
     outcome = engine.sync()
     assert outcome.complete and outcome.problems == [], outcome.reason()
-    assert engine.metrics.install_attempts._value.get() == 2
+    assert engine.metrics.registry.get_sample_value("model_poller_install_attempts_total") == 2
     assert tree(dirs.models / "6") == expected_tree(as_file)
     assert tree(dirs.models / "7") == expected_tree(as_folder)
     # The archive's file does not vouch for anything: the record does.
@@ -128,5 +128,18 @@ def test_cli_restart_keeps_the_bookkeeping(dirs: Dirs, cli: Cli) -> None:
     before = records(dirs.models)
     second = cli(*args)
     assert second.returncode == 0, second.stderr
-    assert "installing version" not in second.stderr  # the record says it is there already
+    assert "installing version" not in second.stderr  # nothing downloaded twice
     assert records(dirs.models) == before
+
+
+def test_a_file_in_the_way_of_a_version_fails_with_its_path(dirs: Dirs, make_engine: EngineFactory) -> None:
+    (dirs.src / "2.zip").write_bytes(zip_bytes(model_files(2)))
+    engine = make_engine()
+    (dirs.models / "2").write_text("not a version directory")
+    outcome = engine.sync()
+    assert outcome.failed == {2} and engine.rejected == {}  # the model dir's trouble: retried
+    assert outcome.problems == [f"version 2: {dirs.models / '2'} is in the way: remove it "
+                                "(or is another poller using this dir?)"]
+    assert not (dirs.models / BOOKKEEPING_DIR).exists()  # no record for what is not ours
+    (dirs.models / "2").unlink()
+    assert engine.sync().complete
