@@ -79,7 +79,7 @@ def zip_tail(source: Source, obj: SourceObject) -> tuple[bytes, int]:
                 return b"", size
             tail, start = source.read_range(obj, eocd64, size), eocd64
         rel = eocd64 - start
-        if tail[rel : rel + 4] != b"PK\x06\x06":
+        if tail[rel : rel + 4] != b"PK\x06\x06" or rel + 56 > len(tail):  # (cut short: the unpacker says so)
             return b"", size
         cd_size, cd_offset = struct.unpack_from("<QQ", tail, rel + 40)
     if cd_offset > size:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import io
 import os
 import stat
+import struct
 import tarfile
 import time
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -236,3 +240,245 @@ def targz_bomb(size: int) -> bytes:
 
         tf.addfile(info, io.BufferedReader(Zeros()))
     return gzip.compress(raw.getvalue(), compresslevel=9)
+
+
+# -- bombs built without compressing what they inflate to ---------------------------------
+MiB = 1 << 20
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    out, row = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return out
+
+
+def crc32_zeros(crc: int, n: int) -> int:
+    """``zlib.crc32(bytes(n), crc)`` in O(log n): one zero byte maps CRC-32's register
+    linearly, so ``n`` of them is that map's ``n``-th power, taken by squaring."""
+    one_zero = [zlib.crc32(b"\0", (1 << bit) ^ 0xFFFFFFFF) ^ 0xFFFFFFFF for bit in range(32)]
+    register = crc ^ 0xFFFFFFFF
+    while n:
+        if n & 1:
+            register = _gf2_times(one_zero, register)
+        one_zero = [_gf2_times(one_zero, row) for row in one_zero]
+        n >>= 1
+    return register ^ 0xFFFFFFFF
+
+
+def _deflated(data: bytes, mode: int) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush(mode)
+
+
+def gzip_with_zeros(head: bytes, zeros: int, tail: bytes = b"") -> bytes:
+    """A valid gzip stream of ``head``, ``zeros`` zero bytes and ``tail``, made in
+    milliseconds: after a full flush a deflate block never refers back, so the blocks of
+    one compressed MiB of zeros are simply repeated (about 1 KB per MiB)."""
+    parts = [b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff", _deflated(head, zlib.Z_FULL_FLUSH)]
+    mib, rest = divmod(zeros, MiB)
+    parts.append(_deflated(bytes(MiB), zlib.Z_FULL_FLUSH) * mib)
+    parts.append(_deflated(bytes(rest), zlib.Z_FULL_FLUSH))
+    parts.append(_deflated(tail, zlib.Z_FINISH))
+    crc = zlib.crc32(tail, crc32_zeros(zlib.crc32(head), zeros))
+    parts.append(struct.pack("<II", crc, (len(head) + zeros + len(tail)) & 0xFFFFFFFF))
+    return b"".join(parts)
+
+
+def bzip2_zeros(blocks: int, block_zeros: int = 8 * MiB) -> bytes:
+    """A bzip2 stream of ``blocks * block_zeros`` zero bytes, about 30 bytes per block:
+    one block is compressed, then repeated bit for bit (bzip2 blocks are independent and
+    bit-aligned; the stream CRC is a rotate-and-xor over the block CRCs)."""
+    one = bz2.compress(bytes(block_zeros), 9)
+    bits = int.from_bytes(one[4:], "big")
+    end_magic = 0x177245385090
+    pad = next(p for p in range(8) if (bits >> (p + 32)) & ((1 << 48) - 1) == end_magic)
+    block_bits = (len(one) - 4) * 8 - pad - 80
+    block = bits >> (pad + 80)
+    block_crc = (block >> (block_bits - 80)) & 0xFFFFFFFF
+    stream, crc = 0, 0
+    for _ in range(blocks):
+        stream = (stream << block_bits) | block
+        crc = (((crc << 1) | (crc >> 31)) & 0xFFFFFFFF) ^ block_crc
+    stream = (stream << 80) | (end_magic << 32) | crc
+    total = blocks * block_bits + 80
+    stream <<= -total % 8
+    return b"BZh9" + stream.to_bytes((total + 7) // 8, "big")
+
+
+def lzma_zip_data(size: int) -> bytes:
+    """``size`` zero bytes as a zip LZMA member's data (zipfile's layout: version,
+    properties length, properties, raw LZMA1)."""
+    import lzma
+
+    props = lzma._encode_filter_properties({"id": lzma.FILTER_LZMA1})  # type: ignore[attr-defined]
+    filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]  # type: ignore[attr-defined]
+    comp = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=[{**filters[0], "preset": 0}])
+    chunk = bytes(MiB)
+    body = b"".join(comp.compress(chunk) for _ in range(size // MiB)) + comp.compress(bytes(size % MiB))
+    return struct.pack("<BBH", 9, 4, len(props)) + props + body + comp.flush()
+
+
+# -- zips written field by field ------------------------------------------------------------
+
+
+@dataclass
+class RawMember:
+    """One zip entry as stored: ``data`` is already compressed with ``method``."""
+
+    name: bytes
+    data: bytes
+    method: int = 0
+    crc: int = 0
+    size: int = 0
+    external_attr: int = 0
+    comment: bytes = b""
+    zip64: bool = False  # sizes and offset in the directory's zip64 extra field only
+
+
+def raw_member(name: str, data: bytes, deflate: bool = True) -> RawMember:
+    stored = _deflated(data, zlib.Z_FINISH) if deflate else data
+    return RawMember(name.encode(), stored, 8 if deflate else 0, zlib.crc32(data), len(data))
+
+
+def zip_raw(
+    members: list[RawMember],
+    copies_of_first_record: int = 0,
+    declared_entries: int | None = None,
+    directory_filler: int = 0,
+) -> bytes:
+    """A zip written by hand: local headers and data, the central directory (plus
+    ``copies_of_first_record`` extra copies of its first record, and ``directory_filler``
+    zero bytes counted in its size), then the end record declaring ``declared_entries``
+    (default: the records written), with zip64 end records when that needs them."""
+    body, directory = [], []
+    offset = 0
+    for m in members:
+        local = struct.pack("<4s5HL2L2H", b"PK\x03\x04", 20, 0, m.method, 0, 0x21, m.crc, len(m.data), m.size, len(m.name), 0)
+        sizes = (len(m.data), m.size, offset)
+        extra = b""
+        if m.zip64:
+            extra = struct.pack("<HHQQQ", 1, 24, m.size, len(m.data), offset)
+            sizes = (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+        directory.append(
+            struct.pack(
+                "<4s4B4HL2L5H2L", b"PK\x01\x02", 45, 3, 45, 0, 0, m.method, 0, 0x21, m.crc, sizes[0], sizes[1],
+                len(m.name), len(extra), len(m.comment), 0, 0, m.external_attr, sizes[2],
+            )
+            + m.name
+            + extra
+            + m.comment
+        )
+        body += [local, m.name, m.data]
+        offset += len(local) + len(m.name) + len(m.data)
+    if copies_of_first_record:
+        directory.append(directory[0] * copies_of_first_record)
+    directory.append(bytes(directory_filler))
+    cd = b"".join(directory)
+    entries = len(members) + copies_of_first_record if declared_entries is None else declared_entries
+    end = b""
+    if entries > 0xFFFF:
+        end64_at = offset + len(cd)
+        end += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, len(cd), offset)
+        end += struct.pack("<4sLQL", b"PK\x06\x07", 0, end64_at, 1)
+    small = min(entries, 0xFFFF)
+    end += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, small, small, len(cd), offset, 0)
+    return b"".join(body) + cd + end
+
+
+def zip_model_and(extra: list[RawMember], first: list[RawMember] | None = None, **kw: int) -> bytes:
+    """A hand-written zip: ``first``, a valid SavedModel (version 9), then ``extra``."""
+    model = [raw_member(name, data) for name, data in model_files(9).items()]
+    return zip_raw([*(first or []), *model, *extra], **kw)
+
+
+# -- tars written block by block ------------------------------------------------------------
+
+TAR_END = bytes(1024)
+
+
+def tar_header(name: str, size: int, type_: bytes = tarfile.REGTYPE) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.type = type_
+    info.mtime = 0
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+def tar_entries(files: dict[str, bytes]) -> bytes:
+    """Regular-file members (header, data, padding), no end-of-archive blocks."""
+    return b"".join(tar_header(n, len(d)) + d + bytes(-len(d) % 512) for n, d in files.items())
+
+
+def pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    length = len(body) + len(str(len(body)))
+    length = len(body) + len(str(length))
+    return str(length).encode() + body
+
+
+def tar_metadata(type_: bytes, payload: bytes, declared: int | None = None) -> bytes:
+    """A metadata header (GNU long name / link, pax x / g / X) and its payload."""
+    name = "././@LongLink" if type_ in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else "PaxHeaders/x"
+    size = len(payload) if declared is None else declared
+    return tar_header(name, size, type_) + payload + bytes(-len(payload) % 512)
+
+
+def targz_metadata_bomb(type_: bytes, declared: int) -> bytes:
+    """A valid SavedModel, then a metadata header of ``declared`` zero bytes in front of
+    one more small file: tarfile reads such a payload whole (twice over, as it joins its
+    reads) before anything can count it."""
+    head = tar_entries(model_files(9)) + tar_metadata(type_, b"", declared)
+    tail = tar_entries({"variables/after": b"x"}) + TAR_END
+    return gzip_with_zeros(head, declared + (-declared % 512), tail)
+
+
+def targz_trailing_zeros(n: int) -> bytes:
+    """A valid SavedModel tar, its end-of-archive blocks, then ``n`` zero bytes."""
+    return gzip_with_zeros(tar_entries(model_files(9)) + TAR_END, n)
+
+
+def targz_directory_data(n: int) -> bytes:
+    """A valid SavedModel, then a directory member declaring ``n`` bytes of data."""
+    return gzip_with_zeros(tar_entries(model_files(9)) + tar_header("variables/d", n, tarfile.DIRTYPE), n, TAR_END)
+
+
+def zip_compressed(method: int, data: bytes, size: int) -> bytes:
+    """A valid SavedModel plus ``variables/big``: ``size`` zero bytes compressed as ``data``."""
+    return zip_model_and([RawMember(b"variables/big", data, method, crc32_zeros(0, size), size)])
+
+
+def targz_metadata(type_: bytes, payload: bytes, times: int = 1) -> bytes:
+    """A valid SavedModel, then ``times`` metadata headers in front of one more file."""
+    raw = tar_entries(model_files(9)) + tar_metadata(type_, payload) * times
+    return gzip_with_zeros(raw + tar_entries({"variables/after": b"x"}) + TAR_END, 0)
+
+
+def targz_pax_globals() -> bytes:
+    """Three global pax headers of 30 KiB each, one per file: tarfile keeps them all."""
+    raw = tar_entries(model_files(9))
+    for i in range(3):
+        raw += tar_metadata(b"g", pax_record(f"k{i}", "v" * 30_000)) + tar_entries({f"variables/g{i}": b"x"})
+    return gzip_with_zeros(raw + TAR_END, 0)
+
+
+def targz_pax_sparse() -> bytes:
+    """A GNU sparse (pax 1.0) member: tarfile would read its map, of any length."""
+    info = tarfile.TarInfo("variables/s")
+    info.size = 512
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "10"}
+    return targz_with([(info, b"1\n0\n10\n".ljust(512, b"\0"))])
+
+
+def zip64_end_record_cut_short() -> bytes:
+    """A zip whose zip64 locator points at a zip64 end record cut short by the end of the
+    object (inside the end record's comment), and whose end record defers to it."""
+    data = zip_bytes(model_files(9))
+    body = data[: data.rfind(b"PK\x05\x06")]
+    comment = b"xxxxPK\x06\x06"
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, len(body) + 20 + 22 + 4, 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, len(comment))
+    return body + locator + end + comment

@@ -4,10 +4,13 @@ stays intact, no staging is left, and nothing is written outside the model dir."
 from __future__ import annotations
 
 import base64
+import io
 import os
 import stat
 import tarfile
 import threading
+import tracemalloc
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +19,14 @@ import pytest
 from poller import archives as a
 from poller.conftest import Dirs, EngineFactory
 
+from model_poller.durable import Syncer
 from model_poller.errors import Rejected
-from model_poller.extract import Limits, safe_parts
+from model_poller.extract import MAX_DEPTH, Limits, Unpacker, _BoundedTarInfo, extract, safe_parts
 from model_poller.install import Verifier
 from model_poller.policy import Policy
 from model_poller.sources.file import FileSource
-from model_poller.versions import SourceObject
+from model_poller.sync import Engine
+from model_poller.versions import Kind, SourceObject
 
 MiB = 1 << 20
 
@@ -69,6 +74,67 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str, Limits]] = {
     "tar-duplicate-entry": ("2.tar.gz", lambda: a.targz_with([a.tar_member("saved_model.pb", data=b"again")]), "duplicate_entry", Limits()),
     "tar-file-then-dir": ("2.tar.gz", lambda: a.targz_with([a.tar_member("saved_model.pb/x", data=b"again")]), "duplicate_entry", Limits()),
     "tar-no-saved-model": ("2.tar.gz", lambda: a.targz_bytes({"variables/x": b"1"}), "no_saved_model", Limits()),
+    # zip members compressed with anything but stored / deflated, refused before inflating
+    "zip-bzip2": ("2.zip", lambda: a.zip_compressed(12, a.bzip2_zeros(4), 32 * MiB), "unsupported_compression", Limits()),
+    "zip-lzma": ("2.zip", lambda: a.zip_compressed(14, a.lzma_zip_data(16 * MiB), 16 * MiB), "unsupported_compression", Limits()),
+    "zip-zstd": ("2.zip", lambda: a.zip_compressed(93, os.urandom(100), 1000), "unsupported_compression", Limits()),
+    # the central directory, judged by the end records before it is read
+    "zip64-declares-too-many-files": (
+        "2.zip",
+        lambda: a.zip_model_and([], first=[a.raw_member("a", b"a")], copies_of_first_record=70_000),
+        "too_many_files",
+        Limits(max_files=65_535),
+    ),
+    "zip-directory-count-lies": (
+        "2.zip",
+        lambda: a.zip_model_and([], first=[a.raw_member("a", b"a")], copies_of_first_record=1000, declared_entries=5),
+        "corrupt",
+        Limits(),
+    ),
+    "zip64-end-record-cut-short": ("2.zip", a.zip64_end_record_cut_short, "corrupt", Limits()),
+    "zip-directory-oversized": ("2.zip", lambda: a.zip_model_and([], directory_filler=MiB), "oversized_header", Limits()),
+    "zip-entry-comment-oversized": (
+        "2.zip",
+        lambda: a.zip_model_and([a.RawMember(b"x", b"", comment=b"c" * 2000)]),
+        "oversized_header",
+        Limits(),
+    ),
+    # paths too deep or too long for any filesystem to take
+    "zip-deep-path": ("2.zip", lambda: a.zip_raw_name("a/" * 1000 + "f"), "unsafe_path", Limits()),
+    "zip-long-directory-name": ("2.zip", lambda: a.zip_raw_name("d" * 300 + "/f"), "unsafe_path", Limits()),
+    "zip-long-file-name": ("2.zip", lambda: a.zip_raw_name("f" * 300), "unsafe_path", Limits()),
+    "zip-long-raw-name": ("2.zip", lambda: a.zip_raw_name("/".join(["n" * 200] * 25)), "unsafe_path", Limits()),
+    "tar-deep-path": ("2.tar.gz", lambda: a.targz_with([a.tar_member("a/" * 1000 + "f", data=b"x")]), "unsafe_path", Limits()),
+    "tar-long-directory-name": ("2.tar.gz", lambda: a.targz_with([a.tar_member("d" * 300 + "/f", data=b"x")]), "unsafe_path", Limits()),
+    "tar-long-path": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("/".join(["p" * 250] * 17) + "/f", data=b"x")]),
+        "unsafe_path",
+        Limits(),
+    ),
+    # tar metadata headers bigger than a real archive needs; refused before being read (a
+    # 100 KiB long name would otherwise be read and then refused as unsafe_path, a pax
+    # comment read and ignored: the exact reason proves the bound runs)
+    "tar-gnu-long-name-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"L", b"a" * 100_000), "oversized_header", Limits()),
+    "tar-gnu-long-link-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"K", b"a" * 100_000), "oversized_header", Limits()),
+    "tar-pax-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"x", a.pax_record("comment", "c" * 100_000)), "oversized_header", Limits()),
+    "tar-pax-global-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"g", a.pax_record("comment", "c" * 100_000)), "oversized_header", Limits()),
+    "tar-solaris-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"X", a.pax_record("comment", "c" * 100_000)), "oversized_header", Limits()),
+    "tar-pax-globals-add-up": ("2.tar.gz", a.targz_pax_globals, "oversized_header", Limits()),
+    # 400 long-name headers in a row made tarfile recurse past Python's limit
+    "tar-header-run": ("2.tar.gz", lambda: a.targz_metadata(b"L", b"x" * 10, times=400), "oversized_header", Limits()),
+    "tar-gnu-sparse": ("2.tar.gz", lambda: a.targz_with([a.tar_member("variables/s", tarfile.GNUTYPE_SPARSE)]), "unsupported", Limits()),
+    "tar-pax-sparse": ("2.tar.gz", a.targz_pax_sparse, "unsupported", Limits()),
+    # every byte out of the gzip stream counts, not only file content
+    "tar-trailing-zeros-bytes": ("2.tgz", lambda: a.targz_trailing_zeros(64 * MiB), "too_many_bytes", Limits(max_bytes=16 * MiB, max_ratio=1e9)),
+    "tar-trailing-zeros-ratio": ("2.tgz", lambda: a.targz_trailing_zeros(64 * MiB), "compression_ratio", Limits()),
+    "tar-directory-data": ("2.tgz", lambda: a.targz_directory_data(64 * MiB), "too_many_bytes", Limits(max_bytes=16 * MiB, max_ratio=1e9)),
+    "tar-headers-counted": (
+        "2.tgz",
+        lambda: a.gzip_with_zeros(a.tar_entries({**a.model_files(9), **{f"e/{i}": b"" for i in range(1000)}}) + a.TAR_END, 0),
+        "too_many_bytes",
+        Limits(max_bytes=128 << 10),  # 500 KB of headers, 8 KB of content
+    ),
 }
 
 
@@ -76,6 +142,16 @@ def _flip_gzip_crc(blob: bytes) -> bytes:
     data = bytearray(blob)
     data[-8] ^= 0xFF  # the gzip trailer's CRC32
     return bytes(data)
+
+
+def rejection_reasons(engine: Engine) -> list[str]:
+    """The reasons of the uploads the engine rejected (it keeps a reason or the error)."""
+    return [getattr(r, "reason", r) for r in engine.rejected.values()]
+
+
+def _model_dir_entries(models: Path) -> list[str]:
+    """Versions and work leftovers in the model dir (the bookkeeping folder aside)."""
+    return sorted(p.name for p in models.iterdir() if p.name != ".model-poller")
 
 
 def snapshot_outside(root: Path, models: Path) -> dict[str, float]:
@@ -105,9 +181,9 @@ def test_hostile_archive_rejected(dirs: Dirs, make_engine: EngineFactory, case: 
     before_outside = snapshot_outside(dirs.root, dirs.models)
     outcome = engine.sync()
 
-    assert list(engine.rejected.values()) == [reason], engine.rejected
+    assert rejection_reasons(engine) == [reason], engine.rejected
     assert outcome.complete  # version 1 is still the newest valid version
-    assert sorted(p.name for p in dirs.models.iterdir()) == ["1"]  # no version 2, no staging
+    assert _model_dir_entries(dirs.models) == ["1"]  # no version 2, no staging
     assert a.tree(dirs.models / "1") == before_v1
     assert snapshot_outside(dirs.root, dirs.models) == before_outside
     assert not Path("/tmp/evil1").exists() and not Path("/tmp/evil2").exists()
@@ -119,7 +195,7 @@ def test_hostile_folder_version_names(dirs: Dirs, make_engine: EngineFactory) ->
     a.write_folder(dirs.src, 3, {**a.model_files(3), **{f"variables/f{i}": b"x" for i in range(20)}})
     engine = make_engine(limits=Limits(max_files=10))
     outcome = engine.sync()
-    assert list(engine.rejected.values()) == ["too_many_files"]
+    assert rejection_reasons(engine) == ["too_many_files"]
     assert not outcome.complete and list(dirs.models.iterdir()) == []
 
 
@@ -138,7 +214,7 @@ def test_checksum_mismatch_rejected(dirs: Dirs, make_engine: EngineFactory) -> N
     (dirs.src / "5.zip").write_bytes(a.zip_bytes(a.model_files(5)))
     engine = make_engine(source=TamperedSource(dirs.uri, dirs.src))
     outcome = engine.sync()
-    assert list(engine.rejected.values()) == ["checksum_mismatch"]
+    assert rejection_reasons(engine) == ["checksum_mismatch"]
     assert not outcome.complete and list(dirs.models.iterdir()) == []
 
 
@@ -170,6 +246,103 @@ def test_safe_parts_rejects(name: str) -> None:
 def test_safe_parts_normalises() -> None:
     assert safe_parts("./a//b/./c") == ("a", "b", "c")
     assert safe_parts("0002/saved_model.pb") == ("0002", "saved_model.pb")
+
+
+@pytest.mark.parametrize(
+    "name, detail",
+    [
+        ("a/" * MAX_DEPTH + "f", f"{MAX_DEPTH + 1} levels deep"),
+        ("d" * 256 + "/f", "256-byte path component"),  # a directory: was os.makedirs' OSError
+        ("f" * 256, "256-byte path component"),
+        ("\u00e9" * 128, "256-byte path component"),  # 128 characters, 256 bytes on disk
+        ("/".join(["p" * 255] * 16) + "/f", "4097-byte path"),
+    ],
+)
+def test_safe_parts_bounds_depth_and_length(name: str, detail: str) -> None:
+    with pytest.raises(Rejected) as err:
+        safe_parts(name)
+    assert err.value.reason == "unsafe_path" and detail in err.value.detail
+
+
+def test_safe_parts_accepts_up_to_the_bounds() -> None:
+    assert len(safe_parts("a/" * (MAX_DEPTH - 1) + "f")) == MAX_DEPTH
+    assert safe_parts("f" * 255) == ("f" * 255,)
+    assert len("/".join(safe_parts("/".join(["p" * 255] * 16)))) == 4095
+
+
+def test_deepest_allowed_path_installs(dirs: Dirs, make_engine: EngineFactory) -> None:
+    """Directories are made one level at a time, so the deepest allowed entry installs."""
+    deep = "d/" * (MAX_DEPTH - 1) + "f"
+    (dirs.src / "2.tar.gz").write_bytes(a.targz_with([a.tar_member(deep, data=b"deep")]))
+    (dirs.src / "3.zip").write_bytes(a.zip_raw_name(deep, b"deep"))
+    engine = make_engine()
+    assert engine.sync().complete and not engine.rejected
+    assert (dirs.models / "2" / deep).read_bytes() == b"deep"
+    assert (dirs.models / "3" / deep).read_bytes() == b"deep"
+
+
+def test_zip_layouts_the_directory_reader_accepts(dirs: Dirs, make_engine: EngineFactory) -> None:
+    """The hand-written central directory reader still takes what zipfile took: an
+    archive comment (holding an end record's signature), a self-extractor stub in
+    front, sizes and offsets in zip64 extra fields."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.comment = b"PK\x05\x06 looks like an end record " * 100
+        for name, data in a.model_files(2).items():
+            zf.writestr(name, data)
+    (dirs.src / "2.zip").write_bytes(buf.getvalue())
+    (dirs.src / "3.zip").write_bytes(b"#!/bin/sh\nexit 1\n" * 50 + a.zip_bytes(a.model_files(3)))
+    zip64 = [a.raw_member(n, d) for n, d in a.model_files(4).items()]
+    for m in zip64:
+        m.zip64 = True
+    (dirs.src / "4.zip").write_bytes(a.zip_raw(zip64))
+    engine = make_engine(Policy(keep=3))
+    assert engine.sync().complete and not engine.rejected, engine.rejected
+    for version in (2, 3, 4):
+        assert a.installed_files(dirs.models / str(version))["saved_model.pb"] == f"saved model {version}".encode()
+
+
+def test_tarfile_still_calls_the_overridden_hooks() -> None:
+    """The header bound overrides tarfile's private ``TarInfo._proc_member`` (and the GNU
+    sparse readers): a Python whose tarfile renamed them would skip the bound silently."""
+    for hook in ("_proc_member", "_proc_sparse", "_proc_gnusparse_00", "_proc_gnusparse_01", "_proc_gnusparse_10"):
+        assert callable(vars(tarfile.TarInfo).get(hook)), hook
+        assert hook in vars(_BoundedTarInfo), hook
+
+
+@pytest.mark.parametrize(
+    "type_",
+    [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE],
+)
+def test_large_declared_header_is_never_read(tmp_path: Path, type_: bytes) -> None:
+    """A header declaring 1 GiB (really followed by 1 GiB of zeros): refused at the
+    header block, with next to nothing inflated or allocated."""
+    blob = a.targz_metadata_bomb(type_, 1 << 30)
+    (tmp_path / "out").mkdir()
+    with Syncer() as syncer:
+        unpacker = Unpacker(tmp_path / "out", Limits(), syncer, threading.Event(), archive_size=len(blob))
+        tracemalloc.start()
+        try:
+            with pytest.raises(Rejected) as err:
+                extract(io.BytesIO(blob), Kind.TAR_GZ, unpacker)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert err.value.reason == "oversized_header" and f"declares {1 << 30} bytes" in err.value.detail
+    assert unpacker.inflated < 256 << 10
+    assert peak < 4 * MiB
+
+
+def test_every_inflated_byte_counts(tmp_path: Path) -> None:
+    """Headers, padding and the data after the end blocks count, not only file content."""
+    blob = a.targz_trailing_zeros(3 * MiB)
+    (tmp_path / "out").mkdir()
+    with Syncer() as syncer:
+        unpacker = Unpacker(tmp_path / "out", Limits(max_ratio=1e9), syncer, threading.Event(), archive_size=len(blob))
+        extract(io.BytesIO(blob), Kind.TAR_GZ, unpacker)
+    tar_size = len(a.tar_entries(a.model_files(9)) + a.TAR_END)
+    assert unpacker.inflated == tar_size + 3 * MiB
+    assert unpacker.bytes_written == sum(len(d) for d in a.model_files(9).values())
 
 
 def test_stop_abandons_cleanly(dirs: Dirs, make_engine: EngineFactory) -> None:
