@@ -266,6 +266,10 @@ def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
             f"--model_name={spec.model_name}",
             f"--model_base_path={model_dir(spec)}",
             "--file_system_poll_wait_seconds=1",
+            # The poller renames only complete, checksummed versions into the base path, so a
+            # load failure is the model's own and retrying it (TF Serving's default: 5 times,
+            # a minute apart) only delays the LoadFailed report; the old version serves meanwhile.
+            "--max_num_load_retries=0",
         ],
         "ports": [
             {"name": "grpc", "containerPort": names.SERVING_GRPC_PORT, "protocol": "TCP"},

@@ -7,7 +7,6 @@ steady state, so nothing is written), and the Events worth posting.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Mapping, Sequence
 
@@ -20,6 +19,9 @@ REASON_SCALED_TO_ZERO: Final = "ScaledToZero"
 REASON_INITIAL_SYNC: Final = "WaitingForInitialSync"
 REASON_NO_VERSION: Final = "NoVersionAtSource"
 REASON_NOT_READY: Final = "ReplicasNotReady"
+REASON_NOT_SERVING: Final = "ReplicasNotServingPolicy"
+REASON_NOT_REPORTING: Final = "PollerNotReporting"
+REASON_PODS_REFUSED: Final = "PodsRefused"
 # Reasons of the Synced condition (set by the reconcile of the children only).
 REASON_APPLIED: Final = "ChildrenApplied"
 REASON_APPLY_FAILED: Final = "ApplyFailed"
@@ -29,30 +31,52 @@ REASON_NAME_CONFLICT: Final = "NameConflict"
 # Reasons of the Degraded condition.
 REASON_AS_EXPECTED: Final = "AsExpected"
 REASON_SECRET_MISSING: Final = "CredentialsSecretMissing"
-REASON_PINNED_ABSENT: Final = "PinnedVersionAbsent"
-REASON_ACCESS_DENIED: Final = "AccessDenied"
-REASON_SOURCE_NOT_FOUND: Final = "SourceNotFound"
+# A poller's error: its typed reason (models.ReportReason: VersionRejected, LoadFailed,
+# SourceUnreachable, AccessDenied, SourceNotFound, PinnedVersionMissing, InstallFailed) is
+# the condition's reason as it is; an error without a known reason (a newer poller) is this.
 REASON_POLLER_ERROR: Final = "PollerError"
 REASON_REPLICA_FAILURE: Final = "ReplicaFailure"
 REASON_ROLLOUT_STUCK: Final = "RolloutStuck"
 
 MAX_MESSAGE: Final = 1024
 
-# A poller's error may start with its own CamelCase reason ("AccessDenied: ..."); otherwise
-# the reason is guessed from well-known words.
-_REASON_PREFIX = re.compile(r"^([A-Z][A-Za-z0-9]+):\s")
-_ACCESS_DENIED = re.compile(r"\b(403|access denied|permission|forbidden|unauthori[sz]ed|401)\b", re.I)
-_PINNED_ABSENT = re.compile(r"pinned.*\b(absent|not found|missing|does not exist)\b", re.I)
-_NOT_FOUND = re.compile(r"\b(404|no such bucket|bucket .*not (found|exist)|not found)\b", re.I)
-
-_HINTS: Final = {
-    REASON_PINNED_ABSENT: "upload the pinned version to spec.source.uri or change spec.versions.pinned",
-    REASON_ACCESS_DENIED: (
+# What the user can do about each kind of poller error, appended to the condition's message.
+_HINTS: Final[Mapping[models.ReportReason, str]] = {
+    models.ReportReason.PINNED_VERSION_MISSING: (
+        "upload the pinned version to spec.source.uri or change spec.versions.pinned"
+    ),
+    models.ReportReason.ACCESS_DENIED: (
         "grant the poller's identity read access to the bucket (roles/storage.objectViewer), "
         "or check the key in spec.source.credentialsSecret"
     ),
-    REASON_SOURCE_NOT_FOUND: "check spec.source.uri (bucket and prefix)",
+    models.ReportReason.SOURCE_NOT_FOUND: "check spec.source.uri (bucket and prefix)",
+    models.ReportReason.VERSION_REJECTED: "upload a corrected archive under a new version number",
+    models.ReportReason.LOAD_FAILED: (
+        "the previous version keeps serving; upload a corrected SavedModel under a new version number"
+    ),
 }
+# Most urgent first: the Degraded reason is the first of these that any poller reports.
+_RANK: Final = (
+    models.ReportReason.ACCESS_DENIED,
+    models.ReportReason.SOURCE_NOT_FOUND,
+    models.ReportReason.SOURCE_UNREACHABLE,
+    models.ReportReason.INSTALL_FAILED,
+    models.ReportReason.PINNED_VERSION_MISSING,
+    models.ReportReason.LOAD_FAILED,
+    models.ReportReason.VERSION_REJECTED,
+)
+# The kubelet's waiting reasons that mean a container will not start by itself.
+POD_FAILURE_REASONS: Final = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
 
 
 ContainerPhase = Literal["waiting", "running", "terminated", "unknown"]
@@ -232,18 +256,14 @@ def _truncate(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
-def classify_poller_error(error: str) -> str:
-    """The Degraded reason for a poller's ``error`` string."""
-    match = _REASON_PREFIX.match(error)
-    if match:
-        return match.group(1)
-    if _PINNED_ABSENT.search(error):
-        return REASON_PINNED_ABSENT
-    if _ACCESS_DENIED.search(error):
-        return REASON_ACCESS_DENIED
-    if _NOT_FOUND.search(error):
-        return REASON_SOURCE_NOT_FOUND
-    return REASON_POLLER_ERROR
+def error_reason(report: models.PollerReport) -> str:
+    """The Degraded reason for a poller's error: its typed reason, never parsed from text."""
+    return report.reason.value if report.reason is not None else REASON_POLLER_ERROR
+
+
+def _rank(reason: str) -> int:
+    values = [r.value for r in _RANK]
+    return values.index(reason) if reason in values else len(values)
 
 
 def live_reports(status: Mapping[str, Any], pods: Sequence[PodState]) -> dict[str, models.PollerReport]:
@@ -337,14 +357,15 @@ def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> 
     secret_problem = credentials_secret_problem(observed)
     if secret_problem:
         found.append((REASON_SECRET_MISSING, secret_problem))
-    by_reason: dict[str, list[tuple[str, str]]] = {}
+    by_reason: dict[str, list[tuple[str, models.PollerReport]]] = {}
     for pod, report in reports.items():
         if report.error:
-            by_reason.setdefault(classify_poller_error(report.error), []).append((pod, report.error))
-    for reason, entries in sorted(by_reason.items(), key=lambda item: _reason_rank(item[0])):
+            by_reason.setdefault(error_reason(report), []).append((pod, report))
+    for reason, entries in sorted(by_reason.items(), key=lambda item: _rank(item[0])):
         pods = ", ".join(pod for pod, _ in entries)
-        hint = _HINTS.get(reason)
-        message = f"poller of pod {pods}: {entries[0][1]}" + (f" ({hint})" if hint else "")
+        first = entries[0][1]
+        hint = _HINTS.get(first.reason) if first.reason is not None else None
+        message = f"poller of pod {pods}: {first.error}" + (f" ({hint})" if hint else "")
         found.append((reason, message))
     for type_, status_, reason, message in (observed.deployment.conditions if observed.deployment else ()):
         if type_ == "ReplicaFailure" and status_ == "True":
@@ -355,21 +376,56 @@ def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> 
     return found
 
 
-def _reason_rank(reason: str) -> int:
-    order = [REASON_ACCESS_DENIED, REASON_SOURCE_NOT_FOUND, REASON_PINNED_ABSENT]
-    return order.index(reason) if reason in order else len(order)
+def serves_policy(report: models.PollerReport | None, policy: models.VersionPolicy) -> bool:
+    """Whether a poller reports serving a version inside the policy. (A poller reports only
+    such versions; a pinned policy is checked here too, for a report not yet updated.)"""
+    if report is None or report.serving is None:
+        return False
+    return not policy.pinned or report.serving in policy.pinned
+
+
+def pod_failure(pod: PodState) -> tuple[str, str] | None:
+    """(kubelet reason, message) when a container of ``pod`` will not start by itself."""
+    for container in pod.waiting:
+        if container.reason in POD_FAILURE_REASONS:
+            detail = f": {container.message}" if container.message else ""
+            return container.reason, f"pod {pod.name}, container {container.name}: {container.reason}{detail}"
+    return None
 
 
 def ready_condition(observed: Observed, reports: Mapping[str, models.PollerReport], serving: int | None) -> Condition:
+    """Ready=True (AllReplicasServing) only when every desired replica is ready and every
+    ready replica's poller reports a version inside the policy AVAILABLE in TF Serving.
+    Otherwise the reason says why, from the most specific witness: the pods' own words
+    (image pull, crash loop, missing Secret), a refused pod, then the pollers' reports."""
     desired = observed.spec.replicas
     ready = observed.deployment.ready_replicas if observed.deployment else 0
     uri = observed.spec.source.uri
+    policy = observed.spec.versions
     if desired == 0:
         return Condition("Ready", "True", REASON_SCALED_TO_ZERO, "spec.replicas is 0: nothing to serve")
-    if ready >= desired:
-        version = f", serving version {serving}" if serving is not None else ""
-        return Condition("Ready", "True", REASON_ALL_SERVING, f"{ready}/{desired} replicas ready{version}")
     counts = f"{ready}/{desired} replicas ready"
+    ready_pods = [p for p in observed.pods if p.ready]
+    off_policy = [p.name for p in ready_pods if p.name in reports and not serves_policy(reports[p.name], policy)]
+    silent = [p.name for p in ready_pods if p.name not in reports]
+    if ready >= desired and not off_policy and not silent and serving is not None:
+        return Condition("Ready", "True", REASON_ALL_SERVING, f"{counts}, serving version {serving}")
+    for pod in observed.pods:
+        failure = pod_failure(pod)
+        if failure is not None and pod.name not in reports:
+            return Condition("Ready", "False", failure[0], f"{counts}; {failure[1]}")
+    secret = credentials_secret_problem(observed)
+    if secret is not None:
+        return Condition("Ready", "False", REASON_SECRET_MISSING, f"{counts}; {secret}")
+    for type_, status_, reason, message in (observed.deployment.conditions if observed.deployment else ()):
+        if type_ == "ReplicaFailure" and status_ == "True":
+            return Condition("Ready", "False", REASON_PODS_REFUSED, f"{counts}; pods not created: {reason}: {message}")
+    if off_policy:
+        wanted = f"pinned {list(policy.pinned)}" if policy.pinned else f"keep {policy.keep}"
+        what = ", ".join(f"{name} serves {reports[name].serving}" for name in off_policy)
+        return Condition(
+            "Ready", "False", REASON_NOT_SERVING, f"{counts}; not yet serving a version inside the policy ({wanted}): {what}"
+        )
     if not reports:
         return Condition(
             "Ready",
@@ -384,6 +440,14 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
             REASON_NO_VERSION,
             f"{counts}: no valid model version at {uri} yet; upload e.g. {uri}1.zip, or a {uri}1/ "
             "folder with saved_model.pb and a _READY marker",
+        )
+    if silent:
+        return Condition(
+            "Ready",
+            "False",
+            REASON_NOT_REPORTING,
+            f"{counts}; the poller of pod {', '.join(silent)} has not reported into status.pollers "
+            f"(kubectl -n {observed.namespace} logs {silent[0]} -c poller)",
         )
     return Condition(
         "Ready",

@@ -16,6 +16,7 @@ from model_poller.errors import ConfigError
 from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO
 from model_poller.logs import configure_logging
 from model_poller.policy import DEFAULT_KEEP
+from model_poller.status_writer import DEFAULT_HEARTBEAT, MIN_HEARTBEAT
 from model_poller.server import EXIT_CONFIG, Poller
 
 log = logging.getLogger("model_poller")
@@ -31,9 +32,21 @@ FLAGS: dict[str, tuple[str | None, str]] = {
     "--project": ("PROJECT", "Google Cloud project for short subscription/topic names (PoC: PROJECT_ID)"),
     "--poll-interval": ("SECONDS", "list the source this often as a safety net (default 60; 90s, 5m work too)"),
     "--once": (None, "one full sync, then exit 0 if the policy's versions are on disk, 1 otherwise"),
-    "--report-to": ("NAMESPACE/NAME", "patch that ModelDeployment's status (not implemented yet: accepted, ignored)"),
-    "--serving-url": ("URL", "TF Serving REST URL for confirmation (not implemented yet: accepted, ignored)"),
-    "--model-name": ("NAME", "TF Serving model name (used with --serving-url)"),
+    "--report-to": (
+        "NAMESPACE/NAME",
+        "write this pod's entry of that ModelDeployment's status.pollers (POD_NAME) and follow its spec.versions "
+        "live (then --keep/--pinned are refused)",
+    ),
+    "--status-heartbeat": (
+        "SECONDS",
+        f"with --report-to: rewrite an unchanged entry this often (default {DEFAULT_HEARTBEAT:g}, at least "
+        f"{MIN_HEARTBEAT:g}; 1h works too)",
+    ),
+    "--serving-url": (
+        "URL",
+        "TF Serving's REST URL: report what it serves, gate /serving-ready and removals on its AVAILABLE versions",
+    ),
+    "--model-name": ("NAME", "TF Serving model name (required with --serving-url)"),
     "--http-port": ("PORT", f"port of /healthz, /readyz, /serving-ready, /metrics (default {POLLER_HTTP_PORT}; 0: any)"),
     "--max-bytes": ("BYTES", f"largest unpacked size of one version (default {DEFAULT_MAX_BYTES >> 30}Gi; 500Mi works)"),
     "--max-files": ("N", f"most entries in one version (default {DEFAULT_MAX_FILES})"),

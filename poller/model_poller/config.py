@@ -17,6 +17,7 @@ from model_poller.errors import ConfigError
 from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO, Limits
 from model_poller.policy import DEFAULT_KEEP, Policy
 from model_poller.sources import validate_uri
+from model_poller.status_writer import DEFAULT_HEARTBEAT, MIN_HEARTBEAT
 from model_poller.versions import parse_version
 
 _T = TypeVar("_T")
@@ -41,6 +42,7 @@ class Settings:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     once: bool = False
     report_to: str | None = None
+    status_heartbeat: float = DEFAULT_HEARTBEAT
     serving_url: str | None = None
     model_name: str | None = None
     http_port: int = POLLER_HTTP_PORT
@@ -140,6 +142,20 @@ def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, st
     pinned = convert("pinned", parse_pinned, None)
     if keep is not None and pinned is not None:
         raise ConfigError("--keep and --pinned are mutually exclusive")
+    report_to = text("report_to")
+    if report_to is not None and (keep is not None or pinned is not None):
+        raise ConfigError(
+            "--keep/--pinned cannot be used with --report-to: the version policy then comes from spec.versions "
+            f"of ModelDeployment {report_to} (kubectl patch it instead)"
+        )
+    serving_url = text("serving_url")
+    if serving_url is not None and not text("model_name"):
+        raise ConfigError("--serving-url needs --model-name (the model TF Serving serves, as in GET /v1/models/NAME)")
+    if serving_url is not None and not serving_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--serving-url {serving_url!r}: use TF Serving's REST URL, e.g. http://localhost:8501")
+    status_heartbeat = convert("status_heartbeat", parse_interval, DEFAULT_HEARTBEAT)
+    if status_heartbeat < MIN_HEARTBEAT:
+        raise ConfigError(f"--status-heartbeat must be at least {MIN_HEARTBEAT:g} seconds, got {status_heartbeat:g}")
     if keep is not None and keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {keep}")
     policy = Policy(keep=None, pinned=pinned) if pinned is not None else Policy(keep=keep or DEFAULT_KEEP)
@@ -172,8 +188,9 @@ def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, st
         project=project,
         poll_interval=convert("poll_interval", parse_interval, DEFAULT_POLL_INTERVAL),
         once=once if isinstance(once, bool) else convert("once", parse_bool, False),
-        report_to=text("report_to"),
-        serving_url=text("serving_url"),
+        report_to=report_to,
+        status_heartbeat=status_heartbeat,
+        serving_url=serving_url,
         model_name=text("model_name"),
         http_port=http_port,
         limits=limits,

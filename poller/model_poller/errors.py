@@ -18,6 +18,14 @@ class SourceError(PollerError):
     """
 
 
+class SourceAccessDenied(SourceError):
+    """The poller's identity may not read the source (401/403, or a file permission)."""
+
+
+class SourceNotFound(SourceError):
+    """The bucket (or the file:// directory) does not exist."""
+
+
 class NotificationError(PollerError):
     """Pub/Sub setup failed (missing topic or subscription, denied credential...)."""
 

@@ -257,6 +257,32 @@ def install(
         remove_tree(staging)
 
 
+def validate(
+    source: Source,
+    artifact: Artifact,
+    model_dir: ModelDir,
+    limits: Limits,
+    stop: threading.Event,
+) -> InstallResult:
+    """Download, verify and unpack ``artifact`` in staging exactly as ``install`` does,
+    then discard it: proves the upload valid (or raises as ``install`` does) without
+    putting anything where TF Serving looks. Used for the newest upload while pinned."""
+    started = time.monotonic()
+    staging = model_dir.staging()
+    try:
+        _root, unpacker, downloaded = _unpack(source, artifact, staging / "unpacked", limits, stop)
+        return InstallResult(
+            version=artifact.version,
+            generation=artifact.generation,
+            downloaded_bytes=downloaded,
+            unpacked_bytes=unpacker.bytes_written,
+            files=unpacker.files,
+            seconds=time.monotonic() - started,
+        )
+    finally:
+        remove_tree(staging)
+
+
 def _unpack(
     source: Source, artifact: Artifact, unpacked: Path, limits: Limits, stop: threading.Event
 ) -> tuple[Path, Unpacker, int]:

@@ -58,6 +58,12 @@ class Metrics:
             "model_poller_sync_errors", "Syncs that did not finish (source not listed, or an unexpected error).",
             registry=r,
         )
+        self.status_writes = Counter(
+            "model_poller_status_writes",
+            "Writes of this pod's status.pollers entry, by outcome (ok, retry, forbidden, not_found).",
+            ["outcome"],
+            registry=r,
+        )
         self.notifications = Counter(
             "model_poller_notifications", "Pub/Sub notifications received, by outcome.", ["outcome"], registry=r
         )

@@ -3,7 +3,7 @@
 ``keep N`` wants the newest N valid versions at the source; ``pinned`` wants exactly
 those versions (a rollback). Versions outside the policy are removed only once a version
 inside it is installed, so the model dir is never emptied while the source holds a
-valid version.
+valid version (see ``removable`` for what waits for TF Serving's confirmation).
 """
 
 from __future__ import annotations
@@ -56,9 +56,15 @@ def removable(wanted: AbstractSet[int], installed: AbstractSet[int], *, allowed:
     """Installed versions outside the policy that may go now.
 
     Nothing goes unless at least one wanted version is installed (never leave the dir
-    empty while the source holds a valid version) and ``allowed`` (TF Serving confirmed a
-    version inside the policy, when that is configured).
+    empty while the source holds a valid version). Versions newer than every wanted one go
+    then: TF Serving loads only the highest version on disk, so a rollback could never load
+    while they stay, and TF Serving keeps serving the one it has until the rolled-back one
+    is AVAILABLE (its availability-preserving policy). Older versions go only when
+    ``allowed`` (TF Serving reports a version inside the policy AVAILABLE, when that is
+    configured).
     """
-    if not allowed or not (wanted & installed):
+    in_place = wanted & installed
+    if not in_place:
         return []
-    return sorted(installed - wanted)
+    newest = max(wanted)
+    return sorted(v for v in installed - wanted if v > newest or allowed)

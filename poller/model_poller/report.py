@@ -1,19 +1,98 @@
-"""The seam for status reporting: a Reporter receives a PollerReport after every sync.
+"""What the poller says about itself: typed problems, the report of its pod's
+``status.pollers`` entry (a pure function of the last sync and of TF Serving's answer),
+and the gate that lets versions outside the policy go.
 
-Patching the ModelDeployment's ``status.pollers`` (``--report-to``) plugs in here in a
-later issue; until then the default reporter does nothing.
+The report's ``reason`` comes from the problem's type (set where the exception was
+caught), never from its message: the operator maps it to a condition without parsing text.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import AbstractSet, Protocol, Sequence
 
-from model_poller_api.models import PollerReport
+from model_poller_api.models import PollerReport, ReportReason
+
+from model_poller.errors import SourceAccessDenied, SourceError, SourceNotFound
+from model_poller.serving import ServingStatus, load_failures, serving_version
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong that the pod's status entry shows: a typed reason, a message for humans."""
+
+    reason: ReportReason
+    message: str
+
+
+# Which problem the entry shows when there are several: the one a user must act on first.
+PRIORITY: tuple[ReportReason, ...] = (
+    ReportReason.ACCESS_DENIED,
+    ReportReason.SOURCE_NOT_FOUND,
+    ReportReason.SOURCE_UNREACHABLE,
+    ReportReason.INSTALL_FAILED,
+    ReportReason.PINNED_VERSION_MISSING,
+    ReportReason.LOAD_FAILED,
+    ReportReason.VERSION_REJECTED,
+)
+
+
+def source_problem(exc: SourceError) -> Problem:
+    """The typed problem of a failed listing or download."""
+    if isinstance(exc, SourceAccessDenied):
+        return Problem(ReportReason.ACCESS_DENIED, str(exc))
+    if isinstance(exc, SourceNotFound):
+        return Problem(ReportReason.SOURCE_NOT_FOUND, str(exc))
+    return Problem(ReportReason.SOURCE_UNREACHABLE, str(exc))
+
+
+def first_problem(problems: Sequence[Problem]) -> Problem | None:
+    if not problems:
+        return None
+    return min(problems, key=lambda p: PRIORITY.index(p.reason))
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_report(
+    *,
+    on_disk: Sequence[int],
+    latest: int | None,
+    wanted: AbstractSet[int],
+    problems: Sequence[Problem],
+    finished_at: float,
+    serving: ServingStatus | None,
+    confirms: bool,
+) -> PollerReport:
+    """The pod's entry. ``serving``: with TF Serving's confirmation (``confirms``), the
+    highest version inside the policy it reports AVAILABLE, and its load failures become
+    problems; without it, the highest version inside the policy on disk (which TF Serving's
+    default policy serves)."""
+    problems = list(problems)
+    if confirms:
+        serving_now = serving_version(serving, wanted)
+        for version, message in sorted(load_failures(serving, wanted).items()):
+            problems.append(Problem(ReportReason.LOAD_FAILED, f"TF Serving failed to load version {version}: {message}"))
+    else:
+        in_place = set(wanted) & set(on_disk)
+        serving_now = max(in_place) if in_place else None
+    problem = first_problem(problems)
+    return PollerReport(
+        versions=tuple(sorted(on_disk)),
+        serving=serving_now,
+        latest=latest,
+        last_sync=rfc3339(finished_at),
+        error=problem.message if problem else None,
+        reason=problem.reason if problem else None,
+    )
 
 
 class Reporter(Protocol):
     def report(self, report: PollerReport) -> None:
-        """Called after every sync (successful or not); must not raise."""
+        """Called after every sync and every change TF Serving reports; must not raise."""
         ...
 
 
@@ -23,15 +102,30 @@ class NullReporter:
 
 
 class RemovalGate(Protocol):
-    """Decides whether versions outside the policy may be removed now.
-
-    With ``--serving-url`` (a later issue) this asks TF Serving whether a version inside
-    the policy is AVAILABLE; by default a version inside the policy on disk is enough.
-    """
+    """Decides whether versions older than the policy's may be removed now (see
+    ``policy.removable``)."""
 
     def allows_removal(self, in_place: frozenset[int]) -> bool: ...
 
 
 class AlwaysAllow:
+    """Without ``--serving-url``: a version inside the policy on disk is enough."""
+
     def allows_removal(self, in_place: frozenset[int]) -> bool:
         return True
+
+
+class ServingGate:
+    """With ``--serving-url``: only once TF Serving reports a version inside the policy
+    AVAILABLE (SPEC "On disk")."""
+
+    def __init__(self, current: "CurrentStatus") -> None:
+        self._current = current
+
+    def allows_removal(self, in_place: frozenset[int]) -> bool:
+        status = self._current()
+        return status is not None and bool(status.available() & in_place)
+
+
+class CurrentStatus(Protocol):
+    def __call__(self) -> ServingStatus | None: ...

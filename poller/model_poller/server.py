@@ -17,12 +17,13 @@ from collections import OrderedDict
 from types import FrameType
 
 from model_poller.config import Settings
-from model_poller.errors import Abandoned, PollerError
+from model_poller.errors import Abandoned, ConfigError, PollerError, SourceError
+from model_poller.feedback import Feedback
 from model_poller.http import HttpServer, Probes
 from model_poller.install import ModelDir
 from model_poller.metrics import Metrics
 from model_poller.notifications import DELETE, Hint, Notifications
-from model_poller.report import NullReporter, RemovalGate, Reporter
+from model_poller.report import Problem, RemovalGate, Reporter, build_report, source_problem
 from model_poller.sources import Source, open_source
 from model_poller.sync import Engine, SyncOutcome
 from model_poller.text import one_line
@@ -55,8 +56,11 @@ class Backoff:
 class Poller:
     def __init__(self, settings: Settings, reporter: Reporter | None = None, gate: RemovalGate | None = None) -> None:
         self.settings = settings
-        self.reporter: Reporter = reporter or NullReporter()
-        self.gate = gate
+        self._reporter = reporter
+        self._gate = gate
+        self.feedback: Feedback | None = None
+        self.policy = settings.policy
+        self._last: SyncOutcome | None = None
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.metrics = Metrics()
@@ -74,6 +78,9 @@ class Poller:
 
     def run_once(self) -> int:
         """One full sync; 0 if the model dir holds the policy's versions."""
+        if self.settings.report_to:
+            log.error("--once does not follow a ModelDeployment: drop --report-to (and give --keep or --pinned)")
+            return EXIT_CONFIG
         try:
             self._prepare()
             assert self._engine is not None
@@ -86,9 +93,8 @@ class Poller:
             return EXIT_INCOMPLETE
         finally:
             self._close_source()
-        self.reporter.report(outcome.report())
         if outcome.complete:
-            log.info("in sync: versions %s on disk (%s)", list(outcome.on_disk), self.settings.policy.describe())
+            log.info("in sync: versions %s on disk (%s)", list(outcome.on_disk), self.policy.describe())
             return EXIT_OK
         log.error("not in sync: %s", outcome.reason())
         return EXIT_INCOMPLETE
@@ -107,17 +113,24 @@ class Poller:
         self.wake.set()
 
     def run(self) -> int:
+        try:
+            self.feedback = Feedback(
+                self.settings, self.wake.set, self.metrics, reporter=self._reporter, gate=self._gate
+            )
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         http = HttpServer(self.settings.http_port, self.probes)
         http.start()
-        if self.settings.serving_url:
-            log.warning("--serving-url is accepted but TF Serving confirmation is not implemented yet; "
-                        "removal waits only for a version inside the policy on disk")
         if (self.settings.topic or self.settings.subscription) and not self.settings.source.startswith("gs://"):
             log.warning("Pub/Sub notifications describe gs:// sources only; %s is listed every %gs",
                         self.settings.source, self.settings.poll_interval)
-        if self.settings.report_to:
-            log.warning("--report-to is accepted but status reporting is not implemented yet")
+        self.feedback.start()
         try:
+            policy = self.feedback.wait_for_policy(self.stop)
+            if policy is not None:
+                self.policy = policy
+                log.info("version policy from ModelDeployment %s: %s", self.settings.report_to, policy.describe())
             self._start_with_retry()
             if not self.stop.is_set():
                 self._loop()
@@ -125,6 +138,7 @@ class Poller:
             if self._notifications is not None:
                 self._notifications.stop()
             self._close_source()
+            self.feedback.stop()
             http.stop()
         log.info("stopped")
         return EXIT_OK
@@ -135,9 +149,8 @@ class Poller:
             log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
         if self._source is None:
             self._source = open_source(self.settings.source, self.settings.project)
-        self._engine = Engine(
-            self._source, self.model_dir, self.settings.policy, self.settings.limits, self.stop, self.metrics, self.gate
-        )
+        gate = self.feedback.gate if self.feedback is not None else self._gate
+        self._engine = Engine(self._source, self.model_dir, self.policy, self.settings.limits, self.stop, self.metrics, gate)
 
     def _start_with_retry(self) -> None:
         backoff = Backoff()
@@ -236,7 +249,7 @@ class Poller:
             self._handled.popitem(last=False)
 
     def _loop(self) -> None:
-        assert self._engine is not None
+        assert self._engine is not None and self.feedback is not None
         interval = self.settings.poll_interval
         next_sync = 0.0  # the initial sync, now
         backoff = Backoff(cap=min(BACKOFF_MAX, interval))
@@ -254,6 +267,11 @@ class Poller:
                     self._listening = False
                     next_notify_retry = now + notify_backoff.fail()
                     log.error("%s (retrying in %.0fs; listing every %gs meanwhile)", exc, notify_backoff.delay, interval)
+            policy = self.feedback.take_policy()
+            if policy is not None:
+                self.policy = policy
+                self._engine.set_policy(policy)
+            serving_changed = self.feedback.take_serving_change()
             if now >= next_sync or (waiting and backoff.delay == 0):
                 outcome = self._sync(waiting)
                 if outcome is None and self.stop.is_set():
@@ -264,6 +282,11 @@ class Poller:
                     backoff.reset()
                     next_sync = time.monotonic() + interval
                 waiting = []
+            elif policy is not None or serving_changed:
+                # Apply the new policy (or the removals TF Serving's confirmation allows) on
+                # the listing at hand: within a second, with no listing. A new policy may
+                # need installs; a confirmation only removes.
+                self._sync([], relist=False, install=policy is not None)
             wake_at = next_sync
             if self._wants_notifications():
                 wake_at = min(wake_at, next_notify_retry)
@@ -272,11 +295,12 @@ class Poller:
         for hint in waiting:
             hint.nack()
 
-    def _sync(self, hints: list[Hint]) -> SyncOutcome | None:
-        """One sync for the loop; settles ``hints``. None if the source could not be listed."""
+    def _sync(self, hints: list[Hint], *, relist: bool = True, install: bool = True) -> SyncOutcome | None:
+        """One sync for the loop; settles ``hints``, updates the probes and the report.
+        None if the source could not be listed."""
         assert self._engine is not None
         try:
-            outcome = self._engine.sync()
+            outcome = self._engine.sync(relist=relist, install=install)
         except Abandoned:
             log.info("stop requested: current install abandoned, staging removed")
             for hint in hints:
@@ -287,6 +311,8 @@ class Poller:
             log.error("sync failed: %s", exc)
             for hint in hints:
                 hint.nack()
+            if isinstance(exc, SourceError):
+                self._report_failure(source_problem(exc))
             return None
         except Exception as exc:  # noqa: BLE001 - defence in depth: a bug costs this sync (retried with backoff)
             self.metrics.sync_errors.inc()
@@ -307,15 +333,26 @@ class Poller:
                 self.metrics.notification_latency.observe(max(0.0, now - hint.published))
             self._remember(hint)
             hint.ack()
-        self.probes.ready.set()
-        if set(outcome.wanted) & set(outcome.on_disk):
+        self._last = outcome
+        assert self.feedback is not None
+        self.feedback.expect(frozenset(installed & outcome.wanted))
+        if outcome.settled:
+            self.probes.ready.set()
+        if self.feedback.serving_ready(outcome):
             self.probes.serving.set()
         else:
             self.probes.serving.clear()
-        self.reporter.report(outcome.report())
-        if not outcome.complete:
+        self.feedback.report(outcome)
+        if not outcome.complete and relist:
             log.warning("not in sync yet: %s", outcome.reason())
         return outcome
+
+    def _report_failure(self, problem: Problem) -> None:
+        """The source failed: report it with what is on disk (as of the last sync)."""
+        assert self.feedback is not None
+        last = self._last or SyncOutcome(latest=None, wanted=frozenset(), on_disk=tuple(sorted(self.model_dir.installed())),
+                                         finished_at=time.time())
+        self.feedback.report(last, problems=[problem])
 
     def _hint_version(self, hint: Hint) -> int | None:
         target = self._hint_target(hint)

@@ -9,17 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-from model_poller_api.models import PollerReport
+from model_poller_api.models import ReportReason
 
 from model_poller.errors import Abandoned, ModelDirError, Rejected, SourceError
 from model_poller.extract import Limits
-from model_poller.install import InstallResult, ModelDir, install
+from model_poller.install import InstallResult, ModelDir, validate
+from model_poller.install import install as install_version
 from model_poller.metrics import Metrics
 from model_poller.policy import Policy, install_order, removable
-from model_poller.report import AlwaysAllow, RemovalGate
+from model_poller.report import AlwaysAllow, Problem, RemovalGate, source_problem
 from model_poller.sources.base import Source
 from model_poller.text import one_line
 from model_poller.versions import Artifact, parse_listing
@@ -29,39 +30,40 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SyncOutcome:
-    """What one sync found and did; ``complete`` means the policy's versions are on disk,
-    ``failed`` are versions whose install failed for a reason worth retrying soon."""
+    """What one sync found and did.
+
+    ``complete``: the policy's versions are on disk (``--once`` exits 0). ``settled``: every
+    version the policy wants that is valid at the source is on disk and nothing failed
+    (the initial sync is done: ``/readyz``). ``failed``: versions whose install failed for
+    a reason worth retrying soon.
+    """
 
     latest: int | None
     wanted: frozenset[int]
     on_disk: tuple[int, ...]
     installed: list[InstallResult] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     finished_at: float = 0.0
-    problems_block: bool = False
     failed: frozenset[int] = frozenset()
+    missing_pins: frozenset[int] = frozenset()
 
     @property
     def complete(self) -> bool:
-        return bool(self.wanted) and self.wanted <= set(self.on_disk) and not self.problems_block
+        return bool(self.wanted) and self.wanted <= set(self.on_disk) and not self.missing_pins
+
+    @property
+    def settled(self) -> bool:
+        return not self.failed and self.wanted <= set(self.on_disk)
 
     def reason(self) -> str:
         """One line saying why the sync is not complete ("" when it is)."""
         if self.complete:
             return ""
         if self.problems:
-            return "; ".join(self.problems)
+            return "; ".join(p.message for p in self.problems)
         missing = sorted(self.wanted - set(self.on_disk))
         return f"versions {missing} are not installed" if missing else "no valid version at the source"
-
-    def report(self) -> PollerReport:
-        return PollerReport(
-            versions=self.on_disk,
-            last_sync=datetime.fromtimestamp(self.finished_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            error=None if self.complete else self.reason(),
-            latest=self.latest,
-        )
 
 
 class Engine:
@@ -82,13 +84,20 @@ class Engine:
         self.stop = stop
         self.metrics = metrics
         self.gate: RemovalGate = gate or AlwaysAllow()
+        # (version, generation) of each rejected upload -> its reason (and the whole error).
         self.rejected: dict[tuple[int, int], str] = {}
+        self._rejections: dict[tuple[int, int], Rejected] = {}
+        self._validated: set[tuple[int, int]] = set()
+        self._artifacts: dict[int, Artifact] | None = None
+        self._attempt_problems: list[Problem] = []
+        self._failed: frozenset[int] = frozenset()
         self._logged: set[str] = set()
         self._on_disk: dict[int, int | None] = {}
 
     def known(self, version: int, generation: int) -> bool:
-        """True if this exact upload is installed or was rejected: nothing to do for it."""
-        return self._on_disk.get(version) == generation or (version, generation) in self.rejected
+        """True if this exact upload is installed, validated or rejected: nothing to do for it."""
+        key = (version, generation)
+        return self._on_disk.get(version) == generation or key in self.rejected or key in self._validated
 
     def _once(
         self, key: str, message: str, *args: object, level: int = logging.INFO, exc_info: BaseException | None = None
@@ -113,18 +122,83 @@ class Engine:
             log.error(message, artifact.version, what)
         return f"version {artifact.version}: unexpected error {what}"
 
-    def sync(self) -> SyncOutcome:
-        """List, install, remove. Raises SourceError if the source cannot be listed,
-        Abandoned if stop was requested mid-install; any other failure is in the outcome."""
-        objects = self.source.list_objects()
-        artifacts, skipped = parse_listing(objects)
-        for skip in skipped:
-            self._once(f"skip:{skip.name}:{skip.reason}", "ignoring %s%s: %s", self.source.uri, skip.name, skip.reason)
-        usable: dict[int, Artifact] = {
-            v: a for v, a in artifacts.items() if (v, a.generation) not in self.rejected
-        }
+    def set_policy(self, policy: Policy) -> None:
+        """A new version policy (``spec.versions`` changed); the next sync applies it."""
+        self.policy = policy
+
+    def sync(self, *, relist: bool = True, install: bool = True) -> SyncOutcome:
+        """List (unless ``relist`` is False and a listing is at hand: a policy change or
+        TF Serving's confirmation needs no new listing), install (unless ``install`` is
+        False: only removals that TF Serving's confirmation now allows), remove. Raises
+        SourceError if the source cannot be listed, Abandoned if stop was requested
+        mid-install; any other failure is in the outcome."""
+        if relist or self._artifacts is None:
+            self._artifacts = self._list()
+        artifacts = self._artifacts
+        usable = {v: a for v, a in artifacts.items() if (v, a.generation) not in self.rejected}
         on_disk = self.model_dir.installed()
         self._on_disk = dict(on_disk)
+        self._warn_changed(usable, on_disk)
+        problems: list[Problem] = []
+        results: list[InstallResult] = []
+        failed: set[int] = set()
+        while install:
+            wanted = self.policy.wanted(usable)
+            todo = [v for v in install_order(wanted, set(on_disk)) if v not in failed]
+            if not todo:
+                break
+            result = self._attempt(usable, usable[todo[0]], failed, problems, install_version)
+            if result is not None:
+                on_disk[result.version] = result.generation
+                self._on_disk[result.version] = result.generation
+                results.append(result)
+        if install:
+            self._validate_newest(usable, on_disk, failed, problems)
+            self._attempt_problems, self._failed = list(problems), frozenset(failed)
+        else:  # what the last installs ran into still holds
+            problems, failed = list(self._attempt_problems), set(self._failed)
+
+        wanted = self.policy.wanted(usable)
+        missing_pins = self.policy.missing_pins(usable)
+        for version in sorted(missing_pins):
+            problems.append(
+                Problem(
+                    ReportReason.PINNED_VERSION_MISSING,
+                    f"pinned version {version} is not a valid version at {self.source.uri} (upload it, or change "
+                    "the pinned versions); nothing is removed meanwhile",
+                )
+            )
+        # A pinned version missing at the source leaves everything in place (a typo in
+        # spec.versions.pinned must not roll the model back).
+        removed = [] if missing_pins else self._remove_outside(wanted, on_disk)
+        latest = self._latest(usable, on_disk)
+        problems.extend(self._rejection_problems(artifacts, latest))
+
+        outcome = SyncOutcome(
+            latest=latest,
+            wanted=wanted,
+            on_disk=tuple(sorted(on_disk)),
+            installed=results,
+            removed=removed,
+            problems=problems,
+            finished_at=time.time(),
+            failed=frozenset(failed),
+            missing_pins=missing_pins,
+        )
+        self.metrics.versions_installed.set(len(on_disk))
+        self.metrics.latest_installed.set(max(on_disk) if on_disk else -1)
+        self.metrics.latest_at_source.set(outcome.latest if outcome.latest is not None else -1)
+        self.metrics.last_sync.set(outcome.finished_at)
+        self.metrics.last_sync_success.set(1 if outcome.complete else 0)
+        return outcome
+
+    def _list(self) -> dict[int, Artifact]:
+        artifacts, skipped = parse_listing(self.source.list_objects())
+        for skip in skipped:
+            self._once(f"skip:{skip.name}:{skip.reason}", "ignoring %s%s: %s", self.source.uri, skip.name, skip.reason)
+        return artifacts
+
+    def _warn_changed(self, usable: dict[int, Artifact], on_disk: dict[int, int | None]) -> None:
         for version, artifact in usable.items():
             known = on_disk.get(version)
             if known is not None and known != artifact.generation:
@@ -137,62 +211,81 @@ class Engine:
                     known,
                     level=logging.WARNING,
                 )
-        problems: list[str] = []
-        results: list[InstallResult] = []
-        failed: set[int] = set()
-        while True:
-            wanted = self.policy.wanted(usable)
-            todo = [v for v in install_order(wanted, set(on_disk)) if v not in failed]
-            if not todo:
-                break
-            artifact = usable[todo[0]]
-            where = f"{self.source.uri}{artifact.name}"
-            log.info("installing version %d from %s (%d bytes)", artifact.version, where, artifact.size)
-            self.metrics.install_attempts.inc()
-            try:
-                result = install(self.source, artifact, self.model_dir, self.limits, self.stop)
-            except Abandoned:
-                raise
-            except Rejected as exc:
-                self.rejected[(artifact.version, artifact.generation)] = exc.reason
-                self.metrics.rejections.labels(reason=exc.reason).inc()
-                log.error("rejected %s (version %d): %s: %s", where, artifact.version, exc.reason, exc.detail)
-                del usable[artifact.version]
-                if self.policy.pinned is not None:
-                    problems.append(f"pinned version {artifact.version} rejected: {exc.reason}")
-                continue
-            except (SourceError, ModelDirError, OSError) as exc:
-                failed.add(artifact.version)
-                self.metrics.failures.inc()
-                message = one_line(exc if isinstance(exc, (SourceError, ModelDirError)) else f"model dir: {exc}")
-                log.error("install of version %d failed, will retry: %s", artifact.version, message)
-                problems.append(f"version {artifact.version}: {message}")
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug must cost one version, never the process
-                failed.add(artifact.version)
-                problems.append(self._unexpected(artifact, exc))
-                continue
-            on_disk[artifact.version] = artifact.generation
-            self._on_disk[artifact.version] = artifact.generation
-            results.append(result)
+
+    def _attempt(
+        self,
+        usable: dict[int, Artifact],
+        artifact: Artifact,
+        failed: set[int],
+        problems: list[Problem],
+        action: Callable[[Source, Artifact, ModelDir, Limits, threading.Event], InstallResult],
+    ) -> InstallResult | None:
+        """Install (or validate) one artifact; a failure is recorded, never raised (but
+        Abandoned). A rejected artifact leaves ``usable``."""
+        where = f"{self.source.uri}{artifact.name}"
+        verb = "installing" if action is install_version else "validating (outside the policy, not installed)"
+        log.info("%s version %d from %s (%d bytes)", verb, artifact.version, where, artifact.size)
+        self.metrics.install_attempts.inc()
+        try:
+            result = action(self.source, artifact, self.model_dir, self.limits, self.stop)
+        except Abandoned:
+            raise
+        except Rejected as exc:
+            self.rejected[(artifact.version, artifact.generation)] = exc.reason
+            self._rejections[(artifact.version, artifact.generation)] = exc
+            self.metrics.rejections.labels(reason=exc.reason).inc()
+            log.error("rejected %s (version %d): %s: %s", where, artifact.version, exc.reason, exc.detail)
+            del usable[artifact.version]
+            return None
+        except SourceError as exc:
+            failed.add(artifact.version)
+            self.metrics.failures.inc()
+            log.error("install of version %d failed, will retry: %s", artifact.version, one_line(exc))
+            problem = source_problem(exc)
+            problems.append(Problem(problem.reason, f"version {artifact.version}: {one_line(exc)}"))
+            return None
+        except (ModelDirError, OSError) as exc:
+            failed.add(artifact.version)
+            self.metrics.failures.inc()
+            message = one_line(exc if isinstance(exc, ModelDirError) else f"model dir: {exc}")
+            log.error("install of version %d failed, will retry: %s", artifact.version, message)
+            problems.append(Problem(ReportReason.INSTALL_FAILED, f"version {artifact.version}: {message}"))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one version, never the process
+            failed.add(artifact.version)
+            problems.append(Problem(ReportReason.INSTALL_FAILED, self._unexpected(artifact, exc)))
+            return None
+        if action is install_version:
             self.metrics.installs.inc()
             self.metrics.install_seconds.observe(result.seconds)
             self.metrics.install_bytes.observe(result.downloaded_bytes)
             self.metrics.downloaded_bytes.inc(result.downloaded_bytes)
-            log.info(
-                "installed version %d (%d files, %d bytes unpacked, %d downloaded) in %.2fs",
-                result.version,
-                result.files,
-                result.unpacked_bytes,
-                result.downloaded_bytes,
-                result.seconds,
-            )
+        log.info(
+            "%s version %d (%d files, %d bytes unpacked, %d downloaded) in %.2fs",
+            "installed" if action is install_version else "validated",
+            result.version,
+            result.files,
+            result.unpacked_bytes,
+            result.downloaded_bytes,
+            result.seconds,
+        )
+        return result
 
-        wanted = self.policy.wanted(usable)
-        missing_pins = self.policy.missing_pins(usable)
-        for version in sorted(missing_pins):
-            if not any(p.startswith(f"pinned version {version} ") for p in problems):
-                problems.append(f"pinned version {version} is not a valid version at {self.source.uri}")
+    def _validate_newest(
+        self, usable: dict[int, Artifact], on_disk: dict[int, int | None], failed: set[int], problems: list[Problem]
+    ) -> None:
+        """Under a pinned policy, prove the newest upload valid (or reject it) without
+        installing it, so ``latest`` and a rejection are reported while rolled back."""
+        while self.policy.pinned is not None and usable:
+            newest = max(usable)
+            artifact = usable[newest]
+            key = (newest, artifact.generation)
+            if newest in on_disk or newest in failed or key in self._validated:
+                return
+            if self._attempt(usable, artifact, failed, problems, validate) is not None:
+                self._validated.add(key)
+
+    def _remove_outside(self, wanted: frozenset[int], on_disk: dict[int, int | None]) -> list[int]:
         in_place = frozenset(wanted & set(on_disk))
         removed: list[int] = []
         for version in removable(wanted, set(on_disk), allowed=bool(in_place) and self.gate.allows_removal(in_place)):
@@ -206,23 +299,24 @@ class Engine:
             self._on_disk.pop(version, None)
             self.metrics.removals.inc()
             log.info("removed version %d (outside the policy: %s)", version, self.policy.describe())
-        if not usable:
-            problems.append(f"no valid version at {self.source.uri}")
+        return removed
 
-        outcome = SyncOutcome(
-            latest=max(usable) if usable else None,
-            wanted=wanted,
-            on_disk=tuple(sorted(on_disk)),
-            installed=results,
-            removed=removed,
-            problems=problems,
-            finished_at=time.time(),
-            problems_block=bool(missing_pins) or not usable,
-            failed=frozenset(failed),
-        )
-        self.metrics.versions_installed.set(len(on_disk))
-        self.metrics.latest_installed.set(max(on_disk) if on_disk else -1)
-        self.metrics.latest_at_source.set(outcome.latest if outcome.latest is not None else -1)
-        self.metrics.last_sync.set(outcome.finished_at)
-        self.metrics.last_sync_success.set(1 if outcome.complete else 0)
-        return outcome
+    def _latest(self, usable: dict[int, Artifact], on_disk: dict[int, int | None]) -> int | None:
+        """The newest version at the source known to be valid (installed, or validated)."""
+        valid = [v for v, a in usable.items() if v in on_disk or (v, a.generation) in self._validated]
+        return max(valid) if valid else None
+
+    def _rejection_problems(self, artifacts: dict[int, Artifact], latest: int | None) -> list[Problem]:
+        """Rejected uploads still at the source and newer than every valid version: they
+        are what a user is waiting for. Resolved by a newer valid version or a delete."""
+        problems = []
+        for version, artifact in sorted(artifacts.items(), reverse=True):
+            exc = self._rejections.get((version, artifact.generation))
+            if exc is not None and (latest is None or version > latest):
+                problems.append(
+                    Problem(
+                        ReportReason.VERSION_REJECTED,
+                        f"version {version} ({self.source.uri}{artifact.name}) rejected: {exc.reason}: {exc.detail}",
+                    )
+                )
+        return problems

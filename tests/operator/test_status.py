@@ -37,8 +37,16 @@ def observed(
     )
 
 
-def entry(versions: list[int], serving: int | None, latest: int | None = None, error: str | None = None) -> dict[str, Any]:
-    return models.PollerReport(versions=tuple(versions), serving=serving, latest=latest, error=error, last_sync=NOW).to_status()
+def entry(
+    versions: list[int],
+    serving: int | None,
+    latest: int | None = None,
+    error: str | None = None,
+    reason: models.ReportReason | None = None,
+) -> dict[str, Any]:
+    return models.PollerReport(
+        versions=tuple(versions), serving=serving, latest=latest, error=error, reason=reason, last_sync=NOW
+    ).to_status()
 
 
 def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -195,25 +203,31 @@ def test_secret_is_not_reported_missing_without_evidence_from_this_secret_or_onc
     assert not st.pod_events_needed(spec(**WITH_SECRET), running)
 
 
-def test_poller_errors_become_degraded_reasons() -> None:
+def test_poller_errors_become_degraded_reasons_by_type_not_text() -> None:
+    R = models.ReportReason
     pods = (st.PodState("m-a", True), st.PodState("m-b", True), st.PodState("m-c", True))
     current = {
         "pollers": {
-            "m-a": entry([2], 2, latest=2, error="pinned version 7 is absent at gs://b/m/"),
-            "m-b": entry([2], 2, latest=2, error="403 GET https://storage.googleapis.com/...: access denied"),
-            "m-c": entry([2], 2, latest=2, error="AccessDenied: caller lacks storage.objects.list"),
+            "m-a": entry([2], 2, latest=2, error="pinned version 7 is not a valid version at gs://b/m/",
+                         reason=R.PINNED_VERSION_MISSING),
+            # The words do not matter: only the typed reason does.
+            "m-b": entry([2], 2, latest=2, error="something forbidden happened", reason=R.VERSION_REJECTED),
+            "m-c": entry([2], 2, latest=2, error="caller lacks storage.objects.list", reason=R.ACCESS_DENIED),
         }
     }
     desired = st.desired_status(current, observed(pods, ready=3, want=3), now=NOW, selector=SELECTOR)
     degraded = cond(desired, "Degraded")
     assert degraded["status"] == "True"
-    assert degraded["reason"] == st.REASON_ACCESS_DENIED
-    assert "m-b, m-c" in degraded["message"]
+    assert degraded["reason"] == "AccessDenied"
+    assert degraded["message"].startswith("poller of pod m-c: caller lacks storage.objects.list")
     assert "roles/storage.objectViewer" in degraded["message"]
-    assert "pinned version 7" in degraded["message"]
-    assert st.classify_poller_error("pinned version 7 not found at the source") == st.REASON_PINNED_ABSENT
-    assert st.classify_poller_error("bad archive 3.zip: checksum mismatch") == st.REASON_POLLER_ERROR
-    assert st.classify_poller_error("404 bucket not found") == st.REASON_SOURCE_NOT_FOUND
+    assert "poller of pod m-a: pinned version 7" in degraded["message"]
+    assert "poller of pod m-b: something forbidden happened" in degraded["message"]
+    # Each typed reason is the condition's reason as it is; an untyped error is PollerError.
+    for reason in R:
+        assert st.error_reason(models.PollerReport(error="x", reason=reason)) == reason.value
+    assert st.error_reason(models.PollerReport(error="x")) == st.REASON_POLLER_ERROR
+    assert models.ReportReason.parse("SomethingNewer") is None
 
 
 def test_deployment_failures_are_degraded() -> None:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
+from model_poller_api.models import ReportReason
 from poller.archives import model_files, targz_bytes, tree, write_folder, zip_bytes
 from poller.conftest import Dirs, EngineFactory
 
@@ -138,8 +139,10 @@ def test_a_file_in_the_way_of_a_version_fails_with_its_path(dirs: Dirs, make_eng
     (dirs.models / "2").write_text("not a version directory")
     outcome = engine.sync()
     assert outcome.failed == {2} and engine.rejected == {}  # the model dir's trouble: retried
-    assert outcome.problems == [f"version 2: {dirs.models / '2'} is in the way: remove it "
-                                "(or is another poller using this dir?)"]
+    assert [(p.reason, p.message) for p in outcome.problems] == [
+        (ReportReason.INSTALL_FAILED, f"version 2: {dirs.models / '2'} is in the way: remove it "
+                                      "(or is another poller using this dir?)")
+    ]
     assert not (dirs.models / BOOKKEEPING_DIR).exists()  # no record for what is not ours
     (dirs.models / "2").unlink()
     assert engine.sync().complete

@@ -37,7 +37,8 @@ def test_once_fails_with_one_line_when_nothing_valid(dirs: Dirs, cli: Cli) -> No
     result = cli("--source", dirs.uri, "--model-dir", str(dirs.models), "--once")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "not in sync: no valid version at" in result.stderr.splitlines()[-1]
+    last = result.stderr.splitlines()[-1]
+    assert "not in sync: version 1 (" in last and "rejected: corrupt" in last
 
 
 def test_once_missing_source_dir(dirs: Dirs, cli: Cli) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from model_poller_api.models import ReportReason
 from poller.archives import model_files, targz_bytes, zip_bytes
 from poller.conftest import Dirs, EngineFactory
 from poller.procs import PollerProcess, wait_until
@@ -230,7 +231,9 @@ def test_an_unexpected_error_fails_that_version_only(
     assert [r.version for r in first.installed] == [1] and numeric_dirs(dirs.models) == [1]
     for outcome in (first, second):
         assert outcome.failed == {2} and not outcome.complete
-        assert outcome.problems == ["version 2: unexpected error ValueError: simulated bug while downloading 2.zip"]
+        assert [(p.reason, p.message) for p in outcome.problems] == [
+        (ReportReason.INSTALL_FAILED, "version 2: unexpected error ValueError: simulated bug while downloading 2.zip")
+    ]
     assert metric(engine.metrics, "model_poller_install_unexpected_errors_total") == 2
     assert metric(engine.metrics, "model_poller_install_failures_total") == 2
     assert engine.rejected == {}  # not the upload's fault: retried, with backoff in the loop

@@ -41,3 +41,12 @@ def test_never_empty_while_a_wanted_version_is_missing() -> None:
     assert removable({2}, {2, 3}) == [3]
     # Gate closed (TF Serving has not confirmed yet): nothing goes.
     assert removable({5}, {1, 5}, allowed=False) == []
+
+
+def test_a_rollback_removes_newer_versions_without_waiting_for_tf_serving() -> None:
+    # TF Serving loads only the highest version on disk: pinned 1 could never load while 2
+    # stays, and TF Serving keeps serving 2 until 1 is AVAILABLE. Older ones still wait.
+    assert removable({1}, {1, 2}, allowed=False) == [2]
+    assert removable({3}, {1, 3, 4}, allowed=False) == [4]
+    assert removable({3}, {1, 3, 4}, allowed=True) == [1, 4]
+    assert removable({3}, {4}, allowed=True) == []  # nothing wanted on disk yet: keep serving 4

@@ -17,7 +17,7 @@ import stat
 import threading
 from pathlib import Path
 
-from model_poller.errors import Abandoned, SourceError
+from model_poller.errors import Abandoned, SourceError, SourceNotFound
 from model_poller.sources.base import Sink
 from model_poller.versions import SourceObject
 
@@ -48,7 +48,7 @@ class FileSource:
 
     def list_objects(self) -> list[SourceObject]:
         if not self.root.is_dir():
-            raise SourceError(f"source directory {self.root} does not exist or is not a directory")
+            raise SourceNotFound(f"source directory {self.root} does not exist or is not a directory")
         objects: list[SourceObject] = []
 
         def fail(exc: OSError) -> None:

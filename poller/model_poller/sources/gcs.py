@@ -11,7 +11,7 @@ import threading
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from model_poller.errors import Abandoned, SourceError
+from model_poller.errors import Abandoned, SourceAccessDenied, SourceError, SourceNotFound
 from model_poller.sources.base import Sink
 from model_poller.text import one_line
 from model_poller.versions import SourceObject
@@ -102,7 +102,9 @@ class GcsSource:
                 if resp.status_code == 404:
                     raise SourceError(f"{where} (generation {obj.generation}) vanished since it was listed")
                 if resp.status_code in (401, 403):
-                    raise SourceError(f"access to {where} denied ({resp.status_code}): {one_line(resp.text, 200)}")
+                    raise SourceAccessDenied(
+                        f"access to {where} denied ({resp.status_code}): {one_line(resp.text, 200)}"
+                    )
                 if resp.status_code != (200 if span is None else 206):
                     raise SourceError(f"download of {where} failed: HTTP {resp.status_code} {one_line(resp.text, 200)}")
                 raw = resp.raw
@@ -153,11 +155,11 @@ def _raise_source_error(exc: BaseException, what: str, bucket: str) -> NoReturn:
     from google.api_core import exceptions as api
 
     if isinstance(exc, api.NotFound):
-        raise SourceError(f"{what}: bucket {bucket!r} does not exist") from None
+        raise SourceNotFound(f"{what}: bucket {bucket!r} does not exist") from None
     if isinstance(exc, api.Unauthorized):
-        raise SourceError(f"{what}: credential rejected (401): {_describe(exc)}") from None
+        raise SourceAccessDenied(f"{what}: credential rejected (401): {_describe(exc)}") from None
     if isinstance(exc, api.Forbidden):
-        raise SourceError(f"{what}: access denied (403): {_describe(exc)}") from None
+        raise SourceAccessDenied(f"{what}: access denied (403): {_describe(exc)}") from None
     if isinstance(exc, api.GoogleAPICallError) or _is_transport_error(exc):
         raise SourceError(f"{what}: {_describe(exc)}") from None
     raise exc

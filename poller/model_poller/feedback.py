@@ -1,0 +1,157 @@
+"""The poller's two feedback links, built from the settings and run beside the sync loop:
+
+- to its ModelDeployment (``--report-to``): the live version policy from ``spec.versions``
+  (``PolicyWatcher``) and the pod's ``status.pollers`` entry (``StatusWriter``);
+- to TF Serving (``--serving-url``): what it actually serves (``ServingWatcher``).
+
+Each runs in a thread of its own and only wakes the sync loop; the loop alone installs,
+removes and decides what to report, so none of them can slow or stop syncing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from model_poller.config import Settings
+from model_poller.kube import Kube, Target
+from model_poller.metrics import Metrics
+from model_poller.policy import Policy
+from model_poller.policy_watch import PolicyWatcher
+from model_poller.report import (
+    AlwaysAllow,
+    NullReporter,
+    Problem,
+    RemovalGate,
+    Reporter,
+    ServingGate,
+    build_report,
+)
+from model_poller.serving import ServingStatus, ServingWatcher, serving_version
+from model_poller.status_writer import StatusWriter
+from model_poller.sync import SyncOutcome
+
+log = logging.getLogger(__name__)
+
+
+class Feedback:
+    def __init__(
+        self,
+        settings: Settings,
+        wake: Callable[[], None],
+        metrics: Metrics,
+        *,
+        reporter: Reporter | None = None,
+        gate: RemovalGate | None = None,
+    ) -> None:
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._policy: Policy | None = None
+        self._serving_changed = False
+        self.kube: Kube | None = None
+        self.policy_watcher: PolicyWatcher | None = None
+        self.writer: StatusWriter | None = None
+        self.reporter: Reporter = reporter or NullReporter()
+        if settings.report_to:
+            self.kube = Kube.from_environment(Target.parse(settings.report_to))
+            self.policy_watcher = PolicyWatcher(self.kube, self._on_policy)
+            if reporter is None:
+                self.writer = StatusWriter(
+                    self.kube,
+                    settings.pod_name,
+                    heartbeat=settings.status_heartbeat,
+                    on_write=lambda outcome: metrics.status_writes.labels(outcome=outcome).inc(),
+                )
+                self.reporter = self.writer
+        self.serving: ServingWatcher | None = None
+        if settings.serving_url:
+            assert settings.model_name  # config requires it with --serving-url
+            self.serving = ServingWatcher(settings.serving_url, settings.model_name, self._on_serving)
+        self.gate: RemovalGate = gate or (ServingGate(self.serving.current) if self.serving else AlwaysAllow())
+
+    # -- threads -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for part in (self.writer, self.policy_watcher, self.serving):
+            if part is not None:
+                part.start()
+
+    def stop(self) -> None:
+        if self.policy_watcher is not None:
+            self.policy_watcher.stop()
+        if self.serving is not None:
+            self.serving.stop()
+        if self.writer is not None:
+            self.writer.stop()
+        if self.kube is not None:
+            self.kube.close()
+
+    def _on_policy(self, policy: Policy) -> None:
+        with self._lock:
+            self._policy = policy
+        self._wake()
+
+    def _on_serving(self) -> None:
+        with self._lock:
+            self._serving_changed = True
+        self._wake()
+
+    # -- for the sync loop ------------------------------------------------------------------
+
+    def wait_for_policy(self, stop: threading.Event) -> Policy | None:
+        """With ``--report-to``: block until ``spec.versions`` was read (or stop). The
+        policy is never guessed: a pod cannot be created while the API server is away,
+        and a restarted poller keeps what is on disk until it knows the policy."""
+        if self.policy_watcher is None:
+            return None
+        waited = 0.0
+        while not self.policy_watcher.first.wait(1.0):
+            if stop.is_set():
+                return None
+            waited += 1.0
+            if waited in (10.0, 60.0) or waited % 600 == 0:
+                log.warning("waiting for spec.versions of ModelDeployment %s before the first sync (%.0fs so far)",
+                            self.kube.target if self.kube else "?", waited)
+        return self.take_policy()
+
+    def take_policy(self) -> Policy | None:
+        """The policy read since the last call, if it changed."""
+        with self._lock:
+            policy, self._policy = self._policy, None
+        return policy
+
+    def take_serving_change(self) -> bool:
+        with self._lock:
+            changed, self._serving_changed = self._serving_changed, False
+        return changed
+
+    def expect(self, versions: frozenset[int]) -> None:
+        """Versions just installed: watch TF Serving closely until it loaded them."""
+        if self.serving is not None and versions:
+            self.serving.expect(versions)
+
+    def serving_status(self) -> ServingStatus | None:
+        return self.serving.current() if self.serving is not None else None
+
+    def serving_ready(self, outcome: SyncOutcome) -> bool:
+        """``/serving-ready``: TF Serving reports a version inside the policy AVAILABLE
+        (without ``--serving-url``: such a version is on disk)."""
+        if self.serving is not None:
+            return serving_version(self.serving.current(), outcome.wanted) is not None
+        return bool(set(outcome.wanted) & set(outcome.on_disk))
+
+    def report(self, outcome: SyncOutcome, problems: list[Problem] | None = None) -> None:
+        """Hand the pod's entry to the reporter; ``problems`` replaces the outcome's (a
+        failed listing reports the last outcome's disk state with the new problem)."""
+        self.reporter.report(
+            build_report(
+                on_disk=outcome.on_disk,
+                latest=outcome.latest,
+                wanted=outcome.wanted,
+                problems=outcome.problems if problems is None else problems,
+                finished_at=outcome.finished_at,
+                serving=self.serving_status(),
+                confirms=self.serving is not None,
+            )
+        )

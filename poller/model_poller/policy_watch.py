@@ -1,0 +1,99 @@
+"""Live version policy: follow ``spec.versions`` of this poller's own ModelDeployment.
+
+A get, then a watch by name (what the rendered Role allows), in a thread of its own. A
+change of ``keep`` or ``pinned`` reaches the sync loop within a second, without a restart.
+The watch is re-opened after the server ends it, after API server restarts (with backoff)
+and after "resource version too old" (410: get again, then watch from there).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any, Callable, Mapping
+
+from model_poller_api import models
+
+from model_poller.kube import Kube, KubeError, KubeForbidden, KubeNotFound, ResourceExpired
+from model_poller.policy import Policy
+
+log = logging.getLogger(__name__)
+
+RETRY_START = 0.5
+RETRY_MAX = 30.0
+SLOW_RETRY = 60.0
+
+
+def policy_of(obj: Mapping[str, Any]) -> Policy:
+    """The poller's Policy from a ModelDeployment's ``spec.versions`` (defaults applied)."""
+    meta = obj.get("metadata") or {}
+    spec = models.ModelDeploymentSpec.from_object(str(meta.get("name", "")), obj.get("spec") or {})
+    versions = spec.versions
+    if versions.pinned:
+        return Policy(keep=None, pinned=frozenset(versions.pinned))
+    return Policy(keep=versions.keep if versions.keep is not None else models.DEFAULT_KEEP)
+
+
+class PolicyWatcher:
+    """Calls ``on_policy`` with the first policy read and with every change after it."""
+
+    def __init__(self, kube: Kube, on_policy: Callable[[Policy], None]) -> None:
+        self.kube = kube
+        self._on_policy = on_policy
+        self._policy: Policy | None = None
+        self._stop = threading.Event()
+        self.first = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="policy-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        # The watch request ends within its timeout; the thread is a daemon, so a stop
+        # never waits for it.
+        self._stop.set()
+
+    def _apply(self, obj: Mapping[str, Any]) -> None:
+        try:
+            policy = policy_of(obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("cannot read spec.versions of ModelDeployment %s: %s; keeping %s", self.kube.target, exc,
+                      self._policy.describe() if self._policy else "the flags' policy")
+            return
+        if policy != self._policy:
+            if self._policy is not None:
+                log.info("version policy of %s changed: %s -> %s", self.kube.target, self._policy.describe(),
+                         policy.describe())
+            self._policy = policy
+            self._on_policy(policy)
+        self.first.set()
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            try:
+                obj = self.kube.get()
+                self._apply(obj)
+                resource_version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+                delay = 0.0
+                while not self._stop.is_set():
+                    for kind, event_obj in self.kube.watch(resource_version):
+                        if self._stop.is_set():
+                            return
+                        resource_version = str((event_obj.get("metadata") or {}).get("resourceVersion") or
+                                               resource_version)
+                        if kind in ("ADDED", "MODIFIED"):
+                            self._apply(event_obj)
+                        elif kind == "DELETED":
+                            log.warning("ModelDeployment %s was deleted; keeping %s", self.kube.target,
+                                        self._policy.describe() if self._policy else "the flags' policy")
+            except ResourceExpired:
+                continue  # get again, then watch from the fresh resourceVersion
+            except (KubeForbidden, KubeNotFound) as exc:
+                log.error("cannot follow spec.versions of %s: %s; retrying in %.0fs", self.kube.target, exc, SLOW_RETRY)
+                self._stop.wait(SLOW_RETRY)
+            except KubeError as exc:
+                delay = min(RETRY_MAX, delay * 2 if delay else RETRY_START)
+                log.warning("watch of %s interrupted (%s); again in about %.1fs", self.kube.target, exc, delay)
+                self._stop.wait(delay * random.uniform(0.5, 1.5))

@@ -1,0 +1,146 @@
+"""Writes this pod's entry of its ModelDeployment's ``status.pollers`` (``--report-to``).
+
+The sync loop hands over every report; a thread of its own writes it, so the API server's
+trouble never slows or stops syncing. Only the *latest* report is kept: after an outage
+the current state is written once, never a queue of stale ones. A write happens only when
+the entry changed (``lastSync`` aside), plus one heartbeat every ``heartbeat`` seconds.
+
+- unreachable, 5xx, 409, 429: retried with exponential backoff and jitter;
+- 401/403: one log line naming the missing permission (at most every 10 minutes), a
+  metric, and a slow retry (an administrator may fix the Role);
+- 404: the ModelDeployment is gone: said (at most every 10 minutes), syncing goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import replace
+from typing import Callable
+
+from model_poller_api.models import PollerReport
+
+from model_poller.kube import Kube, KubeError, KubeForbidden, KubeNotFound
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT = 3600.0
+MIN_HEARTBEAT = 300.0
+RETRY_START = 0.5
+RETRY_MAX = 30.0
+# After a 403 or 404, retry this often (a fixed Role or a re-created object is picked up).
+SLOW_RETRY = 60.0
+# A repeated 403/404 is logged at most this often.
+LOG_EVERY = 600.0
+STOP_JOIN = 15.0
+
+
+def _content(report: PollerReport) -> PollerReport:
+    """What counts as a change: everything but the time of the last sync."""
+    return replace(report, last_sync=None)
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        kube: Kube,
+        pod: str,
+        *,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        on_write: Callable[[str], None] | None = None,
+    ) -> None:
+        self.kube = kube
+        self.pod = pod
+        self.heartbeat = heartbeat
+        self._on_write = on_write or (lambda outcome: None)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._desired: PollerReport | None = None
+        self._written: PollerReport | None = None
+        self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+        self._last_logged: dict[type, float] = {}
+        self.writes = 0
+
+    def report(self, report: PollerReport) -> None:
+        """Hand over the current state; never blocks, never raises."""
+        with self._lock:
+            self._desired = report
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, flush_seconds: float = 2.0) -> None:
+        """Stop; first give a pending change ``flush_seconds`` to be written."""
+        deadline = time.monotonic() + flush_seconds
+        while self._pending() and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=STOP_JOIN)
+
+    def _pending(self) -> bool:
+        with self._lock:
+            desired, written = self._desired, self._written
+        return desired is not None and (written is None or _content(desired) != _content(written))
+
+    def _run(self) -> None:
+        delay = 0.0
+        next_heartbeat = float("inf")
+        while not self._stop.is_set():
+            with self._lock:
+                desired, written = self._desired, self._written
+            now = time.monotonic()
+            changed = desired is not None and (written is None or _content(desired) != _content(written))
+            if desired is not None and (changed or now >= next_heartbeat):
+                try:
+                    self.kube.patch_entry(self.pod, desired.to_status())
+                except KubeError as exc:
+                    delay = self._failed(exc, delay)
+                    self._wake.wait(delay)
+                    self._wake.clear()
+                    continue
+                self.writes += 1
+                self._on_write("ok")
+                if delay:
+                    log.info("status.pollers.%s of %s written again", self.pod, self.kube.target)
+                delay = 0.0
+                with self._lock:
+                    self._written = desired
+                next_heartbeat = time.monotonic() + self.heartbeat
+                continue
+            self._wake.wait(max(0.0, next_heartbeat - now) if next_heartbeat != float("inf") else None)
+            self._wake.clear()
+
+    def _failed(self, exc: KubeError, delay: float) -> float:
+        if isinstance(exc, KubeForbidden):
+            self._on_write("forbidden")
+            self._log_rarely(
+                KubeForbidden,
+                f"cannot write status.pollers.{self.pod} of {self.kube.target}: {exc} (the poller's "
+                f"ServiceAccount needs patch on modeldeployments/status of {self.kube.target}; syncing goes on)",
+            )
+            return SLOW_RETRY
+        if isinstance(exc, KubeNotFound):
+            self._on_write("not_found")
+            self._log_rarely(
+                KubeNotFound,
+                f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is gone ({exc}); "
+                "syncing goes on",
+            )
+            return SLOW_RETRY
+        self._on_write("retry")
+        delay = min(RETRY_MAX, delay * 2 if delay else RETRY_START)
+        log.warning("status write for %s failed, retrying in about %.1fs: %s", self.kube.target, delay, exc)
+        return delay * random.uniform(0.5, 1.5)
+
+    def _log_rarely(self, kind: type, message: str) -> None:
+        now = time.monotonic()
+        last = self._last_logged.get(kind)
+        if last is None or now - last >= LOG_EVERY:
+            self._last_logged[kind] = now
+            log.error("%s", message)
