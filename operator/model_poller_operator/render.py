@@ -4,11 +4,10 @@ No API calls here. Every function is a function of an :class:`Owner` and a typed
 :class:`~model_poller_api.models.ModelDeploymentSpec`, so the output is golden-file tested
 (``tests/operator/test_render.py``) and the edge (``apply.py``) only compares and applies.
 
-The version policy (``spec.versions``) is read by the poller from its ModelDeployment at
-run time; the pod template holds only one number derived from it, and only when
-``spec.storage.sizeLimit`` is set: the per-version unpack bound ``--max-bytes`` (see
-:func:`max_bytes`). Without a sizeLimit a policy change never touches the pod template;
-with one, only a change of the *number* of versions kept does (pinned [3] -> [4] does not).
+The version policy (``spec.versions``) is not rendered: the poller reads it from its
+ModelDeployment at run time, so a policy change (a rollback) never touches the pod
+template and never restarts pods. ``spec.storage.sizeLimit`` reaches the poller as
+``--storage-limit``, from which it bounds each version under the live policy.
 """
 
 from __future__ import annotations
@@ -58,8 +57,6 @@ POLLER_PORT_NAME: Final = "poller-http"
 # OOM-killed in the poller's container instead of pressing on the node's other pods.
 DEFAULT_POLLER_RESOURCES: Final[Obj] = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
 
-# --max-bytes is never derived below this: a tiny sizeLimit still lets small models in.
-MIN_MAX_BYTES: Final = 1 << 20
 
 # A Service name (and hence a ModelDeployment name) must be an RFC 1035 label.
 _DNS1035_LABEL = re.compile(names.NAME_PATTERN)
@@ -160,24 +157,14 @@ def model_dir(spec: models.ModelDeploymentSpec) -> str:
     return f"{names.MODELS_MOUNT}/{spec.model_name}"
 
 
-def versions_on_disk(spec: models.ModelDeploymentSpec) -> int:
-    """How many versions the policy keeps: ``keep``, or the number of pinned versions."""
-    if spec.versions.pinned is not None:
-        return len(spec.versions.pinned)
-    return spec.versions.keep or models.DEFAULT_KEEP
+def storage_limit(spec: models.ModelDeploymentSpec) -> int | None:
+    """``spec.storage.sizeLimit`` in bytes (``--storage-limit``), or None without one.
 
-
-def max_bytes(spec: models.ModelDeploymentSpec) -> int | None:
-    """The per-version unpack bound (``--max-bytes``) that keeps the model dir under
-    ``spec.storage.sizeLimit``; None without a sizeLimit (the poller's default applies).
-
-    An emptyDir over its sizeLimit gets the whole pod evicted, so a version too large must
-    be refused by the poller before that. The model dir holds the ``n`` versions the policy
-    keeps (``keep``, or the number of pinned versions), the one a new version replaces
-    (removed only once TF Serving has loaded a version inside the policy) and one staging
-    copy being unpacked, hence::
-
-        max_bytes = max(sizeLimit // (n + 2), 1 MiB)
+    An emptyDir over its sizeLimit gets the whole pod evicted, so the poller must refuse a
+    version too large before that. It holds the versions the policy keeps, the one a new
+    version replaces and one staging copy, so it refuses a version over
+    ``sizeLimit // (versions kept + 2)``: computed by the poller, because the policy
+    changes live without touching the pod template.
     """
     if spec.storage.size_limit is None:
         return None
@@ -185,11 +172,11 @@ def max_bytes(spec: models.ModelDeploymentSpec) -> int | None:
         limit = Decimal(parse_quantity(spec.storage.size_limit))  # type: ignore[no-untyped-call]
     except (ValueError, TypeError, InvalidOperation):
         raise ValueError(f"spec.storage.sizeLimit {spec.storage.size_limit!r} is not a quantity (e.g. 20Gi)") from None
-    return max(int(limit) // (versions_on_disk(spec) + 2), MIN_MAX_BYTES)
+    return int(limit)
 
 
 def poller_env(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
-    """The poller's flags as MODEL_POLLER_* variables (the policy only through --max-bytes)."""
+    """The poller's flags as MODEL_POLLER_* variables (never the version policy)."""
     env = [
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -207,9 +194,9 @@ def poller_env(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
         _env(names.env_name("--serving-url"), SERVING_URL),
         _env(names.env_name("--http-port"), str(names.POLLER_HTTP_PORT)),
     ]
-    limit = max_bytes(spec)
+    limit = storage_limit(spec)
     if limit is not None:
-        env.append(_env(names.env_name("--max-bytes"), str(limit)))
+        env.append(_env(names.env_name("--storage-limit"), str(limit)))
     if spec.source.credentials_secret:
         env.append(_env("GOOGLE_APPLICATION_CREDENTIALS", f"{CREDENTIALS_DIR}/{CREDENTIALS_KEY}"))
     return env

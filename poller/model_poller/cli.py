@@ -49,6 +49,11 @@ FLAGS: dict[str, tuple[str | None, str]] = {
     "--model-name": ("NAME", "TF Serving model name (required with --serving-url)"),
     "--http-port": ("PORT", f"port of /healthz, /readyz, /serving-ready, /metrics (default {POLLER_HTTP_PORT}; 0: any)"),
     "--max-bytes": ("BYTES", f"largest unpacked size of one version (default {DEFAULT_MAX_BYTES >> 30}Gi; 500Mi works)"),
+    "--storage-limit": (
+        "BYTES",
+        "size limit of the model dir's volume (an emptyDir's sizeLimit; 20Gi works): a version larger than "
+        "LIMIT / (versions the policy keeps + 2) is refused before the volume overflows",
+    ),
     "--max-files": ("N", f"most entries in one version (default {DEFAULT_MAX_FILES})"),
     "--max-ratio": ("RATIO", f"largest compression ratio of an archive (default {DEFAULT_MAX_RATIO:g})"),
     "--log-format": ("text|json", "log format (default text), one line per event"),

@@ -47,6 +47,7 @@ class Settings:
     model_name: str | None = None
     http_port: int = POLLER_HTTP_PORT
     limits: Limits = field(default_factory=Limits)
+    storage_limit: int | None = None
     log_format: str = "text"
     log_level: str = "INFO"
     pod_name: str = field(default_factory=socket.gethostname)
@@ -175,6 +176,9 @@ def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, st
     )
     if limits.max_files < 1 or limits.max_bytes < 1 or limits.max_ratio <= 1:
         raise ConfigError("--max-files and --max-bytes must be positive, --max-ratio above 1")
+    storage_limit = convert("storage_limit", parse_size, None)
+    if storage_limit is not None and storage_limit < 1:
+        raise ConfigError("--storage-limit must be positive")
     http_port = convert("http_port", int, POLLER_HTTP_PORT)
     if not 0 <= http_port <= 65535:
         raise ConfigError(f"--http-port {http_port} is not a port")
@@ -194,6 +198,7 @@ def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, st
         model_name=text("model_name"),
         http_port=http_port,
         limits=limits,
+        storage_limit=storage_limit,
         log_format=log_format,
         log_level=(text("log_level") or "INFO").upper(),
         pod_name=pod_name(env),

@@ -75,6 +75,8 @@ class Limits:
     max_files: int = DEFAULT_MAX_FILES
     max_bytes: int = DEFAULT_MAX_BYTES
     max_ratio: float = DEFAULT_MAX_RATIO
+    # Where max_bytes comes from, for the rejection message.
+    max_bytes_origin: str = "--max-bytes"
 
 
 def _short(name: str) -> str:
@@ -191,7 +193,7 @@ class Unpacker:
 
     def _check_total(self, total: int, what: str) -> None:
         if total > self.limits.max_bytes:
-            raise Rejected("too_many_bytes", f"{what} more than {self.limits.max_bytes} bytes (--max-bytes)")
+            raise Rejected("too_many_bytes", f"{what} more than {self.limits.max_bytes} bytes ({self.limits.max_bytes_origin})")
         if (
             self.archive_size is not None
             and total > RATIO_FLOOR

@@ -68,3 +68,12 @@ def removable(wanted: AbstractSet[int], installed: AbstractSet[int], *, allowed:
         return []
     newest = max(wanted)
     return sorted(v for v in installed - wanted if v > newest or allowed)
+
+
+def version_bytes_bound(storage_limit: int, policy: Policy) -> int:
+    """The largest version that fits a model dir of ``storage_limit`` bytes (an emptyDir's
+    sizeLimit: over it, the pod is evicted). The dir holds the ``n`` versions the policy
+    keeps, the one a new version replaces (removed once TF Serving has loaded a version
+    inside the policy) and one staging copy: ``storage_limit // (n + 2)``."""
+    kept = len(policy.pinned) if policy.pinned is not None else (policy.keep or DEFAULT_KEEP)
+    return storage_limit // (kept + 2)

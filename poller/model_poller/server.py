@@ -150,7 +150,16 @@ class Poller:
         if self._source is None:
             self._source = open_source(self.settings.source, self.settings.project)
         gate = self.feedback.gate if self.feedback is not None else self._gate
-        self._engine = Engine(self._source, self.model_dir, self.policy, self.settings.limits, self.stop, self.metrics, gate)
+        self._engine = Engine(
+            self._source,
+            self.model_dir,
+            self.policy,
+            self.settings.limits,
+            self.stop,
+            self.metrics,
+            gate,
+            storage_limit=self.settings.storage_limit,
+        )
 
     def _start_with_retry(self) -> None:
         backoff = Backoff()

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from model_poller_api.models import ReportReason
 
@@ -19,7 +19,7 @@ from model_poller.extract import Limits
 from model_poller.install import InstallResult, ModelDir, validate
 from model_poller.install import install as install_version
 from model_poller.metrics import Metrics
-from model_poller.policy import Policy, install_order, removable
+from model_poller.policy import Policy, install_order, removable, version_bytes_bound
 from model_poller.report import AlwaysAllow, Problem, RemovalGate, source_problem
 from model_poller.sources.base import Source
 from model_poller.text import one_line
@@ -76,6 +76,7 @@ class Engine:
         stop: threading.Event,
         metrics: Metrics,
         gate: RemovalGate | None = None,
+        storage_limit: int | None = None,
     ) -> None:
         self.source = source
         self.model_dir = model_dir
@@ -84,6 +85,7 @@ class Engine:
         self.stop = stop
         self.metrics = metrics
         self.gate: RemovalGate = gate or AlwaysAllow()
+        self.storage_limit = storage_limit
         # (version, generation) of each rejected upload -> its reason (and the whole error).
         self.rejected: dict[tuple[int, int], str] = {}
         self._rejections: dict[tuple[int, int], Rejected] = {}
@@ -227,7 +229,7 @@ class Engine:
         log.info("%s version %d from %s (%d bytes)", verb, artifact.version, where, artifact.size)
         self.metrics.install_attempts.inc()
         try:
-            result = action(self.source, artifact, self.model_dir, self.limits, self.stop)
+            result = action(self.source, artifact, self.model_dir, self._limits(), self.stop)
         except Abandoned:
             raise
         except Rejected as exc:
@@ -270,6 +272,17 @@ class Engine:
             result.seconds,
         )
         return result
+
+    def _limits(self) -> Limits:
+        """The flags' limits, with ``--max-bytes`` lowered to what fits ``--storage-limit``
+        under the current policy (which may change live: hence computed per install)."""
+        if self.storage_limit is None:
+            return self.limits
+        bound = version_bytes_bound(self.storage_limit, self.policy)
+        if bound >= self.limits.max_bytes:
+            return self.limits
+        origin = f"--storage-limit {self.storage_limit} / ({self.policy.describe()} + 2)"
+        return replace(self.limits, max_bytes=bound, max_bytes_origin=origin)
 
     def _validate_newest(
         self, usable: dict[int, Artifact], on_disk: dict[int, int | None], failed: set[int], problems: list[Problem]

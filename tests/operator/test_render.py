@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from kubernetes.utils import parse_quantity
 
 from model_poller_api import models, names
 from model_poller_operator import render
@@ -74,15 +73,16 @@ def test_every_child_is_owned_by_the_model_deployment(cases: dict[str, dict[str,
 
 
 def test_versions_change_leaves_the_pod_template_alone(cases: dict[str, dict[str, Any]]) -> None:
-    """Without spec.storage.sizeLimit the version policy is not in the pod template at all."""
-    base = {k: v for k, v in cases["full"].items() if k != "storage"}
-    pinned = {**copy.deepcopy(base), "versions": {"pinned": [1, 2]}}
-    keep1 = {**copy.deepcopy(base), "versions": {"keep": 1}}
-    unset = {k: v for k, v in base.items() if k != "versions"}
-    renders = [_render("full", s) for s in (base, pinned, keep1, unset)]
-    assert all(r == renders[0] for r in renders)
-    text = yaml.safe_dump(renders[0])
-    assert "KEEP" not in text and "PINNED" not in text and "MAX_BYTES" not in text
+    """The version policy is not in the pod template at all, with or without a sizeLimit:
+    a rollback never restarts pods."""
+    for base in (cases["full"], {k: v for k, v in cases["full"].items() if k != "storage"}):
+        pinned = {**copy.deepcopy(base), "versions": {"pinned": [1, 2]}}
+        keep1 = {**copy.deepcopy(base), "versions": {"keep": 1}}
+        unset = {k: v for k, v in base.items() if k != "versions"}
+        renders = [_render("full", s) for s in (base, pinned, keep1, unset)]
+        assert all(r == renders[0] for r in renders)
+        text = yaml.safe_dump(renders[0])
+        assert "KEEP" not in text and "PINNED" not in text and "MAX_BYTES" not in text
 
 
 def _poller_env(children: list[dict[str, Any]]) -> dict[str, Any]:
@@ -90,45 +90,27 @@ def _poller_env(children: list[dict[str, Any]]) -> dict[str, Any]:
     return {e["name"]: e.get("value") for e in poller["env"]}
 
 
-def test_with_a_size_limit_only_the_number_of_versions_kept_reaches_the_template(cases: dict[str, dict[str, Any]]) -> None:
-    base = cases["full"]  # keep 3, sizeLimit 20Gi
-    same_count = {**copy.deepcopy(base), "versions": {"pinned": [1, 5, 9]}}
-    assert _render("full", same_count) == _render("full", base)
-    fewer = _render("full", {**copy.deepcopy(base), "versions": {"keep": 1}})
-    differs = [
-        name for name, value in _poller_env(fewer).items() if _poller_env(_render("full", base)).get(name) != value
-    ]
-    assert differs == [names.env_name("--max-bytes")]
-
-
 @pytest.mark.parametrize(
-    ("storage", "versions", "expected"),
+    ("storage", "expected"),
     [
-        ({"sizeLimit": "20Gi"}, {}, 5 << 30),  # default keep 2: 2 + the replaced one + staging
-        ({"sizeLimit": "20Gi"}, {"keep": 3}, 4 << 30),
-        ({"sizeLimit": 5000000000}, {"pinned": [3, 1]}, 1250000000),
-        ({"sizeLimit": "6G"}, {"pinned": [7]}, 2000000000),
-        ({"sizeLimit": "2Mi"}, {"keep": 10}, render.MIN_MAX_BYTES),  # floored
-        ({"medium": "Memory"}, {"keep": 3}, None),  # no sizeLimit: the poller's own default
+        ({"sizeLimit": "20Gi"}, 20 << 30),
+        ({"sizeLimit": 5000000000}, 5000000000),
+        ({"sizeLimit": "6G"}, 6000000000),
+        ({"medium": "Memory"}, None),  # no sizeLimit: the poller's own --max-bytes default
     ],
 )
-def test_max_bytes_keeps_the_model_dir_under_its_size_limit(
-    storage: dict[str, Any], versions: dict[str, Any], expected: int | None
-) -> None:
-    spec = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}, "storage": storage, "versions": versions})
-    assert render.max_bytes(spec) == expected
+def test_the_size_limit_reaches_the_poller_as_its_storage_limit(storage: dict[str, Any], expected: int | None) -> None:
+    spec = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}, "storage": storage})
+    assert render.storage_limit(spec) == expected
     env = _poller_env(render.render_children(render.Owner("m", "ml", UID), spec))
-    assert env.get(names.env_name("--max-bytes")) == (None if expected is None else str(expected))
-    if expected is not None and expected > render.MIN_MAX_BYTES:
-        # n versions, the one being replaced and one staging copy fit in the emptyDir.
-        n = versions.get("keep", len(versions.get("pinned", ())) or models.DEFAULT_KEEP)
-        assert (n + 2) * expected <= int(parse_quantity(str(storage["sizeLimit"])))
+    assert env.get(names.env_name("--storage-limit")) == (None if expected is None else str(expected))
+    assert names.env_name("--max-bytes") not in env
 
 
 def test_a_size_limit_that_is_not_a_quantity_is_named() -> None:
     spec = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}, "storage": {"sizeLimit": "lots"}})
     with pytest.raises(ValueError, match="spec.storage.sizeLimit"):
-        render.max_bytes(spec)
+        render.storage_limit(spec)
 
 
 def test_poller_has_a_memory_limit_unless_the_user_sets_its_resources(cases: dict[str, dict[str, Any]]) -> None:

@@ -50,3 +50,11 @@ def test_a_rollback_removes_newer_versions_without_waiting_for_tf_serving() -> N
     assert removable({3}, {1, 3, 4}, allowed=False) == [4]
     assert removable({3}, {1, 3, 4}, allowed=True) == [1, 4]
     assert removable({3}, {4}, allowed=True) == []  # nothing wanted on disk yet: keep serving 4
+
+
+def test_storage_limit_bounds_each_version_under_the_live_policy() -> None:
+    from model_poller.policy import version_bytes_bound
+
+    assert version_bytes_bound(20 << 30, Policy(keep=2)) == 5 << 30
+    assert version_bytes_bound(20 << 30, Policy(keep=3)) == 4 << 30
+    assert version_bytes_bound(6_000_000_000, Policy(keep=None, pinned=frozenset({7}))) == 2_000_000_000

@@ -168,3 +168,23 @@ def test_existing_version_without_marker_is_not_reinstalled(dirs: Dirs, make_eng
     outcome = make_engine().sync()
     assert outcome.complete and outcome.installed == []
     assert (dirs.models / "3" / "saved_model.pb").read_bytes() == b"put there by hand"
+
+
+def test_storage_limit_refuses_a_version_that_would_overflow_the_volume(dirs: Dirs, make_engine: EngineFactory) -> None:
+    """--storage-limit (the emptyDir's sizeLimit): keep 2 leaves room for versions of at most
+    limit/4; pinned to one version, limit/3. The bound follows a live policy change."""
+    (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1, size=1000)))
+    big = {**model_files(2), "variables/variables.data-00000-of-00001": os.urandom(3 << 20)}
+    (dirs.src / "2.zip").write_bytes(zip_bytes(big))  # about 3 MiB unpacked
+    engine = make_engine(Policy(keep=2))
+    engine.storage_limit = 10 << 20  # keep 2: 2.5 MiB per version
+    outcome = engine.sync()
+    assert numeric_dirs(dirs.models) == [1]
+    assert engine.rejected == {(2, os.stat(dirs.src / "2.zip").st_mtime_ns): "too_many_bytes"}
+    (problem,) = outcome.problems
+    assert "--storage-limit 10485760 / (keep 2 + 2)" in problem.message and problem.reason.value == "VersionRejected"
+
+    engine.storage_limit = 14 << 20  # keep 2: 3.5 MiB per version; a re-upload gets through
+    (dirs.src / "2.zip").write_bytes(zip_bytes(big))
+    touch_later(dirs.src / "2.zip", 5)
+    assert engine.sync().complete and numeric_dirs(dirs.models) == [1, 2]
