@@ -230,8 +230,9 @@ def poller_container(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
         "restartPolicy": "Always",
         "env": poller_env(owner, spec),
         "ports": [{"name": POLLER_PORT_NAME, "containerPort": names.POLLER_HTTP_PORT, "protocol": "TCP"}],
-        # TF Serving starts only once the initial sync has put the policy's versions on
-        # disk: up to 2 s x 1800 = one hour for a first download of a large model.
+        # TF Serving starts only once the initial sync is done (/readyz: every version the
+        # policy wants that is valid at the source is on disk, or the source holds none yet):
+        # up to 2 s x 1800 = one hour for a first download of a large model.
         "startupProbe": _http_probe(names.PATH_READYZ, period=2, failures=1800),
         "livenessProbe": _http_probe(names.PATH_HEALTHZ, period=10, failures=3),
         "resources": _plain(spec.poller.resources) or copy.deepcopy(DEFAULT_POLLER_RESOURCES),
@@ -263,8 +264,8 @@ def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
             {"name": "http", "containerPort": names.SERVING_REST_PORT, "protocol": "TCP"},
         ],
         # TF Serving's own GET /v1/models/<name> answers 200 in every state; the poller's
-        # /serving-ready (same network namespace) answers 200 only while a version inside
-        # the policy is AVAILABLE.
+        # /serving-ready (same network namespace) answers 200 only while TF Serving reports
+        # a version inside the policy AVAILABLE.
         "readinessProbe": _http_probe(names.PATH_SERVING_READY, period=2, failures=2),
         # Loading a large model can take minutes before the REST port opens.
         "startupProbe": _tcp_probe(names.SERVING_REST_PORT, period=5, failures=360),
