@@ -264,8 +264,9 @@ def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
             {"name": "http", "containerPort": names.SERVING_REST_PORT, "protocol": "TCP"},
         ],
         # TF Serving's own GET /v1/models/<name> answers 200 in every state; the poller's
-        # /serving-ready (same network namespace) answers 200 only while TF Serving reports
-        # a version inside the policy AVAILABLE.
+        # /serving-ready (same network namespace) answers 200 while TF Serving reports a
+        # version inside the policy AVAILABLE, or the one it keeps serving during a
+        # transition (rollout, rollback, failed load): never every replica unready at once.
         "readinessProbe": _http_probe(names.PATH_SERVING_READY, period=2, failures=2),
         # Loading a large model can take minutes before the REST port opens.
         "startupProbe": _tcp_probe(names.SERVING_REST_PORT, period=5, failures=360),

@@ -28,7 +28,7 @@ from model_poller.report import (
     ServingGate,
     build_report,
 )
-from model_poller.serving import ServingStatus, ServingWatcher, serving_version
+from model_poller.serving import ServingStatus, ServingWatcher, serving_ready
 from model_poller.status_writer import StatusWriter
 from model_poller.sync import SyncOutcome
 
@@ -135,10 +135,10 @@ class Feedback:
         return self.serving.current() if self.serving is not None else None
 
     def serving_ready(self, outcome: SyncOutcome) -> bool:
-        """``/serving-ready``: TF Serving reports a version inside the policy AVAILABLE
-        (without ``--serving-url``: such a version is on disk)."""
+        """``/serving-ready`` (see ``serving.serving_ready``); without ``--serving-url``: a
+        version inside the policy is on disk."""
         if self.serving is not None:
-            return serving_version(self.serving.current(), outcome.wanted) is not None
+            return serving_ready(self.serving.current(), outcome.wanted, set(outcome.on_disk))
         return bool(set(outcome.wanted) & set(outcome.on_disk))
 
     def report(self, outcome: SyncOutcome, problems: list[Problem] | None = None) -> None:

@@ -92,6 +92,25 @@ def serving_version(status: ServingStatus | None, policy_versions: AbstractSet[i
     return max(inside) if inside else None
 
 
+def serving_ready(status: ServingStatus | None, policy_versions: AbstractSet[int], on_disk: AbstractSet[int]) -> bool:
+    """``/serving-ready``: TF Serving reports AVAILABLE a version inside the policy, or the
+    version it keeps serving while the policy's version is not (yet) AVAILABLE: one still
+    on disk (the poller keeps the previous version until a version inside the policy is
+    AVAILABLE, and after a failed load), or one it serves while a version inside the policy
+    loads (a rollback removes newer versions at once). So neither a rollout, nor a rollback,
+    nor a bad upload ever makes every replica unready at once; ``serving`` in the report
+    and the ModelDeployment's Ready condition still say only what is inside the policy."""
+    if status is None:
+        return False
+    available = status.available()
+    if not available:
+        return False
+    if available & (set(policy_versions) | set(on_disk)):
+        return True
+    loading = [v for v in set(policy_versions) & set(on_disk) if not ((s := status.state_of(v)) and s.failed)]
+    return bool(loading)
+
+
 def load_failures(status: ServingStatus | None, policy_versions: AbstractSet[int]) -> dict[int, str]:
     """{version: TF Serving's message} for versions inside the policy it failed to load."""
     if status is None:
