@@ -153,6 +153,7 @@ class Engine:
             if result is not None:
                 on_disk[result.version] = result.generation
                 self._on_disk[result.version] = result.generation
+                self._validated.add((result.version, result.generation))  # still valid once removed
                 results.append(result)
         if install:
             self._validate_newest(usable, on_disk, failed, problems)
@@ -315,7 +316,8 @@ class Engine:
         return removed
 
     def _latest(self, usable: dict[int, Artifact], on_disk: dict[int, int | None]) -> int | None:
-        """The newest version at the source known to be valid (installed, or validated)."""
+        """The newest version at the source known to be valid: on disk, or installed or
+        validated earlier (a version removed by a rollback is still valid at the source)."""
         valid = [v for v, a in usable.items() if v in on_disk or (v, a.generation) in self._validated]
         return max(valid) if valid else None
 

@@ -188,3 +188,15 @@ def test_storage_limit_refuses_a_version_that_would_overflow_the_volume(dirs: Di
     (dirs.src / "2.zip").write_bytes(zip_bytes(big))
     touch_later(dirs.src / "2.zip", 5)
     assert engine.sync().complete and numeric_dirs(dirs.models) == [1, 2]
+
+
+def test_latest_stays_the_newest_valid_version_after_a_rollback_removes_it(dirs: Dirs, make_engine: EngineFactory) -> None:
+    for v in (1, 2, 3):
+        (dirs.src / f"{v}.zip").write_bytes(zip_bytes(model_files(v)))
+    engine = make_engine(Policy(keep=2))
+    assert engine.sync().latest == 3
+    engine.set_policy(Policy(keep=None, pinned=frozenset({1})))
+    outcome = engine.sync(relist=False)
+    assert numeric_dirs(dirs.models) == [1]
+    assert outcome.latest == 3  # 3 is still a valid version at the source
+    assert engine.sync().installed == []  # and is not downloaded again to know it
