@@ -126,10 +126,28 @@ class Feedback:
             changed, self._serving_changed = self._serving_changed, False
         return changed
 
-    def expect(self, versions: frozenset[int]) -> None:
-        """Versions just installed: watch TF Serving closely until it loaded them."""
-        if self.serving is not None and versions:
-            self.serving.expect(versions)
+    def expect_load(self, outcome: SyncOutcome) -> None:
+        """Watch TF Serving closely until it has loaded (or failed) the version it will load
+        next: the highest inside the policy on disk (TF Serving loads only the highest). Older
+        versions inside the policy are never loaded, so they are not waited for."""
+        in_place = set(outcome.wanted) & set(outcome.on_disk)
+        if self.serving is None or not in_place:
+            return
+        newest = max(in_place)
+        state = self.serving.current()
+        entry = state.state_of(newest) if state is not None else None
+        if entry is None or not (entry.state == "AVAILABLE" or entry.failed):
+            self.serving.expect(frozenset({newest}))
+
+    def not_serving_reason(self, outcome: SyncOutcome) -> str:
+        """One line for a 503 of ``/serving-ready``."""
+        if self.serving is None:
+            return "no version inside the policy on disk"
+        status = self.serving.current()
+        if status is None or not status.reachable:
+            return f"TF Serving not answering: {status.problem if status else 'not asked yet'}"
+        states = ", ".join(f"{v.version} {v.state}" for v in status.versions) or "no version"
+        return f"TF Serving serves no version inside the policy ({', '.join(map(str, sorted(outcome.wanted))) or 'none'}): {states}"
 
     def serving_status(self) -> ServingStatus | None:
         return self.serving.current() if self.serving is not None else None

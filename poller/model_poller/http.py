@@ -66,6 +66,9 @@ class Probes:
         self.ready = threading.Event()
         self.serving = threading.Event()
         self.metrics = metrics
+        # Why /readyz or /serving-ready answers 503 (one line, set by the loop).
+        self.not_ready_because = "initial sync not done"
+        self.not_serving_because = "no version inside the policy yet"
 
 
 @dataclass(eq=False)
@@ -281,10 +284,10 @@ def _handler(probes: Probes) -> type[_InMemoryHandler]:
                 self._send(200, b"ok\n")
             elif path == PATH_READYZ:
                 ok = probes.ready.is_set()
-                self._send(200 if ok else 503, b"ready\n" if ok else b"initial sync not done\n")
+                self._send(200 if ok else 503, b"ready\n" if ok else f"{probes.not_ready_because}\n".encode())
             elif path == PATH_SERVING_READY:
                 ok = probes.serving.is_set()
-                self._send(200 if ok else 503, b"serving\n" if ok else b"no version inside the policy yet\n")
+                self._send(200 if ok else 503, b"serving\n" if ok else f"{probes.not_serving_because}\n".encode())
             elif path == PATH_METRICS:
                 self._send(200, probes.metrics(), CONTENT_TYPE_LATEST)
             else:

@@ -322,6 +322,7 @@ class Poller:
                 hint.nack()
             if isinstance(exc, SourceError):
                 self._report_failure(source_problem(exc))
+            self.probes.not_ready_because = f"initial sync not done: {one_line(exc, 300)}"
             return None
         except Exception as exc:  # noqa: BLE001 - defence in depth: a bug costs this sync (retried with backoff)
             self.metrics.sync_errors.inc()
@@ -344,13 +345,16 @@ class Poller:
             hint.ack()
         self._last = outcome
         assert self.feedback is not None
-        self.feedback.expect(frozenset(installed & outcome.wanted))
+        self.feedback.expect_load(outcome)
         if outcome.settled:
             self.probes.ready.set()
+        else:
+            self.probes.not_ready_because = f"initial sync not done: {outcome.reason() or 'installing'}"
         if self.feedback.serving_ready(outcome):
             self.probes.serving.set()
         else:
             self.probes.serving.clear()
+            self.probes.not_serving_because = self.feedback.not_serving_reason(outcome)
         self.feedback.report(outcome)
         if not outcome.complete and relist:
             log.warning("not in sync yet: %s", outcome.reason())
