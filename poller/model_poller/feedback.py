@@ -28,7 +28,7 @@ from model_poller.report import (
     ServingGate,
     build_report,
 )
-from model_poller.serving import ServingStatus, ServingWatcher, serving_ready
+from model_poller.serving import ServingStatus, ServingWatcher, load_failures, serving_ready
 from model_poller.status_writer import StatusWriter
 from model_poller.sync import SyncOutcome
 
@@ -46,6 +46,7 @@ class Feedback:
         gate: RemovalGate | None = None,
     ) -> None:
         self._wake = wake
+        self._metrics = metrics
         self._lock = threading.Lock()
         self._policy: Policy | None = None
         self._serving_changed = False
@@ -162,14 +163,17 @@ class Feedback:
     def report(self, outcome: SyncOutcome, problems: list[Problem] | None = None) -> None:
         """Hand the pod's entry to the reporter; ``problems`` replaces the outcome's (a
         failed listing reports the last outcome's disk state with the new problem)."""
-        self.reporter.report(
-            build_report(
-                on_disk=outcome.on_disk,
-                latest=outcome.latest,
-                wanted=outcome.wanted,
-                problems=outcome.problems if problems is None else problems,
-                finished_at=outcome.finished_at,
-                serving=self.serving_status(),
-                confirms=self.serving is not None,
-            )
+        status = self.serving_status()
+        report = build_report(
+            on_disk=outcome.on_disk,
+            latest=outcome.latest,
+            wanted=outcome.wanted,
+            problems=outcome.problems if problems is None else problems,
+            finished_at=outcome.finished_at,
+            serving=status,
+            confirms=self.serving is not None,
         )
+        if self.serving is not None:
+            self._metrics.serving_version.set(report.serving if report.serving is not None else -1)
+            self._metrics.load_failures.set(len(load_failures(status, outcome.wanted)))
+        self.reporter.report(report)

@@ -58,6 +58,16 @@ class Metrics:
             "model_poller_sync_errors", "Syncs that did not finish (source not listed, or an unexpected error).",
             registry=r,
         )
+        self.serving_version = Gauge(
+            "model_poller_serving_version",
+            "Highest version inside the policy that TF Serving reports AVAILABLE (-1: none; with --serving-url).",
+            registry=r,
+        )
+        self.load_failures = Gauge(
+            "model_poller_load_failures",
+            "Versions inside the policy that TF Serving failed to load (with --serving-url).",
+            registry=r,
+        )
         self.status_writes = Counter(
             "model_poller_status_writes",
             "Writes of this pod's status.pollers entry, by outcome (ok, retry, forbidden, not_found).",
@@ -80,6 +90,7 @@ class Metrics:
             "model_poller_last_sync_success", "1 if the last sync left the policy's versions on disk.", registry=r
         )
         self.latest_installed.set(-1)
+        self.serving_version.set(-1)
         self.latest_at_source.set(-1)
 
     def render(self) -> bytes:

@@ -349,6 +349,9 @@ def test_load_failure_keep_2_still_serving_ready(dirs: Dirs, start_poller: Start
     assert report.serving == 1
     assert report.versions == (1, 2)
     assert report.error is not None and "version 2: DATA_LOSS: Can't parse" in report.error
+    # What the poller itself exposes: TF Serving serves 1 inside the policy, 2 failed.
+    assert poller.metric("model_poller_serving_version") == 1
+    assert poller.metric("model_poller_load_failures") == 1
 
 
 # -- 4. rollback by deleting the newest version at the source -----------------------------------
