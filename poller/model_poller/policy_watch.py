@@ -21,7 +21,7 @@ from model_poller.policy import Policy
 log = logging.getLogger(__name__)
 
 RETRY_START = 0.5
-RETRY_MAX = 30.0
+RETRY_MAX = 5.0
 SLOW_RETRY = 60.0
 
 
@@ -91,9 +91,12 @@ class PolicyWatcher:
             except ResourceExpired:
                 continue  # get again, then watch from the fresh resourceVersion
             except (KubeForbidden, KubeNotFound) as exc:
-                log.error("cannot follow spec.versions of %s: %s; retrying in %.0fs", self.kube.target, exc, SLOW_RETRY)
-                self._stop.wait(SLOW_RETRY)
+                # Slowing to one a minute: an API server that is starting can answer 403 for
+                # a moment, a fixed Role or a re-created object must still be picked up.
+                delay = min(SLOW_RETRY, delay * 2 if delay else RETRY_START)
+                log.error("cannot follow spec.versions of %s: %s; retrying in %.0fs", self.kube.target, exc, delay)
+                self._stop.wait(delay * random.uniform(0.5, 1.0))
             except KubeError as exc:
                 delay = min(RETRY_MAX, delay * 2 if delay else RETRY_START)
                 log.warning("watch of %s interrupted (%s); again in about %.1fs", self.kube.target, exc, delay)
-                self._stop.wait(delay * random.uniform(0.5, 1.5))
+                self._stop.wait(delay * random.uniform(0.5, 1.0))

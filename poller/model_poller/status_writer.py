@@ -5,9 +5,10 @@ trouble never slows or stops syncing. Only the *latest* report is kept: after an
 the current state is written once, never a queue of stale ones. A write happens only when
 the entry changed (``lastSync`` aside), plus one heartbeat every ``heartbeat`` seconds.
 
-- unreachable, 5xx, 409, 429: retried with exponential backoff and jitter;
+- unreachable, 5xx, 409, 429: retried with exponential backoff and jitter, at most 5 s
+  apart, so the status is right within seconds of the API server's return;
 - 401/403: one log line naming the missing permission (at most every 10 minutes), a
-  metric, and a slow retry (an administrator may fix the Role);
+  metric, and retries slowing to one a minute (an administrator may fix the Role);
 - 404: the ModelDeployment is gone: said (at most every 10 minutes), syncing goes on.
 """
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT = 3600.0
 MIN_HEARTBEAT = 300.0
 RETRY_START = 0.5
-RETRY_MAX = 30.0
+RETRY_MAX = 5.0
 # After a 403 or 404, retry this often (a fixed Role or a re-created object is picked up).
 SLOW_RETRY = 60.0
 # A repeated 403/404 is logged at most this often.
@@ -89,7 +90,8 @@ class StatusWriter:
         return desired is not None and (written is None or _content(desired) != _content(written))
 
     def _run(self) -> None:
-        delay = 0.0
+        failures = 0
+        last_kind: type | None = None
         next_heartbeat = float("inf")
         while not self._stop.is_set():
             with self._lock:
@@ -100,15 +102,19 @@ class StatusWriter:
                 try:
                     self.kube.patch_entry(self.pod, desired.to_status())
                 except KubeError as exc:
-                    delay = self._failed(exc, delay)
-                    self._wake.wait(delay)
-                    self._wake.clear()
+                    # Count failures of one kind in a row: an outage (many "unreachable")
+                    # followed by the API server's start-up 403 restarts the short retries.
+                    failures = failures + 1 if type(exc) is last_kind else 1
+                    last_kind = type(exc)
+                    # Wait on stop, not on wake: new reports during an outage only replace
+                    # the state to write; they must not turn the backoff into a busy retry.
+                    self._stop.wait(self._failed(exc, failures))
                     continue
                 self.writes += 1
                 self._on_write("ok")
-                if delay:
+                if failures:
                     log.info("status.pollers.%s of %s written again", self.pod, self.kube.target)
-                delay = 0.0
+                failures, last_kind = 0, None
                 with self._lock:
                     self._written = desired
                 next_heartbeat = time.monotonic() + self.heartbeat
@@ -116,27 +122,38 @@ class StatusWriter:
             self._wake.wait(max(0.0, next_heartbeat - now) if next_heartbeat != float("inf") else None)
             self._wake.clear()
 
-    def _failed(self, exc: KubeError, delay: float) -> float:
+    def _failed(self, exc: KubeError, failures: int) -> float:
+        """Count and log a failed write; the delay before the next attempt.
+
+        Exponential with jitter from RETRY_START: capped at RETRY_MAX while the API server
+        is away (so the status is right within seconds of its return), at SLOW_RETRY for
+        401/403/404 (a fixed Role or a re-created object is picked up; an API server that
+        is starting can answer 403 for a moment, hence the short first retries)."""
+        base = RETRY_START * (1 << min(failures - 1, 16))
         if isinstance(exc, KubeForbidden):
             self._on_write("forbidden")
-            self._log_rarely(
-                KubeForbidden,
-                f"cannot write status.pollers.{self.pod} of {self.kube.target}: {exc} (the poller's "
-                f"ServiceAccount needs patch on modeldeployments/status of {self.kube.target}; syncing goes on)",
-            )
-            return SLOW_RETRY
+            if failures > 1:  # not the API server's start-up blip: it persists
+                self._log_rarely(
+                    KubeForbidden,
+                    f"cannot write status.pollers.{self.pod} of {self.kube.target}: {exc} (the poller's "
+                    f"ServiceAccount needs patch on modeldeployments/status of {self.kube.target}; syncing goes on)",
+                )
+            return min(SLOW_RETRY, base) * random.uniform(0.5, 1.0)
         if isinstance(exc, KubeNotFound):
             self._on_write("not_found")
-            self._log_rarely(
-                KubeNotFound,
-                f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is gone ({exc}); "
-                "syncing goes on",
-            )
-            return SLOW_RETRY
+            if failures > 1:
+                self._log_rarely(
+                    KubeNotFound,
+                    f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is gone ({exc}); "
+                    "syncing goes on",
+                )
+            return min(SLOW_RETRY, base) * random.uniform(0.5, 1.0)
         self._on_write("retry")
-        delay = min(RETRY_MAX, delay * 2 if delay else RETRY_START)
-        log.warning("status write for %s failed, retrying in about %.1fs: %s", self.kube.target, delay, exc)
-        return delay * random.uniform(0.5, 1.5)
+        delay = min(RETRY_MAX, base) * random.uniform(0.5, 1.0)
+        if failures == 1 or failures % 20 == 0:
+            log.warning("status write for %s failed (%d attempts so far), retrying in %.1fs: %s",
+                        self.kube.target, failures, delay, exc)
+        return delay
 
     def _log_rarely(self, kind: type, message: str) -> None:
         now = time.monotonic()
