@@ -7,6 +7,10 @@
 #   etcd            go.etcd.io/etcd/server/v3
 #   fake-gcs-server github.com/fsouza/fake-gcs-server
 #   helm            helm.sh/helm/v3 (chart lint and template in the tests)
+#   toxiproxy-server, toxiproxy-cli  github.com/Shopify/toxiproxy/v2 (a real network: latency,
+#                   bandwidth, resets and stalls between the poller and its services)
+#   rclone          github.com/rclone/rclone (the copy tool the download benchmark compares with;
+#                   the biggest build here: about N minutes cold on 2 cores)
 #
 # Prints the binary directory on stdout; everything else goes to stderr.
 set -euo pipefail
@@ -15,12 +19,14 @@ KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 FAKE_GCS_VERSION="${FAKE_GCS_VERSION:-v1.56.1}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+TOXIPROXY_VERSION="${TOXIPROXY_VERSION:-v2.5.0}"
+RCLONE_VERSION="${RCLONE_VERSION:-v1.76.0}"
 
 CACHE="${MODEL_POLLER_CACHE:-$HOME/.cache/model-poller}"
 # Each binary is cached per version; BIN holds links to the pinned set, so changing one
 # pin rebuilds only that binary.
 BUILDS="$CACHE/build"
-BIN="$CACHE/bin/kube-$KUBE_VERSION-etcd-$ETCD_VERSION-fakegcs-$FAKE_GCS_VERSION-helm-$HELM_VERSION"
+BIN="$CACHE/bin/kube-$KUBE_VERSION-etcd-$ETCD_VERSION-fakegcs-$FAKE_GCS_VERSION-helm-$HELM_VERSION-toxiproxy-$TOXIPROXY_VERSION-rclone-$RCLONE_VERSION"
 export GOMODCACHE="${GOMODCACHE_OVERRIDE:-$CACHE/gomod}"
 export GOCACHE="${GOCACHE:-$HOME/.cache/go-build}"
 export GOFLAGS="-modcacherw"
@@ -89,5 +95,8 @@ fi
 build etcd go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
 build fake-gcs-server github.com/fsouza/fake-gcs-server "github.com/fsouza/fake-gcs-server@$FAKE_GCS_VERSION"
 build helm helm.sh/helm/v3/cmd/helm "helm.sh/helm/v3@$HELM_VERSION"
+build toxiproxy-server github.com/Shopify/toxiproxy/v2/cmd/server "github.com/Shopify/toxiproxy/v2@$TOXIPROXY_VERSION"
+build toxiproxy-cli github.com/Shopify/toxiproxy/v2/cmd/cli "github.com/Shopify/toxiproxy/v2@$TOXIPROXY_VERSION"
+build rclone github.com/rclone/rclone "github.com/rclone/rclone@$RCLONE_VERSION"
 
 echo "$BIN"

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from services.gcs import FakeGcs
 from services.kube import KubeControlPlane
 from services.pubsub import PubSubEmulator
+from services.toxiproxy import Proxy, Toxiproxy
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "modeldeployments.modelpoller.dev.yaml"
@@ -134,3 +136,43 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory, pubsub_emulator: PubSubEm
 def bucket(fake_gcs: FakeGcs) -> Any:
     """A fresh, empty bucket per test."""
     return fake_gcs.client().create_bucket(f"b-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toxiproxy]:
+    """toxiproxy-server; tests put proxies in front of services and add toxics through it."""
+    with Toxiproxy(tmp_path_factory.mktemp("toxiproxy")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _proxy(toxiproxy: Toxiproxy, name: str, upstream: str) -> Iterator[Proxy]:
+    """A proxy of this test only: deleting it at the end closes its connections and toxics."""
+    proxy = toxiproxy.create_proxy(f"{name}-{uuid.uuid4().hex[:8]}", upstream)
+    log.info("proxy %s: %s -> %s", proxy.name, proxy.listen, upstream)
+    try:
+        yield proxy
+    finally:
+        proxy.delete()
+
+
+@pytest.fixture
+def proxied_gcs(toxiproxy: Toxiproxy, fake_gcs: FakeGcs) -> Iterator[Proxy]:
+    """A proxy in front of fake-gcs-server: ``.url`` is a STORAGE_EMULATOR_HOST."""
+    with _proxy(toxiproxy, "gcs", fake_gcs.host) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxied_pubsub(toxiproxy: Toxiproxy, pubsub_emulator: PubSubEmulator) -> Iterator[Proxy]:
+    """A proxy in front of the Pub/Sub emulator: ``.listen`` is a PUBSUB_EMULATOR_HOST."""
+    with _proxy(toxiproxy, "pubsub", pubsub_emulator.host) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxied_kube(toxiproxy: Toxiproxy, kube: KubeControlPlane) -> Iterator[Proxy]:
+    """A proxy in front of kube-apiserver: a kubeconfig whose server is ``https://`` +
+    ``.listen`` reaches it (its certificate names 127.0.0.1)."""
+    with _proxy(toxiproxy, "kube", urllib.parse.urlsplit(kube.url).netloc) as proxy:
+        yield proxy
