@@ -142,6 +142,24 @@ def spec_schema() -> Schema:
                     }
                 ],
             },
+            "workload": {
+                "type": "string",
+                "enum": list(models.WORKLOADS),
+                "default": models.DEFAULT_WORKLOAD,
+                "description": (
+                    "Who runs the tensorflow/serving pods. operator (default): the operator's own "
+                    "Deployment and Service. external: your own pods; those labelled "
+                    f"{names.LABEL_MODEL_DEPLOYMENT}=<this name> in this namespace get the poller injected "
+                    "by the operator's admission webhook, and spec.replicas and spec.serving are not used. "
+                    "Immutable: delete and recreate the ModelDeployment to change it."
+                ),
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "self == oldSelf",
+                        "message": "spec.workload is immutable: delete and recreate the ModelDeployment to change it",
+                    }
+                ],
+            },
             "serving": _container("tensorflow/serving", models.DEFAULT_SERVING_IMAGE),
             "poller": _container("model-poller sidecar", models.DEFAULT_POLLER_IMAGE),
             "storage": {

@@ -12,11 +12,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from model_poller_api import names
+
 DEFAULT_KEEP = 2
 DEFAULT_POLL_INTERVAL = "60s"
 DEFAULT_SERVING_IMAGE = "tensorflow/serving:2.19.0"
 DEFAULT_POLLER_IMAGE = "ghcr.io/model-poller/model-poller:0.1.0"
 DEFAULT_REPLICAS = 1
+# Who runs the tensorflow/serving pods: the operator (its own Deployment), or the user
+# (their own pods, labelled, get the poller injected by the admission webhook).
+WORKLOADS = (names.WORKLOAD_OPERATOR, names.WORKLOAD_EXTERNAL)
+DEFAULT_WORKLOAD = names.WORKLOAD_OPERATOR
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?$")
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
@@ -74,6 +80,12 @@ class ModelDeploymentSpec:
     serving: Container
     poller: Container
     storage: Storage
+    workload: str = DEFAULT_WORKLOAD
+
+    @property
+    def external(self) -> bool:
+        """Whether the user runs the pods (the operator renders no Deployment or Service)."""
+        return self.workload == names.WORKLOAD_EXTERNAL
 
     @classmethod
     def from_object(cls, name: str, spec: Mapping[str, Any]) -> ModelDeploymentSpec:
@@ -108,6 +120,7 @@ class ModelDeploymentSpec:
                 resources=poller.get("resources") or {},
             ),
             storage=Storage(size_limit=_quantity(storage.get("sizeLimit")), medium=storage.get("medium")),
+            workload=str(spec.get("workload") or DEFAULT_WORKLOAD),
         )
 
 

@@ -24,6 +24,14 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 APP_NAME: Final = "model-poller"
 MANAGER: Final = "model-poller-operator"
 
+# External workloads (spec.workload: external): a pod labelled with the name of a
+# ModelDeployment of its namespace gets the poller injected by the operator's admission
+# webhook; the annotation names its serving container when the image does not tell.
+LABEL_MODEL_DEPLOYMENT: Final = f"{GROUP}/model-deployment"
+ANNOTATION_SERVING_CONTAINER: Final = f"{GROUP}/serving-container"
+WORKLOAD_OPERATOR: Final = "operator"
+WORKLOAD_EXTERNAL: Final = "external"
+
 # The poller: every flag has an environment variable ENV_PREFIX + FLAG (dashes to underscores).
 ENV_PREFIX: Final = "MODEL_POLLER_"
 POLLER_HTTP_PORT: Final = 8080
