@@ -64,6 +64,26 @@ MAX_NAME_LENGTH: Final = names.MAX_NAME_LENGTH
 
 
 @dataclass(frozen=True)
+class PollerVolumes:
+    """The names of the volumes the poller container mounts.
+
+    The operator's own pods use the defaults; the admission webhook (``inject.py``) renders
+    the same container into a user's pod under names that do not collide with the pod's
+    own volumes, or with the name of a volume the pod already mounts at the models path
+    (``models_sub_path``: that mount's subPath, so both containers see the same folder).
+    """
+
+    models: str = MODELS_VOLUME
+    tmp: str = TMP_VOLUME
+    token: str = TOKEN_VOLUME
+    credentials: str = CREDENTIALS_VOLUME
+    models_sub_path: str | None = None
+
+
+OPERATOR_VOLUMES: Final = PollerVolumes()
+
+
+@dataclass(frozen=True)
 class Owner:
     """The ModelDeployment that owns the children (for names and ownerReferences)."""
 
@@ -215,14 +235,22 @@ def _tcp_probe(port: int, *, period: int, failures: int) -> Obj:
     return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": failures}
 
 
-def poller_container(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
+def poller_container(
+    owner: Owner, spec: models.ModelDeploymentSpec, volumes: PollerVolumes = OPERATOR_VOLUMES
+) -> Obj:
+    """The poller as a native sidecar: the operator's Deployment and the admission webhook
+    both render it here, so an injected poller is the same container (env, probes,
+    security context, token mount) as in the pods the operator runs itself."""
+    models_mount: Obj = {"name": volumes.models, "mountPath": names.MODELS_MOUNT}
+    if volumes.models_sub_path:
+        models_mount["subPath"] = volumes.models_sub_path
     mounts: list[Obj] = [
-        {"name": MODELS_VOLUME, "mountPath": names.MODELS_MOUNT},
-        {"name": TMP_VOLUME, "mountPath": "/tmp", "subPath": POLLER_CONTAINER},
-        {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+        models_mount,
+        {"name": volumes.tmp, "mountPath": "/tmp", "subPath": POLLER_CONTAINER},
+        {"name": volumes.token, "mountPath": TOKEN_DIR, "readOnly": True},
     ]
     if spec.source.credentials_secret:
-        mounts.append({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True})
+        mounts.append({"name": volumes.credentials, "mountPath": CREDENTIALS_DIR, "readOnly": True})
     return {
         "name": POLLER_CONTAINER,
         "image": spec.poller.image,
@@ -239,6 +267,11 @@ def poller_container(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
         "securityContext": restricted_security_context(),
         "volumeMounts": mounts,
     }
+
+
+def serving_readiness_probe() -> Obj:
+    """The serving container's readiness: the poller's /serving-ready (see serving_container)."""
+    return _http_probe(names.PATH_SERVING_READY, period=2, failures=2)
 
 
 def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
@@ -267,7 +300,7 @@ def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
         # /serving-ready (same network namespace) answers 200 while TF Serving reports a
         # version inside the policy AVAILABLE, or the one it keeps serving during a
         # transition (rollout, rollback, failed load): never every replica unready at once.
-        "readinessProbe": _http_probe(names.PATH_SERVING_READY, period=2, failures=2),
+        "readinessProbe": serving_readiness_probe(),
         # Loading a large model can take minutes before the REST port opens.
         "startupProbe": _tcp_probe(names.SERVING_REST_PORT, period=5, failures=360),
         "livenessProbe": _tcp_probe(names.SERVING_REST_PORT, period=10, failures=3),
@@ -282,42 +315,54 @@ def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
     return container
 
 
-def volumes(spec: models.ModelDeploymentSpec) -> list[Obj]:
+def models_volume(spec: models.ModelDeploymentSpec, name: str = MODELS_VOLUME) -> Obj:
+    """The emptyDir the poller fills and TF Serving reads (spec.storage)."""
     models_dir: Obj = {}
     if spec.storage.medium:
         models_dir["medium"] = spec.storage.medium
     if spec.storage.size_limit is not None:
         models_dir["sizeLimit"] = spec.storage.size_limit
-    result: list[Obj] = [
-        {"name": MODELS_VOLUME, "emptyDir": models_dir},
-        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
-        # What automountServiceAccountToken would mount, but for the poller only:
-        # TF Serving gets no API credentials at all.
-        {
-            "name": TOKEN_VOLUME,
-            "projected": {
-                "defaultMode": 0o444,
-                "sources": [
-                    {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
-                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                    {
-                        "downwardAPI": {
-                            "items": [
-                                {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
-                            ]
-                        }
-                    },
-                ],
-            },
+    return {"name": name, "emptyDir": models_dir}
+
+
+def tmp_volume(name: str = TMP_VOLUME) -> Obj:
+    return {"name": name, "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}
+
+
+def token_volume(name: str = TOKEN_VOLUME) -> Obj:
+    """What automountServiceAccountToken would mount, but for the poller only: TF Serving
+    gets no API credentials at all."""
+    return {
+        "name": name,
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
+            ],
         },
-    ]
-    if spec.source.credentials_secret:
-        result.append(
-            {
-                "name": CREDENTIALS_VOLUME,
-                "secret": {"secretName": spec.source.credentials_secret, "defaultMode": 0o440},
-            }
-        )
+    }
+
+
+def credentials_volume(spec: models.ModelDeploymentSpec, name: str = CREDENTIALS_VOLUME) -> Obj | None:
+    """spec.source.credentialsSecret as a volume (mounted by the poller only), or None."""
+    if not spec.source.credentials_secret:
+        return None
+    return {"name": name, "secret": {"secretName": spec.source.credentials_secret, "defaultMode": 0o440}}
+
+
+def volumes(spec: models.ModelDeploymentSpec) -> list[Obj]:
+    result: list[Obj] = [models_volume(spec), tmp_volume(), token_volume()]
+    credentials = credentials_volume(spec)
+    if credentials is not None:
+        result.append(credentials)
     return result
 
 
@@ -455,6 +500,12 @@ CHILD_KINDS: Final = (
 )
 
 
+# spec.workload: external: the user runs the pods (the webhook injects the poller into
+# them), so the operator owns only the poller's identity.
+EXTERNAL_RENDERERS: Final = (render_service_account, render_role, render_role_binding)
+
+
 def render_children(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
     """Every child of the ModelDeployment, in apply order."""
-    return [render(owner, spec) for render in RENDERERS]
+    renderers = EXTERNAL_RENDERERS if spec.external else RENDERERS
+    return [render(owner, spec) for render in renderers]
