@@ -10,7 +10,7 @@
 #   toxiproxy-server, toxiproxy-cli  github.com/Shopify/toxiproxy/v2 (a real network: latency,
 #                   bandwidth, resets and stalls between the poller and its services)
 #   rclone          github.com/rclone/rclone (the copy tool the download benchmark compares with;
-#                   the biggest build here: about N minutes cold on 2 cores)
+#                   about 5 minutes cold on 2 cores, module download included)
 #
 # Prints the binary directory on stdout; everything else goes to stderr.
 set -euo pipefail
