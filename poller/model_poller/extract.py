@@ -33,9 +33,11 @@ and no link is ever created, so no path inside ``dest`` can lead outside it.
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import io
 import os
+import queue
 import re
 import stat
 import struct
@@ -44,7 +46,7 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO, Callable, cast
+from typing import IO, BinaryIO, Callable, Protocol, cast
 
 from model_poller.durable import Syncer, fsync_dir
 from model_poller.errors import Abandoned, Rejected
@@ -126,7 +128,12 @@ def safe_parts(name: str) -> tuple[str, ...]:
 @dataclass
 class Unpacker:
     """Writes validated entries under ``dest`` within ``limits``; counts what is written
-    (``bytes_written``) and what a decompressor puts out (``inflated``)."""
+    (``bytes_written``) and what a decompressor puts out (``inflated``).
+
+    Several threads may write at once (zip members inflated in parallel, the pieces of
+    a folder version's objects): every count is taken under one lock, so the limits
+    hold for the sum, whichever thread crosses them.
+    """
 
     dest: Path
     limits: Limits
@@ -137,10 +144,13 @@ class Unpacker:
     bytes_written: int = 0
     inflated: int = 0
     _dirs: set[Path] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _count_entry(self) -> None:
-        self.files += 1
-        if self.files > self.limits.max_files:
+        with self._lock:
+            self.files += 1
+            files = self.files
+        if files > self.limits.max_files:
             raise Rejected("too_many_files", f"more than {self.limits.max_files} entries (--max-files)")
 
     def _mkdir(self, path: Path, name: str) -> None:
@@ -166,6 +176,9 @@ class Unpacker:
         for part in parts[:-1]:
             path = path / part
             if path not in self._dirs:
+                # A parent no entry names is an entry all the same (an inode, a Path kept
+                # here): counted, or 1,000 entries 62 levels deep make 63,000 directories.
+                self._count_entry()
                 self._mkdir(path, name)
         return path / parts[-1]
 
@@ -173,13 +186,15 @@ class Unpacker:
         self._count_entry()
         if name.strip("/") in ("", ".") and not name.startswith("/"):
             return  # the archive's own root, "./"
-        target = self._make_parents(safe_parts(name), name)
-        if target not in self._dirs:
-            self._mkdir(target, name)
+        with self._lock:
+            target = self._make_parents(safe_parts(name), name)
+            if target not in self._dirs:
+                self._mkdir(target, name)
 
     def open_file(self, name: str, compressed_size: int | None = None) -> FileSink:
         self._count_entry()
-        target = self._make_parents(safe_parts(name), name)
+        with self._lock:  # (the set of made directories is shared)
+            target = self._make_parents(safe_parts(name), name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(target, flags, 0o644)
@@ -205,16 +220,20 @@ class Unpacker:
             )
 
     def _account(self, n: int) -> None:
-        self.bytes_written += n
-        self._check_total(self.bytes_written, "unpacks to")
+        with self._lock:
+            self.bytes_written += n
+            total = self.bytes_written
+        self._check_total(total, "unpacks to")
 
     def count_inflated(self, n: int) -> None:
         """Count ``n`` bytes out of a decompressor, whatever they turn out to be (file
         content, headers, padding, skipped data): none of them is free to produce."""
         if self.stop.is_set():
             raise Abandoned()
-        self.inflated += n
-        self._check_total(self.inflated, "inflates (tar headers, padding and trailing data included) to")
+        with self._lock:
+            self.inflated += n
+            total = self.inflated
+        self._check_total(total, "inflates (tar headers, padding and trailing data included) to")
 
     def sync_dirs(self) -> None:
         """fsync every directory written, deepest first, then ``dest`` itself."""
@@ -225,7 +244,10 @@ class Unpacker:
 
 
 class FileSink:
-    """One file being written; ``close()`` hands it to the syncer."""
+    """One file being written; ``close()`` hands it to the syncer.
+
+    ``write`` appends (one thread); ``write_at`` puts bytes at an offset and may be called
+    by several threads at once (the pieces of one object fetched in parallel)."""
 
     def __init__(self, owner: Unpacker, fd: int, name: str, compressed_size: int | None) -> None:
         self._owner = owner
@@ -233,6 +255,26 @@ class FileSink:
         self._name = name
         self._compressed = compressed_size
         self.written = 0
+        self._lock = threading.Lock()
+
+    def write_at(self, offset: int, chunk: bytes | memoryview) -> None:
+        owner = self._owner
+        if owner.stop.is_set():
+            raise Abandoned()
+        n = len(chunk)
+        owner._account(n)
+        with self._lock:
+            before = self.written
+            self.written += n
+        fd = self._fd
+        assert fd is not None
+        view = memoryview(chunk)
+        while view:
+            done = os.pwrite(fd, view, offset)
+            view = view[done:]
+            offset += done
+        if (before + n) // WRITE_BACK_EVERY != before // WRITE_BACK_EVERY:
+            owner.syncer.write_back(fd)
 
     def write(self, chunk: bytes | memoryview) -> None:
         owner = self._owner
@@ -500,7 +542,151 @@ def _check_zip_entry(entry: _ZipEntry) -> None:
         )
 
 
-def _extract_zip(archive: BinaryIO, unpacker: Unpacker) -> None:
+class Cancelled(Exception):
+    """A read or a member given up because another member failed first (never reported)."""
+
+
+class ArchiveRange(Protocol):
+    """Bytes ``[start, end)`` of an archive, read front to back by one thread."""
+
+    def read(self, n: int) -> bytes:
+        """The next ``min(n, bytes left)`` bytes (waiting for them if need be)."""
+        ...
+
+    def close(self) -> None:
+        """Done with the range: its bytes may be freed."""
+        ...
+
+
+class ArchiveParts(Protocol):
+    """An archive read by several threads at once, one range each."""
+
+    def open_range(self, start: int, end: int) -> ArchiveRange: ...
+
+    def abort(self) -> None:
+        """From now on every read raises ``Cancelled`` (a member failed: stop the others)."""
+        ...
+
+
+class SharedFile:
+    """``ArchiveParts`` over one seekable file object: reads take turns (seek, read)."""
+
+    def __init__(self, archive: BinaryIO) -> None:
+        self._archive = archive
+        self._lock = threading.Lock()
+        self._aborted = False
+
+    def open_range(self, start: int, end: int) -> ArchiveRange:
+        return _SharedRange(self, start, end)
+
+    def abort(self) -> None:
+        self._aborted = True
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        with self._lock:
+            if self._aborted:
+                raise Cancelled()
+            self._archive.seek(offset)
+            return self._archive.read(n)
+
+
+class _SharedRange:
+    def __init__(self, shared: SharedFile, start: int, end: int) -> None:
+        self._shared = shared
+        self._pos = start
+        self._end = end
+
+    def read(self, n: int) -> bytes:
+        data = self._shared.read_at(self._pos, min(n, self._end - self._pos))
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def _read_range_exactly(member: ArchiveRange, n: int, what: str) -> bytes:
+    try:
+        data = member.read(n)
+    except (OSError, EOFError) as exc:
+        raise Rejected("corrupt", f"{what}: {exc}") from exc
+    if len(data) != n:
+        raise Rejected("corrupt", f"{what}: truncated")
+    return data
+
+
+class _Members:
+    """Zip members inflated by up to ``workers`` threads at once (in the calling thread
+    when ``workers`` is 1). Members are independent and zlib releases the GIL while it
+    inflates and computes CRC-32s, so members inflate on several cores while the next
+    ones download. One member more than ``workers`` is queued: its range is open, so the
+    download fetches its bytes while the others inflate.
+
+    When one fails, the others are cancelled; ``finish`` raises the failure of the member
+    first in the archive (``Abandoned`` if the poller is stopping), as a sequential
+    unpacking would have met it first."""
+
+    def __init__(self, workers: int, parts: ArchiveParts) -> None:
+        self._workers = max(1, workers)
+        self._parts = parts
+        self._slots = threading.Semaphore(self._workers + 1)
+        self._queue: queue.SimpleQueue[tuple[int, Callable[[threading.Event], None]] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._errors: list[tuple[int, BaseException]] = []
+        self._lock = threading.Lock()
+        self.cancelled = threading.Event()
+
+    def submit(self, offset: int, job: Callable[[threading.Event], None]) -> None:
+        """Run ``job(cancelled)``; it must release its own resources whatever happens."""
+        if self._workers == 1:
+            job(self.cancelled)
+            return
+        while not self._slots.acquire(timeout=0.2):
+            if self.cancelled.is_set():
+                job(self.cancelled)  # (it sees the cancellation and only cleans up)
+                raise Cancelled()
+        if len(self._threads) < self._workers:
+            thread = threading.Thread(target=self._run, name=f"unzip-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        self._queue.put((offset, job))
+
+    def failed(self) -> bool:
+        return self.cancelled.is_set()
+
+    def fail(self, offset: int, exc: BaseException) -> None:
+        with self._lock:
+            self._errors.append((offset, exc))
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            self._parts.abort()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            offset, job = item
+            try:
+                job(self.cancelled)
+            except BaseException as exc:  # noqa: BLE001 - handed to finish()
+                self.fail(offset, exc)
+            finally:
+                self._slots.release()
+
+    def finish(self) -> None:
+        """Wait for every member; raise the first failure (in archive order)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        with self._lock:
+            errors = sorted(((o, e) for o, e in self._errors if not isinstance(e, Cancelled)), key=lambda oe: oe[0])
+        for _, exc in errors:
+            if isinstance(exc, Abandoned):
+                raise exc
+        if errors:
+            raise errors[0][1]
+
+
+def _extract_zip(archive: BinaryIO, unpacker: Unpacker, parts: ArchiveParts | None, workers: int) -> None:
     directory = _zip_directory(archive, unpacker.limits)
     entries = _zip_entries(archive, directory)
     for entry in entries:
@@ -508,42 +694,64 @@ def _extract_zip(archive: BinaryIO, unpacker: Unpacker) -> None:
     # In file order, so a growing download is read front to back; entries must not
     # overlap (overlapping entries are a known zip-bomb trick).
     ordered = sorted(entries, key=lambda e: e.offset)
-    for at, entry in enumerate(ordered):
-        next_start = ordered[at + 1].offset if at + 1 < len(ordered) else directory.start
-        if entry.is_dir():
-            unpacker.add_dir(entry.name)
-        else:
-            _extract_zip_member(archive, entry, next_start, unpacker)
-
-
-def _extract_zip_member(archive: BinaryIO, entry: _ZipEntry, limit: int, unpacker: Unpacker) -> None:
-    """Copy one stored or deflated member, checking its local header, size and CRC-32."""
-    what = f"entry {_short(entry.name)}"
+    parts = parts or SharedFile(archive)
+    members = _Members(workers, parts)
+    entry = ordered[0] if ordered else None
     try:
-        archive.seek(entry.offset)
-    except (OSError, EOFError) as exc:
-        raise Rejected("corrupt", f"{what}: {exc}") from exc
-    header = _read_exactly(archive, _LOCAL_HEADER.size, what)
+        for at, entry in enumerate(ordered):
+            next_start = ordered[at + 1].offset if at + 1 < len(ordered) else directory.start
+            if members.failed():
+                break
+            if entry.is_dir():
+                unpacker.add_dir(entry.name)
+                continue
+            member = parts.open_range(entry.offset, next_start)
+            try:
+                sink = _open_zip_member(member, entry, next_start, unpacker)
+            except BaseException:
+                member.close()
+                raise
+            members.submit(entry.offset, functools.partial(_inflate_zip_member, member, entry, sink))
+    except Cancelled:
+        pass  # a member failed while this walk waited: finish() says which
+    except BaseException as exc:
+        members.fail(entry.offset if entry is not None else 0, exc)
+    members.finish()
+
+
+def _open_zip_member(member: ArchiveRange, entry: _ZipEntry, limit: int, unpacker: Unpacker) -> FileSink:
+    """Check one member's local header (``member`` is left at its data); open its file."""
+    what = f"entry {_short(entry.name)}"
+    header = _read_range_exactly(member, _LOCAL_HEADER.size, what)
     if header[:4] != _LOCAL_MAGIC:
         raise Rejected("corrupt", f"{what}: bad local file header")
     fields = _LOCAL_HEADER.unpack(header)
     name_len, extra_len = fields[9], fields[10]
-    raw_name = _read_exactly(archive, name_len, what)
+    raw_name = _read_range_exactly(member, name_len, what)
     if raw_name != entry.raw_name:
         raise Rejected("corrupt", f"{what}: local header names {raw_name[:80]!r}")
     start = entry.offset + _LOCAL_HEADER.size + name_len + extra_len
-    left = entry.compressed
-    if start + left > limit:
+    if start + entry.compressed > limit:
         raise Rejected("corrupt", f"{what}: overlaps the next entry")
-    sink = unpacker.open_file(entry.name, compressed_size=entry.compressed)
+    _read_range_exactly(member, extra_len, what)  # (at most 64 KiB: a 16-bit length)
+    return unpacker.open_file(entry.name, compressed_size=entry.compressed)
+
+
+def _inflate_zip_member(member: ArchiveRange, entry: _ZipEntry, sink: FileSink, cancelled: threading.Event) -> None:
+    """Copy one stored or deflated member's data, checking its size and CRC-32."""
+    what = f"entry {_short(entry.name)}"
     try:
-        archive.seek(start)
+        if cancelled.is_set():
+            raise Cancelled()
+        left = entry.compressed
         # (an empty deflated entry may be written as zero bytes: nothing to inflate)
         inflater = zlib.decompressobj(-15) if entry.method == _DEFLATED and left else None
         crc = 0
         out = 0
         while left > 0:
-            data = archive.read(min(ZIP_READ, left))
+            if cancelled.is_set():
+                raise Cancelled()
+            data = member.read(min(ZIP_READ, left))
             if not data:
                 raise Rejected("corrupt", f"{what}: truncated")
             left -= len(data)
@@ -576,6 +784,8 @@ def _extract_zip_member(archive: BinaryIO, entry: _ZipEntry, limit: int, unpacke
     except BaseException:
         sink.discard()
         raise
+    finally:
+        member.close()
     sink.close()
 
 
@@ -720,10 +930,15 @@ def _extract_tar_members(tf: tarfile.TarFile, unpacker: Unpacker) -> None:
         tf.members = []  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
 
 
-def extract(archive: BinaryIO, kind: Kind, unpacker: Unpacker) -> None:
-    """Unpack ``archive`` (a seekable zip or a tar.gz stream) through ``unpacker``."""
+def extract(
+    archive: BinaryIO, kind: Kind, unpacker: Unpacker, parts: ArchiveParts | None = None, workers: int = 1
+) -> None:
+    """Unpack ``archive`` (a seekable zip or a tar.gz stream) through ``unpacker``.
+
+    A zip's members are inflated by up to ``workers`` threads, each reading its member
+    from ``parts`` (by default, ``archive`` itself, one read at a time)."""
     if kind is Kind.ZIP:
-        _extract_zip(archive, unpacker)
+        _extract_zip(archive, unpacker, parts, workers)
     elif kind is Kind.TAR_GZ:
         _extract_tar(archive, unpacker)
     else:

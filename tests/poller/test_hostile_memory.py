@@ -150,3 +150,14 @@ def test_path_1000_directories_deep(dirs: Dirs, make_engine: EngineFactory, name
     run = poll_once_with(dirs, make_engine, name, blob, "unsafe_path")
     assert_refused(run, "unsafe_path", "1001 levels deep")
     assert "RecursionError" not in run.log
+
+
+def test_implicit_parent_directories_count_as_entries(dirs: Dirs, make_engine: EngineFactory) -> None:
+    """A few KiB of tar.gz whose entries each sit 62 levels deep under their own top folder:
+    every parent no entry names is a directory (an inode, and memory) all the same. Counted
+    against --max-files, the default 100,000 entries stop it after ~1,600 entries instead of
+    6 million directories."""
+    deep = "/".join(["d"] * 62)
+    members = [a.tar_member(f"{n:05d}/{deep}/f", data=b"") for n in range(5000)]
+    run = poll_once_with(dirs, make_engine, "2.tar.gz", a.targz_with(members), "too_many_files")
+    assert_refused(run, "too_many_files", "--max-files")
