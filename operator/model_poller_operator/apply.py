@@ -248,6 +248,7 @@ class Api:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
         accept: str = "application/json",
+        timeout: float = 30,
     ) -> Obj:
         method, url, headers, body, _post = self.client.param_serialize(
             method,
@@ -257,12 +258,18 @@ class Api:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.client.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        response = self.client.call_api(method, url, header_params=headers, body=body, _request_timeout=timeout)
         response.read()  # type: ignore[no-untyped-call]
         if not 200 <= int(response.status) < 300:
             raise ApiException(http_resp=response)
         data: Obj = json.loads(response.data or b"{}")
         return data
+
+    def request(
+        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json", timeout: float = 30
+    ) -> Obj:
+        """One API call by path (the webhook's Secret and configuration); raises ApiException."""
+        return self._call(method, path, body=body, content_type=content_type, timeout=timeout)
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:

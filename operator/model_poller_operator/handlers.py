@@ -36,6 +36,7 @@ from model_poller_operator import status as st
 from model_poller_operator.apply import Api, ApplyError, Conflict, controller_of, in_sync, is_model_deployment_ref
 from model_poller_operator.config import OperatorConfig
 from model_poller_operator.refresh import Logger, Snapshot, StatusReporter
+from model_poller_operator.webhook import Webhook, WebhookSettings
 
 MD: Final = (names.GROUP, names.VERSION, names.PLURAL)
 CHILD_SELECTOR: Final = f"{names.LABEL_MANAGED_BY}={names.MANAGER}"
@@ -53,6 +54,8 @@ CHILD_RESOURCES: Final = (
 _LABELLED: Final = {(g, p) for g, _, p, _ in CHILD_RESOURCES} | {("", "pods")}
 
 CONFIG: Final = OperatorConfig.from_env()
+# The admission webhook (spec.workload: external), off unless MODEL_POLLER_OPERATOR_WEBHOOK_PORT is set.
+WEBHOOK: Final = WebhookSettings.from_env()
 
 Key = tuple[str | None, str]
 MDIndex = kopf.Index[Key, Snapshot]
@@ -71,6 +74,8 @@ class State:
     # so the periodic loop never prunes status.pollers from a half-listed pods index.
     indexes_ready: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Its own thread and event loop: it answers whatever kopf's handlers are doing.
+    webhook: Webhook | None = None
     _locks: dict[Key, threading.Lock] = field(default_factory=dict)
     _locks_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -141,6 +146,8 @@ async def configure(
     state = State(api=api, config=CONFIG, reporter=StatusReporter(api, CONFIG.pod_events_interval))
     memo["state"] = state
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
+    if WEBHOOK.enabled:
+        state.webhook = Webhook(WEBHOOK, Api.from_environment()).start()
     state.tasks.append(
         asyncio.create_task(_status_loop(state, model_deployments, model_pods, model_workloads, logger))
     )
@@ -154,6 +161,8 @@ async def stop_background(memo: Any, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if isinstance(state, State) and state.webhook is not None:
+        await asyncio.to_thread(state.webhook.stop)
 
 
 @kopf.on.probe(id="modeldeployments")  # type: ignore[arg-type]
@@ -297,8 +306,17 @@ def reconcile(
         _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
         raise kopf.TemporaryError(f"name conflict: {message}", delay=_backoff(state, retry))
     message = f"Deployment, Service, ServiceAccount, Role and RoleBinding match generation {snapshot.generation}"
+    if spec_external(spec):
+        message = (
+            f"ServiceAccount, Role and RoleBinding match generation {snapshot.generation} (spec.workload: external: "
+            f"pods labelled {names.LABEL_MODEL_DEPLOYMENT}={name} get the poller injected)"
+        )
     synced = st.Synced(snapshot.generation, True, st.REASON_APPLIED, message)
     _refresh(state, key, *indexes, snapshot=snapshot, synced=synced)
+
+
+def spec_external(spec: Mapping[str, Any]) -> bool:
+    return bool(spec.get("workload") == names.WORKLOAD_EXTERNAL)
 
 
 def _backoff(state: State, retry: int) -> float:

@@ -57,6 +57,9 @@ def test_manifests_grant_what_the_operator_needs() -> None:
     assert set(docs) == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+        # The admission webhook (webhook.enabled): its configuration, Service, certificate
+        # Secret, and the Role that reaches that one Secret.
+        "MutatingWebhookConfiguration", "Service", "Secret", "Role", "RoleBinding",
     }  # fmt: skip
     rules = docs["ClusterRole"]["rules"]
     verbs = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}

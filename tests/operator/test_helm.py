@@ -61,11 +61,18 @@ def _rendered(*values: str) -> list[dict[str, Any]]:
 def test_watched_namespaces_get_roles_not_a_cluster_wide_grant() -> None:
     docs = _rendered("--set", "watch.namespaces={ml,team-a}")
     roles = {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] in ("Role", "RoleBinding")}
-    assert roles == {("Role", "ml"), ("RoleBinding", "ml"), ("Role", "team-a"), ("RoleBinding", "team-a")}
+    # The webhook's Role in the release namespace: its certificate Secret only (test_no_rule_mentions_secrets).
+    webhook = {("Role", "ops"), ("RoleBinding", "ops")}
+    assert roles == {("Role", "ml"), ("RoleBinding", "ml"), ("Role", "team-a"), ("RoleBinding", "team-a")} | webhook
     (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
-    cluster_wide = {(g, r) for rule in cluster_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    # Besides what kopf needs: the caBundle of the webhook's own configuration, by name.
+    by_name = [rule for rule in cluster_role["rules"] if rule.get("resourceNames")]
+    assert by_name == [{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+                        "resourceNames": ["mp-model-poller-operator"], "verbs": ["get", "patch"]}]  # fmt: skip
+    rules = [rule for rule in cluster_role["rules"] if not rule.get("resourceNames")]
+    cluster_wide = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert cluster_wide == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
-    assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in cluster_role["rules"])
+    assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in rules)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=ml" in args and "--namespace=team-a" in args and "--all-namespaces" not in args
@@ -73,10 +80,15 @@ def test_watched_namespaces_get_roles_not_a_cluster_wide_grant() -> None:
 
 @pytest.mark.parametrize("values", [[], ["--set", "watch.namespaces={ml}"]], ids=["cluster-wide", "namespaced"])
 def test_no_rule_mentions_secrets(values: list[str]) -> None:
+    """Except one: the webhook's own certificate Secret, by name, in the release namespace."""
     for doc in _rendered(*values):
         for rule in doc.get("rules") or ():
-            assert "secrets" not in rule["resources"] and "*" not in rule["resources"], doc["metadata"]["name"]
-            assert "*" not in rule["verbs"] and "*" not in rule["apiGroups"]
+            assert "*" not in rule["resources"] and "*" not in rule["verbs"] and "*" not in rule["apiGroups"]
+            if "secrets" not in rule["resources"]:
+                continue
+            assert (doc["kind"], doc["metadata"]["namespace"]) == ("Role", "ops"), doc["metadata"]["name"]
+            assert rule == {"apiGroups": [""], "resources": ["secrets"],
+                            "resourceNames": ["mp-model-poller-operator-webhook-tls"], "verbs": ["get", "update"]}  # fmt: skip
 
 
 def test_admission_policy_names_the_operator_and_its_labels() -> None:
@@ -118,6 +130,15 @@ def test_one_helm_install(kube: Any, namespace: str) -> None:
     cluster-scoped ClusterRole `model-poller-operator` helm would refuse to take over."""
     release = "mp-helm"
     helm("install", release, str(CHART), "--namespace", namespace, "--kubeconfig", str(kube.kubeconfig))
+    try:
+        _check_install(kube, namespace, release)
+    finally:
+        # Its MutatingWebhookConfiguration would refuse the labelled pods of other tests
+        # (no operator runs behind it here).
+        helm("uninstall", release, "--namespace", namespace, "--kubeconfig", str(kube.kubeconfig))
+
+
+def _check_install(kube: Any, namespace: str, release: str) -> None:
     api = kube.api_client()
     deployments = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
     assert [d.metadata.name for d in deployments] == [f"{release}-model-poller-operator"]

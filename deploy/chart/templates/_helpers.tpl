@@ -107,3 +107,19 @@ watches every namespace, in one Role per namespace when watch.namespaces is set.
   resources: [pods]
   verbs: [list, watch]
 {{- end }}
+
+{{/* The webhook's Service, certificate Secret (and cert-manager Certificate) and Role. */}}
+{{- define "model-poller-operator.webhookName" -}}
+{{- printf "%s-webhook" (include "model-poller-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The names the webhook's serving certificate is for (how the API server calls the Service). */}}
+{{- define "model-poller-operator.webhookHosts" -}}
+{{- $service := include "model-poller-operator.webhookName" . -}}
+{{ $service }}.{{ .Release.Namespace }}.svc,{{ $service }}.{{ .Release.Namespace }}.svc.cluster.local,{{ $service }}.{{ .Release.Namespace }},{{ $service }}
+{{- end }}
+
+{{/* Whether the operator keeps the certificate itself (self-signed), not cert-manager. */}}
+{{- define "model-poller-operator.selfSigned" -}}
+{{- if and .Values.webhook.enabled (not .Values.webhook.certManager.enabled) }}true{{ end }}
+{{- end }}
