@@ -271,5 +271,6 @@ class SecretStore:
                 "create it empty or grant create on Secrets in that namespace"
             )
         return CertificateUnavailable(
-            f"cannot {verb} the webhook certificate Secret {self.namespace}/{self.name}: {error.status} {error.reason}{hint}"
+            f"cannot {verb} the webhook certificate Secret {self.namespace}/{self.name}: "
+            f"{error.status} {error.reason}{hint}"
         )

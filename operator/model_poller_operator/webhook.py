@@ -199,13 +199,23 @@ class Tls:
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def refresh(self) -> bool:
-        """Load the current certificate if it changed; True once one is loaded."""
+        """Load the current certificate if it changed, then keep the configuration's caBundle;
+        True once a certificate is loaded (a caBundle that cannot be set is only logged: the
+        server serves meanwhile, and the next check tries again)."""
         cert, key, ca_bundle = self._current()
         if cert != self._loaded:
             self._load(cert, key)
             log.info("webhook serving certificate loaded (%s)", self.settings.secret or self.settings.cert_dir)
         if ca_bundle is not None and self.settings.configuration:
-            patch_ca_bundle(self.api, self.settings.configuration, ca_bundle)
+            try:
+                patch_ca_bundle(self.api, self.settings.configuration, ca_bundle)
+            except ApiException as error:
+                log.error(
+                    "cannot set the caBundle of MutatingWebhookConfiguration %s (labelled pods are refused until "
+                    "it trusts the webhook's CA): %s",
+                    self.settings.configuration,
+                    api_error(error),
+                )
         return True
 
     def _current(self) -> tuple[bytes, bytes, str | None]:
@@ -225,6 +235,15 @@ class Tls:
         # New handshakes use the new certificate; open connections keep theirs.
         self.context.load_cert_chain(cert_file, key_file)
         self._loaded = cert
+
+
+def api_error(error: ApiException) -> str:
+    """``403 Forbidden: <the API server's message>``."""
+    try:
+        message = json.loads(error.body or "{}").get("message") or error.body
+    except (ValueError, AttributeError):
+        message = error.body
+    return f"{error.status} {error.reason}: {message}"
 
 
 def patch_ca_bundle(api: Api, configuration: str, ca_bundle: str) -> None:

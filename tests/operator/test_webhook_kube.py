@@ -1,0 +1,253 @@
+"""The admission webhook against the real API server, which calls it over TLS on loopback.
+
+The operator runs as a subprocess under the chart's identity and webhook settings
+(tests/operator/webhook_kit.py): it writes its certificate into the chart's Secret and the
+CA into the chart's MutatingWebhookConfiguration, and the API server sends it every
+labelled pod. The pods are created through the API as a user or a ReplicaSet would.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import operator_testkit as kit
+import webhook_kit as wk
+from model_poller_api import models, names
+from model_poller_operator import inject, render
+from model_poller_operator.apply import is_subset
+
+pytestmark = pytest.mark.kube
+
+NAME = "resnet"
+
+
+@pytest.fixture(scope="module")
+def webhook(kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.OperatorProcess]:
+    with wk.run(kube, tmp_path_factory.mktemp("webhook")) as running:
+        yield running
+        assert running.process.poll() is None, f"the operator died:\n{running.log()[-5000:]}"
+        assert "Traceback" not in running.log(), running.log()[-5000:]
+
+
+@pytest.fixture
+def ns(kube: Any, namespace: str) -> str:
+    wk.ensure_default_service_account(kube, namespace)
+    return namespace
+
+
+def create_pod(cluster: kit.Cluster, namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
+    created = cluster.core.create_namespaced_pod(namespace, pod)
+    return dict(cluster.api.sanitize_for_serialization(created))
+
+
+def refused(cluster: kit.Cluster, namespace: str, pod: dict[str, Any]) -> str:
+    with pytest.raises(ApiException) as caught:
+        cluster.core.create_namespaced_pod(namespace, pod)
+    assert caught.value.status == 403, caught.value.body
+    message = wk.refusal(caught.value)
+    assert f'admission webhook "{wk.WEBHOOK_NAME}" denied the request' in message, message
+    return message
+
+
+def webhook_calls(kube: Any, since: int, pod_name: str) -> list[dict[str, Any]]:
+    """What the audit log says our webhook did to the creation of ``pod_name``: one entry
+    per call (``mutated`` true or false), none when it was never called."""
+    calls = []
+    with open(kube.audit_log, "rb") as fh:
+        fh.seek(since)
+        for line in fh.read().splitlines():
+            entry = json.loads(line)
+            ref = entry.get("objectRef") or {}
+            if entry.get("stage") != "ResponseComplete" or ref.get("resource") != "pods" or ref.get("name") != pod_name:
+                continue
+            for key, value in (entry.get("annotations") or {}).items():
+                if key.startswith("mutation.webhook.admission.k8s.io/"):
+                    detail = json.loads(value)
+                    if detail.get("webhook") == wk.WEBHOOK_NAME:
+                        calls.append(detail)
+    return calls
+
+
+def test_labelled_pod_is_injected_and_an_unlabelled_one_is_never_sent(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
+    md = wk.create_external_md(cluster, ns, NAME, modelName="resnet_v2")
+    owner = render.Owner(NAME, ns, md["metadata"]["uid"])
+    spec = models.ModelDeploymentSpec.from_object(NAME, md["spec"])
+    since = kit.audit_offset(kube.audit_log)
+
+    pod = create_pod(cluster, ns, wk.user_pod("labelled", NAME))["spec"]
+    (poller,) = pod["initContainers"]
+    # Exactly the rendered container, plus what the API server defaults (the operator's own comparison).
+    assert is_subset(render.poller_container(owner, spec, inject.INJECTED_VOLUMES), poller), poller
+    (serving,) = pod["containers"]
+    assert serving["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2"]
+    assert serving["volumeMounts"] == [{"name": "model-poller-models", "mountPath": "/models", "readOnly": True}]
+    assert serving["readinessProbe"]["httpGet"]["path"] == names.PATH_SERVING_READY
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(volumes) == {"model-poller-models", "model-poller-tmp", "model-poller-token"}, "plugin token removed"
+    assert "emptyDir" in volumes["model-poller-models"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == (f"{NAME}-poller", False)
+
+    sent = wk.user_pod("unlabelled")
+    created = create_pod(cluster, ns, copy.deepcopy(sent))
+    reference = cluster.api.sanitize_for_serialization(
+        cluster.core.create_namespaced_pod(wk.probe_namespace(kube), {**copy.deepcopy(sent), "metadata": {"name": "u"}},
+                                           dry_run="All")  # fmt: skip
+    )
+    assert _same_token_name(created["spec"]) == _same_token_name(reference["spec"]), (
+        "the unlabelled pod is exactly what the API server makes of it without the webhook"
+    )
+    assert "initContainers" not in created["spec"]
+
+    assert [c["mutated"] for c in webhook_calls(kube, since, "labelled")] == [True]
+    assert webhook_calls(kube, since, "unlabelled") == [], "the webhook was called for an unlabelled pod"
+
+
+def _same_token_name(spec: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec with the ServiceAccount plugin's random token volume suffix removed."""
+    text = json.dumps(spec)
+    for volume in spec.get("volumes") or ():
+        if volume["name"].startswith("kube-api-access-"):
+            text = text.replace(f'"{volume["name"]}"', '"kube-api-access-*"')
+    return dict(json.loads(text))
+
+
+def test_an_already_injected_pod_is_unchanged(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+    wk.create_external_md(cluster, ns, NAME)
+    first = create_pod(cluster, ns, wk.user_pod("first", NAME))
+    again = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "again", "labels": first["metadata"]["labels"]},
+             "spec": {k: v for k, v in first["spec"].items() if k != "nodeName"}}  # fmt: skip
+    since = kit.audit_offset(kube.audit_log)
+    second = create_pod(cluster, ns, copy.deepcopy(again))
+    assert second["spec"] == first["spec"]
+    assert [c["mutated"] for c in webhook_calls(kube, since, "again")] == [False]
+
+
+def test_pods_of_a_deployment_template_are_injected(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+    """No controllers here: the pods are created from the template as the ReplicaSet does."""
+    wk.create_external_md(cluster, ns, NAME)
+    template = wk.user_pod(None, NAME)
+    deployment = cluster.apps.create_namespaced_deployment(ns, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "tf-serving"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "tf"}},
+                 "template": {"metadata": template["metadata"], "spec": template["spec"]}},
+    })  # fmt: skip
+    stored = cluster.api.sanitize_for_serialization(deployment)["spec"]["template"]
+    assert "initContainers" not in stored["spec"], "the Deployment itself is not touched"
+    for _ in range(2):
+        pod = create_pod(cluster, ns, {"metadata": {**stored["metadata"], "generateName": "tf-serving-"}, "spec": stored["spec"]})
+        assert [c["name"] for c in pod["spec"]["initContainers"]] == ["poller"]
+        assert pod["spec"]["serviceAccountName"] == f"{NAME}-poller"
+
+
+def test_injected_pod_is_admitted_under_restricted_pod_security(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
+    cluster.core.patch_namespace(ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    wk.create_external_md(cluster, ns, NAME, source={"uri": "gs://ml-models/m/", "credentialsSecret": "gcs-key"})
+    pod = create_pod(cluster, ns, wk.user_pod("restricted", NAME))
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["poller"]
+    # The same pod without the restricted settings is refused by PodSecurity, not by us.
+    loose = wk.user_pod("loose", NAME)
+    del loose["spec"]["securityContext"]
+    with pytest.raises(ApiException) as caught:
+        cluster.core.create_namespaced_pod(ns, loose)
+    assert "violates PodSecurity" in str(caught.value.body)
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+def test_pod_naming_a_missing_model_deployment_is_refused(
+    webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
+    message = refused(cluster, ns, wk.user_pod("orphan", "nowhere"))
+    assert f"there is no ModelDeployment 'nowhere' in namespace '{ns}'" in message
+    assert "spec.workload: external" in message
+
+
+def test_pod_naming_an_operator_mode_model_deployment_is_refused(
+    webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
+    cluster.create_md(ns, NAME, {"source": {"uri": "gs://ml-models/m/"}})
+    message = refused(cluster, ns, wk.user_pod("stolen-label", NAME))
+    assert f"ModelDeployment '{NAME}' has spec.workload: operator" in message
+
+
+def test_pod_with_a_foreign_service_account_is_refused(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+    wk.create_external_md(cluster, ns, NAME)
+    cluster.core.create_namespaced_service_account(ns, {"metadata": {"name": "payments"}})
+    message = refused(cluster, ns, wk.user_pod("foreign", NAME, serviceAccountName="payments"))
+    assert "ServiceAccount 'payments'" in message and f"'{NAME}-poller'" in message
+
+
+def test_pod_with_a_contradicting_base_path_is_refused(webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+    wk.create_external_md(cluster, ns, NAME)
+    pod = wk.user_pod("elsewhere", NAME)
+    pod["spec"]["containers"][0]["args"] = ["--model_base_path=/srv/models/resnet"]
+    message = refused(cluster, ns, pod)
+    assert "--model_base_path=/srv/models/resnet contradicts the ModelDeployment" in message
+    assert "/models/resnet" in message
+
+
+# --- the certificate -------------------------------------------------------------------------
+
+
+def test_certificate_is_the_secrets_and_the_configuration_trusts_its_ca(kube: Any, webhook: kit.OperatorProcess) -> None:
+    from cryptography import x509
+
+    data = wk.secret_data(kube)
+    served = x509.load_der_x509_certificate(wk.served_certificate(_port(webhook)))
+    assert served == x509.load_pem_x509_certificate(data["tls.crt"])
+    assert wk.ca_bundle(kube) is not None
+    assert x509.load_pem_x509_certificate(base64.b64decode(wk.ca_bundle(kube) or "")) == (
+        x509.load_pem_x509_certificate(data["ca.crt"])
+    )
+
+
+def test_caBundle_is_put_back_when_someone_removes_it(kube: Any, webhook: kit.OperatorProcess) -> None:
+    expected = wk.ca_bundle(kube)
+    admission = client.AdmissionregistrationV1Api(kube.api_client())
+    admission.patch_mutating_webhook_configuration(
+        wk.CONFIGURATION, [{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]
+    )
+    kit.wait_for("the caBundle to be put back", lambda: wk.ca_bundle(kube) == expected, timeout=15)
+    wk.wait_serving(kube)
+
+
+def _port(running: kit.OperatorProcess) -> int:
+    for line in running.log().splitlines():
+        if "admission webhook listening on https://" in line:
+            return int(line.rsplit(":", 1)[1].split("/")[0])
+    raise AssertionError("the operator never said where the webhook listens")
+
+
+def test_unready_service_account_is_refused_until_the_operator_made_it(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str, tmp_path: Path
+) -> None:
+    """A pod created the moment its ModelDeployment is: refused (its controller retries)
+    until the poller's identity exists, then injected."""
+    cluster.create_md(ns, NAME, {"workload": "external", "source": {"uri": "gs://ml-models/m/"}})
+    started = time.monotonic()
+    messages = []
+    while True:
+        try:
+            pod = create_pod(cluster, ns, wk.user_pod(None, NAME))
+            break
+        except ApiException as error:
+            messages.append(wk.refusal(error))
+            assert time.monotonic() - started < 30, messages[-1]
+            time.sleep(0.05)
+    assert pod["spec"]["serviceAccountName"] == f"{NAME}-poller"
+    assert all("does not exist yet" in m or "not found" in m for m in messages), messages
