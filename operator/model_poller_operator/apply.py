@@ -266,10 +266,18 @@ class Api:
         return data
 
     def request(
-        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json", timeout: float = 30
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30,
     ) -> Obj:
-        """One API call by path (the webhook's Secret and configuration); raises ApiException."""
-        return self._call(method, path, body=body, content_type=content_type, timeout=timeout)
+        """One API call by path (the webhook's lookups, Secret and configuration; the
+        external pods' list); raises ApiException."""
+        return self._call(method, path, body=body, query=query, content_type=content_type, timeout=timeout)
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:

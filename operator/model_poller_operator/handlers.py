@@ -35,6 +35,7 @@ from model_poller_operator import render
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api, ApplyError, Conflict, controller_of, in_sync, is_model_deployment_ref
 from model_poller_operator.config import OperatorConfig
+from model_poller_operator.external import ExternalPods, deployment_state
 from model_poller_operator.refresh import Logger, Snapshot, StatusReporter
 from model_poller_operator.webhook import Webhook, WebhookSettings
 
@@ -76,6 +77,8 @@ class State:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Its own thread and event loop: it answers whatever kopf's handlers are doing.
     webhook: Webhook | None = None
+    # The labelled pods of external-mode ModelDeployments (kopf's pod watch selects ours only).
+    external: ExternalPods | None = None
     _locks: dict[Key, threading.Lock] = field(default_factory=dict)
     _locks_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -148,6 +151,15 @@ async def configure(
     logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     if WEBHOOK.enabled:
         state.webhook = Webhook(WEBHOOK, Api.from_environment()).start()
+
+    def external_pods_changed(namespace: str, name: str) -> None:
+        # Called from that namespace's watch thread, as kopf calls sync handlers from its own.
+        try:
+            _refresh(state, (namespace, name), model_deployments, model_pods, model_workloads, logger)
+        except Exception:  # noqa: BLE001 - the watch goes on; the periodic loop tries again
+            logger.exception("status refresh of %s/%s after a pod change failed", namespace, name)
+
+    state.external = ExternalPods(api, external_pods_changed)
     state.tasks.append(
         asyncio.create_task(_status_loop(state, model_deployments, model_pods, model_workloads, logger))
     )
@@ -163,6 +175,8 @@ async def stop_background(memo: Any, **_: Any) -> None:
             await task
     if isinstance(state, State) and state.webhook is not None:
         await asyncio.to_thread(state.webhook.stop)
+    if isinstance(state, State) and state.external is not None:
+        state.external.stop()
 
 
 @kopf.on.probe(id="modeldeployments")  # type: ignore[arg-type]
@@ -216,8 +230,27 @@ def _refresh(
     snapshot = snapshot or _first(model_deployments, key)
     if snapshot is None or snapshot.deleting:
         return
-    pods = list(model_pods.get(key, []))
-    state.reporter.refresh(snapshot, pods, _first(model_workloads, key), logger, synced=synced)
+    # The reconcile's outcome (synced) must be written: wait a moment for the first list.
+    observed = _observed_pods(state, key, snapshot, model_pods, model_workloads, wait=10.0 if synced else 0.0)
+    if observed is None:
+        if synced is not None:
+            raise kopf.TemporaryError(f"the labelled pods of namespace {key[0]} are not listed yet", delay=2)
+        return  # the first list of the namespace's labelled pods calls back
+    state.reporter.refresh(snapshot, observed[0], observed[1], logger, synced=synced)
+
+
+def _observed_pods(
+    state: State, key: Key, snapshot: Snapshot, model_pods: PodIndex, model_workloads: WorkloadIndex, wait: float = 0.0
+) -> tuple[list[st.PodState], st.DeploymentState | None] | None:
+    """The pods and Deployment state a status is computed from: the operator's own
+    (kopf's indexes), or in external mode the labelled pods (None until they are listed)."""
+    if not spec_external(snapshot.spec):
+        return list(model_pods.get(key, [])), _first(model_workloads, key)
+    if state.external is None:
+        return None
+    state.external.ensure(snapshot.namespace)
+    pods = state.external.pods(snapshot.namespace, snapshot.name, wait=wait)
+    return None if pods is None else (pods, deployment_state(pods))
 
 
 async def _status_loop(
@@ -233,10 +266,13 @@ async def _status_loop(
         await asyncio.sleep(state.config.status_interval)
         if not state.indexes_ready:
             continue
+        snapshots = [(key, snapshot) for key, store in list(mds.items()) for snapshot in list(store)[:1]]
+        if state.external is not None:
+            state.external.track({s.namespace for _, s in snapshots if spec_external(s.spec) and not s.deleting})
         work = [
-            (snapshot, list(pods.get(key, [])), _first(workloads, key))
-            for key, store in list(mds.items())
-            for snapshot in list(store)[:1]
+            (snapshot, *observed)
+            for key, snapshot in snapshots
+            if (observed := _observed_pods(state, key, snapshot, pods, workloads)) is not None
         ]
         try:
             await asyncio.to_thread(_refresh_all, state, work, logger)

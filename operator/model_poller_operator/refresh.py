@@ -133,7 +133,7 @@ class StatusReporter:
             pods=tuple(sorted(pods, key=lambda p: p.name)),
             pod_events=self.pod_events(snapshot.namespace, spec, pods, logger),
         )
-        selector = render.selector_string(snapshot.owner)
+        selector = render.pod_selector(snapshot.owner, spec)
         current, resource_version = snapshot.status, snapshot.resource_version
         for _attempt in range(5):
             desired = st.desired_status(current, observed, now=now(), synced=synced, selector=selector)

@@ -121,6 +121,14 @@ def selector_string(owner: Owner) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner).items()))
 
 
+def pod_selector(owner: Owner, spec: models.ModelDeploymentSpec) -> str:
+    """The label selector of the ModelDeployment's pods (status.selector): the operator's
+    own labels, or in external mode the label the user puts on the pods to inject."""
+    if spec.external:
+        return f"{names.LABEL_MODEL_DEPLOYMENT}={owner.name}"
+    return selector_string(owner)
+
+
 def labels(owner: Owner, component: str) -> dict[str, str]:
     return {
         **selector_labels(owner),

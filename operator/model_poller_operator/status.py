@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Mapping, Sequence
 
-from model_poller_api import models
+from model_poller_api import models, names
 from model_poller_api.conditions import Condition, find_condition, set_condition
 
 # Reasons of the Ready condition.
@@ -22,6 +22,8 @@ REASON_NOT_READY: Final = "ReplicasNotReady"
 REASON_NOT_SERVING: Final = "ReplicasNotServingPolicy"
 REASON_NOT_REPORTING: Final = "PollerNotReporting"
 REASON_PODS_REFUSED: Final = "PodsRefused"
+# spec.workload: external, and no pod carries the injection label yet.
+REASON_NO_PODS: Final = "NoLabelledPods"
 # Reasons of the Synced condition (set by the reconcile of the children only).
 REASON_APPLIED: Final = "ChildrenApplied"
 REASON_APPLY_FAILED: Final = "ApplyFailed"
@@ -398,10 +400,21 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
     ready replica's poller reports a version inside the policy AVAILABLE in TF Serving.
     Otherwise the reason says why, from the most specific witness: the pods' own words
     (image pull, crash loop, missing Secret), a refused pod, then the pollers' reports."""
-    desired = observed.spec.replicas
+    # External mode: the user's workload decides how many pods there are; each labelled pod
+    # is a desired replica (``observed.deployment`` is then computed from those pods).
+    external = observed.spec.external
+    desired = (observed.deployment.replicas if observed.deployment else 0) if external else observed.spec.replicas
     ready = observed.deployment.ready_replicas if observed.deployment else 0
     uri = observed.spec.source.uri
     policy = observed.spec.versions
+    if external and desired == 0:
+        return Condition(
+            "Ready",
+            "False",
+            REASON_NO_PODS,
+            f"no pod labelled {names.LABEL_MODEL_DEPLOYMENT}={observed.name} in namespace {observed.namespace} "
+            "(spec.workload: external): label the pod template of your tensorflow/serving workload",
+        )
     if desired == 0:
         return Condition("Ready", "True", REASON_SCALED_TO_ZERO, "spec.replicas is 0: nothing to serve")
     counts = f"{ready}/{desired} replicas ready"
@@ -449,12 +462,10 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
             f"{counts}; the poller of pod {', '.join(silent)} has not reported into status.pollers "
             f"(kubectl -n {observed.namespace} logs {silent[0]} -c poller)",
         )
-    return Condition(
-        "Ready",
-        "False",
-        REASON_NOT_READY,
-        f"{counts}; see kubectl -n {observed.namespace} describe deployment {observed.name}",
-    )
+    see = f"describe deployment {observed.name}"
+    if external:
+        see = f"get pods -l {names.LABEL_MODEL_DEPLOYMENT}={observed.name}"
+    return Condition("Ready", "False", REASON_NOT_READY, f"{counts}; see kubectl -n {observed.namespace} {see}")
 
 
 def degraded_condition(found: Sequence[tuple[str, str]]) -> Condition:

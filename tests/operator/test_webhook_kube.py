@@ -251,3 +251,34 @@ def test_unready_service_account_is_refused_until_the_operator_made_it(
             time.sleep(0.05)
     assert pod["spec"]["serviceAccountName"] == f"{NAME}-poller"
     assert all("does not exist yet" in m or "not found" in m for m in messages), messages
+
+
+# --- status from the labelled pods --------------------------------------------------------------
+
+
+def test_status_follows_the_labelled_pods(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+    """No kubelet here: the pods' readiness is written as a kubelet would, the pollers'
+    entries as the pollers would (tests/e2e/test_external.py runs them for real)."""
+    wk.create_external_md(cluster, ns, NAME)
+    kit.wait_for("Ready NoLabelledPods", lambda: cluster.condition(ns, NAME, "Ready").get("reason") == "NoLabelledPods")
+    pods = [create_pod(cluster, ns, wk.user_pod(None, NAME))["metadata"]["name"] for _ in range(2)]
+    for pod in pods:
+        cluster.core.patch_namespaced_pod_status(pod, ns, {"status": {
+            "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})  # fmt: skip
+        entry = {"versions": [1, 2], "serving": 2, "latest": 2, "lastSync": "2026-01-01T00:00:00Z", "error": None}
+        cluster.custom.patch_namespaced_custom_object_status(
+            names.GROUP, names.VERSION, ns, names.PLURAL, NAME, {"status": {"pollers": {pod: entry}}}
+        )
+
+    def serving() -> dict[str, Any] | None:
+        status = cluster.get_md(ns, NAME).get("status") or {}
+        ok = (status.get("replicas"), status.get("readyReplicas"), status.get("servingVersion")) == (2, 2, 2)
+        return status if ok and cluster.condition(ns, NAME, "Ready").get("reason") == "AllReplicasServing" else None
+
+    status = kit.wait_for("2 ready replicas serving version 2", serving, timeout=30)
+    assert status["selector"] == f"{names.LABEL_MODEL_DEPLOYMENT}={NAME}"
+    assert cluster.condition(ns, NAME, "Synced")["reason"] == "ChildrenApplied"
+
+    cluster.core.delete_namespaced_pod(pods[0], ns, grace_period_seconds=0)
+    kit.wait_for("the gone pod's entry pruned", lambda: set((cluster.get_md(ns, NAME).get("status") or {})
+                 .get("pollers") or {}) == {pods[1]} and cluster.get_md(ns, NAME)["status"]["replicas"] == 1)  # fmt: skip
