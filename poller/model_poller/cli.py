@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 from model_poller_api.names import POLLER_HTTP_PORT, env_name
 
-from model_poller.config import build_settings
+from model_poller.config import DEFAULT_FALLBACK_POLL_INTERVAL, build_settings
 from model_poller.errors import ConfigError
 from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO
 from model_poller.logs import configure_logging
@@ -31,6 +31,11 @@ FLAGS: dict[str, tuple[str | None, str]] = {
     "--topic": ("projects/P/topics/T", "Pub/Sub topic; this replica creates (and on exit deletes) its own subscription"),
     "--project": ("PROJECT", "Google Cloud project for short subscription/topic names (PoC: PROJECT_ID)"),
     "--poll-interval": ("SECONDS", "list the source this often as a safety net (default 60; 90s, 5m work too)"),
+    "--fallback-poll-interval": (
+        "SECONDS",
+        f"while Pub/Sub notifications are down (stream lost, topic or subscription missing), list this often "
+        f"instead (default {DEFAULT_FALLBACK_POLL_INTERVAL:g}; never less often than --poll-interval)",
+    ),
     "--once": (None, "one full sync, then exit 0 if the policy's versions are on disk, 1 otherwise"),
     "--report-to": (
         "NAMESPACE/NAME",

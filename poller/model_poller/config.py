@@ -23,6 +23,9 @@ from model_poller.versions import parse_version
 _T = TypeVar("_T")
 
 DEFAULT_POLL_INTERVAL = 60.0
+# While Pub/Sub notifications are down, list this often: uploads are then found within
+# seconds, not a poll interval later.
+DEFAULT_FALLBACK_POLL_INTERVAL = 10.0
 LOG_FORMATS = ("text", "json")
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
 _SUBSCRIPTION = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
@@ -40,6 +43,7 @@ class Settings:
     topic: str | None = None
     project: str | None = None
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    fallback_poll_interval: float = DEFAULT_FALLBACK_POLL_INTERVAL
     once: bool = False
     report_to: str | None = None
     status_heartbeat: float = DEFAULT_HEARTBEAT
@@ -191,6 +195,7 @@ def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, st
         topic=full_topic(topic, project) if topic else None,
         project=project,
         poll_interval=convert("poll_interval", parse_interval, DEFAULT_POLL_INTERVAL),
+        fallback_poll_interval=convert("fallback_poll_interval", parse_interval, DEFAULT_FALLBACK_POLL_INTERVAL),
         once=once if isinstance(once, bool) else convert("once", parse_bool, False),
         report_to=report_to,
         status_heartbeat=status_heartbeat,
