@@ -18,6 +18,7 @@ from model_poller.logs import configure_logging
 from model_poller.policy import DEFAULT_KEEP
 from model_poller.status_writer import DEFAULT_HEARTBEAT, MIN_HEARTBEAT
 from model_poller.server import EXIT_CONFIG, Poller
+from model_poller.sources.base import DEFAULT_READ_TIMEOUT, DEFAULT_SLICE, DEFAULT_STREAMS
 
 log = logging.getLogger("model_poller")
 
@@ -60,6 +61,21 @@ FLAGS: dict[str, tuple[str | None, str]] = {
         "LIMIT / (versions the policy keeps + 2) is refused before the volume overflows",
     ),
     "--max-files": ("N", f"most entries in one version (default {DEFAULT_MAX_FILES})"),
+    "--download-streams": (
+        "N",
+        f"gs:// sources: connections used at once, for the objects of a folder version or the slices of "
+        f"one archive (default {DEFAULT_STREAMS}; 1: one stream)",
+    ),
+    "--download-slice": (
+        "BYTES",
+        f"gs:// sources: bytes per ranged request (default {DEFAULT_SLICE >> 20}Mi); an archive is downloaded "
+        "at most STREAMS x SLICE ahead of its unpacking",
+    ),
+    "--read-timeout": (
+        "SECONDS",
+        f"a download connection that delivers nothing for this long is dropped and resumed where it stopped "
+        f"(default {DEFAULT_READ_TIMEOUT:g})",
+    ),
     "--max-ratio": ("RATIO", f"largest compression ratio of an archive (default {DEFAULT_MAX_RATIO:g})"),
     "--log-format": ("text|json", "log format (default text), one line per event"),
     "--log-level": ("LEVEL", "DEBUG, INFO (default), WARNING, ERROR"),

@@ -16,7 +16,8 @@ from model_poller_api.names import POLLER_HTTP_PORT
 from model_poller.errors import ConfigError
 from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO, Limits
 from model_poller.policy import DEFAULT_KEEP, Policy
-from model_poller.sources import validate_uri
+from model_poller.sources import Transfer, validate_uri
+from model_poller.sources.base import DEFAULT_READ_TIMEOUT, DEFAULT_SLICE, DEFAULT_STREAMS
 from model_poller.status_writer import DEFAULT_HEARTBEAT, MIN_HEARTBEAT
 from model_poller.versions import parse_version
 
@@ -27,6 +28,10 @@ DEFAULT_POLL_INTERVAL = 60.0
 # seconds, not a poll interval later.
 DEFAULT_FALLBACK_POLL_INTERVAL = 10.0
 LOG_FORMATS = ("text", "json")
+# Download connections: beyond this, more streams only add request overhead and sockets.
+MAX_STREAMS = 64
+# Ranged requests smaller than this spend more on the request than on the bytes.
+MIN_SLICE = 1 << 20
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
 _SUBSCRIPTION = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE | re.ASCII)
@@ -52,6 +57,7 @@ class Settings:
     http_port: int = POLLER_HTTP_PORT
     limits: Limits = field(default_factory=Limits)
     storage_limit: int | None = None
+    transfer: Transfer = field(default_factory=Transfer)
     log_format: str = "text"
     log_level: str = "INFO"
     pod_name: str = field(default_factory=socket.gethostname)
@@ -183,6 +189,15 @@ def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, st
     storage_limit = convert("storage_limit", parse_size, None)
     if storage_limit is not None and storage_limit < 1:
         raise ConfigError("--storage-limit must be positive")
+    transfer = Transfer(
+        streams=convert("download_streams", int, DEFAULT_STREAMS),
+        read_timeout=convert("read_timeout", parse_interval, DEFAULT_READ_TIMEOUT),
+        slice_bytes=convert("download_slice", parse_size, DEFAULT_SLICE),
+    )
+    if not 1 <= transfer.streams <= MAX_STREAMS:
+        raise ConfigError(f"--download-streams must be between 1 and {MAX_STREAMS}, got {transfer.streams}")
+    if transfer.slice_bytes < MIN_SLICE:
+        raise ConfigError(f"--download-slice must be at least {MIN_SLICE >> 20}Mi, got {transfer.slice_bytes}")
     http_port = convert("http_port", int, POLLER_HTTP_PORT)
     if not 0 <= http_port <= 65535:
         raise ConfigError(f"--http-port {http_port} is not a port")
@@ -204,6 +219,7 @@ def build_settings(values: Mapping[str, str | bool | None], env: Mapping[str, st
         http_port=http_port,
         limits=limits,
         storage_limit=storage_limit,
+        transfer=transfer,
         log_format=log_format,
         log_level=(text("log_level") or "INFO").upper(),
         pod_name=pod_name(env),

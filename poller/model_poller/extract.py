@@ -144,7 +144,8 @@ class Unpacker:
     bytes_written: int = 0
     inflated: int = 0
     _dirs: set[Path] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Reentrant: _make_parents counts the parents it creates while holding it.
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def _count_entry(self) -> None:
         with self._lock:
@@ -696,9 +697,10 @@ def _extract_zip(archive: BinaryIO, unpacker: Unpacker, parts: ArchiveParts | No
     ordered = sorted(entries, key=lambda e: e.offset)
     parts = parts or SharedFile(archive)
     members = _Members(workers, parts)
-    entry = ordered[0] if ordered else None
+    offset = 0  # of the entry being walked
     try:
         for at, entry in enumerate(ordered):
+            offset = entry.offset
             next_start = ordered[at + 1].offset if at + 1 < len(ordered) else directory.start
             if members.failed():
                 break
@@ -715,7 +717,7 @@ def _extract_zip(archive: BinaryIO, unpacker: Unpacker, parts: ArchiveParts | No
     except Cancelled:
         pass  # a member failed while this walk waited: finish() says which
     except BaseException as exc:
-        members.fail(entry.offset if entry is not None else 0, exc)
+        members.fail(offset, exc)
     members.finish()
 
 

@@ -23,16 +23,23 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from model_poller.durable import Syncer, fsync_dir, remove_tree
 from model_poller.errors import Abandoned, ModelDirError, Rejected, SourceError
-from model_poller.extract import Limits, Unpacker, extract, find_model_root
+from model_poller.extract import FileSink, Limits, Unpacker, extract, find_model_root
 from model_poller.install_verify import Verifier
 from model_poller.sources.base import Source
-from model_poller.streaming import Download, GrowingReader, zip_tail
+from model_poller.streaming import GrowingReader, Staged, zip_tail
+from model_poller.transfer import Fetcher, ObjectWriter
 from model_poller.versions import Artifact, Kind, parse_version
 
 log = logging.getLogger(__name__)
+
+# Zip members inflated at once: zlib releases the GIL, so each uses a core of its own;
+# more threads than cores still overlap one member's wait for bytes with another's
+# inflating (measured in BENCHMARKS.md).
+UNZIP_WORKERS = min(4, max(2, len(os.sched_getaffinity(0))))
 
 # Work in progress and crash leftovers: everything named so is removed at start.
 WORK_PREFIX = ".model-poller-"
@@ -355,42 +362,57 @@ def _download_and_extract(
     source: Source, artifact: Artifact, archive: Path, unpacker: Unpacker, stop: threading.Event
 ) -> int:
     """Download ``artifact`` into ``archive`` and unpack it while the bytes arrive; the
-    checksum of the whole object is verified before this returns."""
+    checksum of the whole object is verified before this returns. Returns the bytes
+    received."""
     obj = artifact.objects[0]
     tail, tail_start = zip_tail(source, obj) if artifact.kind is Kind.ZIP else (b"", obj.size)
-    download = Download(source, obj, archive, stop)
-    download.start()
+    staged = Staged(source, obj, archive, stop, keep_from=tail_start)
     try:
-        with io.BufferedReader(GrowingReader(download, tail, tail_start), buffer_size=1 << 20) as reader:
-            extract(reader, artifact.kind, unpacker)
-        return download.finish(tail, tail_start)
+        if tail:
+            staged.demand(tail_start, obj.size)  # what finish() compares with the tail
+        staged.start()
+        sequential = artifact.kind is not Kind.ZIP
+        with io.BufferedReader(GrowingReader(staged, tail, tail_start, sequential), buffer_size=1 << 20) as reader:
+            extract(reader, artifact.kind, unpacker, parts=staged, workers=UNZIP_WORKERS)
+        return staged.finish(tail, tail_start)
     except BaseException:
-        download.cancel()
-        if download.error is not None and not isinstance(download.error, Abandoned):
-            raise download.error from None  # the transfer failed: that, not its symptoms
+        staged.cancel()
+        if staged.error is not None and not isinstance(staged.error, Abandoned):
+            raise staged.error from None  # the transfer failed: that, not its symptoms
         raise
+    finally:
+        staged.close()
+
+
+class _FolderFile:
+    """One object of a folder version, written where it belongs in the unpacked tree."""
+
+    def __init__(self, unpacker: Unpacker, relative: str) -> None:
+        self._unpacker = unpacker
+        self._relative = relative
+        self._sink: FileSink | None = None
+
+    def open(self) -> Callable[[int, bytes], None]:
+        self._sink = self._unpacker.open_file(self._relative)
+        return self._sink.write_at
+
+    def close(self) -> None:
+        assert self._sink is not None
+        self._sink.close()
+
+    def discard(self) -> None:
+        if self._sink is not None:
+            self._sink.discard()
 
 
 def _download_folder(source: Source, artifact: Artifact, unpacker: Unpacker, stop: threading.Event) -> int:
-    total = 0
+    """Fetch a folder version's objects into the unpacked tree, several at once (see
+    ``transfer.Fetcher``), each checked against its checksum; returns the bytes received."""
+    jobs = []
     for obj in artifact.objects:
-        relative = obj.name[len(artifact.name) :]
-        sink = unpacker.open_file(relative)
-        verifier = Verifier(obj)
-
-        def write(chunk: bytes) -> None:
-            verifier.update(chunk)
-            sink.write(chunk)
-
-        try:
-            source.download(obj, write, stop)
-        except BaseException:
-            sink.discard()
-            raise
-        sink.close()
-        verifier.check(f"{source.uri}{obj.name}")
-        total += verifier.size
-    return total
+        file = _FolderFile(unpacker, obj.name[len(artifact.name) :])
+        jobs.append((obj, ObjectWriter(file.open, file.close, file.discard)))
+    return Fetcher(source, jobs, stop, where=lambda obj: f"{source.uri}{obj.name}").run()
 
 
-__all__ = ["Abandoned", "BOOKKEEPING_DIR", "InstallResult", "ModelDir", "install", "STAGING_PREFIX"]
+__all__ = ["Abandoned", "BOOKKEEPING_DIR", "InstallResult", "ModelDir", "install", "STAGING_PREFIX", "Verifier"]

@@ -148,7 +148,7 @@ class Poller:
         if removed:
             log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
         if self._source is None:
-            self._source = open_source(self.settings.source, self.settings.project)
+            self._source = open_source(self.settings.source, self.settings.project, self.settings.transfer)
         gate = self.feedback.gate if self.feedback is not None else self._gate
         self._engine = Engine(
             self._source,

@@ -1,10 +1,12 @@
 """Unpacking while the archive is still downloading.
 
-A ``Download`` thread streams the object into the staging file (hashing as it goes); a
-``GrowingReader`` lets the extractor read that file as it grows, waiting for bytes not
-yet there. For a zip, the central directory at the end is fetched first with one small
-range read, so unpacking starts with the first bytes instead of after the last. The
-checksum of the whole object is verified before anything is renamed into place.
+``Staged`` downloads the object into the staging file with several connections, piece
+by piece, hashing each piece as it arrives; readers (``StagedRange`` for each zip
+member being inflated, ``GrowingReader`` for the tar.gz stream and the zip's directory)
+wait for the bytes they need, and their positions decide which pieces are fetched next.
+For a zip, the central directory at the end is fetched first with one small range read,
+so unpacking starts with the first bytes instead of after the last. The checksum of the
+whole object is verified before anything is renamed into place.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from model_poller.errors import Abandoned, SourceError
-from model_poller.install_verify import Verifier
-from model_poller.sources.base import Source
+from model_poller.extract import ArchiveRange, Cancelled
+from model_poller.sources.base import Halt, RangedSource, Source, Transfer
+from model_poller.transfer import Checksums, Piece, fetch, plan, pwrite_all
 from model_poller.versions import SourceObject
 
 MAX_TAIL = 64 << 20  # a bigger central directory is read from the finished download
@@ -92,102 +95,300 @@ def zip_tail(source: Source, obj: SourceObject) -> tuple[bytes, int]:
     return tail, start
 
 
-class Download(threading.Thread):
-    """Streams ``obj`` into ``path``; readers wait for the bytes they need."""
+class Staged:
+    """``obj`` downloaded into ``path`` by up to ``Transfer.streams`` connections, piece
+    by piece (see ``transfer``), for readers that wait for the bytes they need.
 
-    def __init__(self, source: Source, obj: SourceObject, path: Path, stop: threading.Event) -> None:
-        super().__init__(name="download", daemon=True)
+    Which piece a free connection fetches next is decided by the readers: each open
+    range (``open_range``: a zip member being inflated, the tar stream) asks for the
+    pieces from its position up to its share of ``Transfer.window`` ahead, the nearest
+    first; a read waiting for bytes nobody asked for asks for them. So several members
+    download side by side, none runs more than the window ahead of its reader, and what
+    is read is dropped from the file behind the reader (``punch_hole``): a multi-GiB
+    archive costs a bounded window of page cache, not its size. Pieces nobody read (the
+    central directory, read ahead by ``zip_tail``; bytes between members) are fetched
+    by ``finish()``, which then checks the whole object's checksum, before anything is
+    renamed into place.
+    """
+
+    def __init__(
+        self, source: Source, obj: SourceObject, path: Path, stop: threading.Event, keep_from: int | None = None
+    ) -> None:
         self.source = source
         self.obj = obj
         self.path = path
         self.stop = stop
-        self.abort = threading.Event()
-        self.verifier = Verifier(obj)
-        self.available = 0
-        self.done = False
+        # Bytes from here on are never freed: finish() compares them with the tail read ahead.
+        self.keep_from = obj.size if keep_from is None else keep_from
+        self.where = f"{source.uri}{obj.name}"
+        ranged = isinstance(source, RangedSource)
+        self.transfer = source.transfer if isinstance(source, RangedSource) else Transfer(streams=1)
+        self.pieces = plan(obj, self.transfer, ranged)
+        self._step = self.pieces[0].length or 1  # every piece but the last is this long
+        self.checks = Checksums(obj, len(self.pieces))
+        self.received = 0
         self.error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._fh = open(path, "xb", buffering=0)
+        self._halt = Halt()
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # readers wait here for bytes
+        self._work = threading.Condition(self._lock)  # connections wait here for demand
+        self._state = [_MISSING] * len(self.pieces)
+        self._missing = len(self.pieces)
+        self._demands: dict[int, list[int]] = {}  # id -> [position, end]
+        self._next_demand = 0
+        self._everything = False
+        self._aborted = False
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._threads = [
+            threading.Thread(target=self._connection, name=f"download-{i}", daemon=True)
+            for i in range(min(self.transfer.streams, len(self.pieces)))
+        ]
 
-    def run(self) -> None:
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    # -- what the readers want ----------------------------------------------------------------
+    def demand(self, start: int, end: int) -> int:
+        """Ask for ``[start, end)``; returns the id to move it on or drop it."""
+        with self._lock:
+            key = self._next_demand
+            self._next_demand += 1
+            self._demands[key] = [start, end]
+            self._work.notify_all()
+        return key
+
+    def advance(self, key: int, position: int) -> None:
+        with self._lock:
+            self._demands[key][0] = position
+            self._work.notify_all()
+
+    def drop(self, key: int) -> None:
+        with self._lock:
+            self._demands.pop(key, None)
+            self._work.notify_all()
+
+    def _pick(self) -> int | None:
+        """The missing piece nearest ahead of a reader, within its share of the window."""
+        if self._everything:
+            return next((i for i, s in enumerate(self._state) if s == _MISSING), None)
+        if not self._demands:
+            return None
+        ahead = max(self._step, self.transfer.window // len(self._demands))
+        best, best_distance = None, 0
+        for position, end in self._demands.values():
+            limit = min(end, position + ahead)
+            index = position // self._step
+            while index < len(self.pieces) and self.pieces[index].start < limit:
+                if self._state[index] == _MISSING:
+                    distance = max(0, self.pieces[index].start - position)
+                    if best is None or distance < best_distance:
+                        best, best_distance = index, distance
+                    break
+                index += 1
+        return best
+
+    # -- the connections ------------------------------------------------------------------------
+    def _take(self) -> Piece | None:
+        with self._lock:
+            while True:
+                if self._halt.is_set() or self.error is not None or self._missing == 0:
+                    return None
+                index = self._pick()
+                if index is not None:
+                    self._state[index] = _ACTIVE
+                    self._missing -= 1
+                    return self.pieces[index]
+                self._work.wait(0.5)
+                if self.stop.is_set():
+                    self._halt.set()
+
+    def _connection(self) -> None:
+        fd = os.dup(self._fd)  # each connection its own: closing the shared one never races a write
         try:
-            self.source.download(self.obj, self._sink, self.stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader / finish()
-            self.error = exc
+            while (piece := self._take()) is not None:
+                self._fetch(piece, fd)
+                with self._lock:
+                    self._state[piece.index] = _DONE
+                    self._arrived.notify_all()
+                    self._work.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the readers and finish()
+            self._fail(exc)
         finally:
-            self._fh.close()
-            with self._cond:
-                self.done = True
-                self._cond.notify_all()
+            os.close(fd)
 
-    def _sink(self, chunk: bytes) -> None:
-        if self.abort.is_set() or self.stop.is_set():
-            raise Abandoned()
-        self.verifier.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            written = self._fh.write(view)
-            assert written is not None
-            view = view[written:]
-        with self._cond:
-            self.available += len(chunk)
-            self._cond.notify_all()
+    def _fetch(self, piece: Piece, fd: int) -> None:
+        def sink(chunk: bytes) -> None:
+            if self._halt.is_set():
+                raise Abandoned()
+            pwrite_all(fd, chunk, piece.start + piece.filled)
+            self.checks.update(piece, chunk)
+            with self._lock:
+                piece.filled += len(chunk)
+                self.received += len(chunk)
+                self._arrived.notify_all()
 
-    def wait_for(self, end: int) -> None:
-        """Block until bytes ``[0, end)`` are in the file; raise the download's error."""
-        with self._cond:
-            while self.available < end and not self.done:
-                self._cond.wait(1.0)
+        fetch(self.source, self.obj, piece, sink, self._halt, self.where)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+            self._arrived.notify_all()
+            self._work.notify_all()
+        self._halt.set()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _available(self, start: int, end: int) -> bool:
+        index = start // self._step
+        while index < len(self.pieces) and self.pieces[index].start < end:
+            piece = self.pieces[index]
+            if piece.start + piece.filled < min(end, piece.end):
+                return False
+            index += 1
+        return True
+
+    def wait_for(self, start: int, end: int) -> None:
+        """Block until ``[start, end)`` is in the file; raise the download's error."""
+        with self._lock:
+            if self._available(start, end):
+                return
+            key = self._next_demand
+            self._next_demand += 1
+            self._demands[key] = [start, end]
+            self._work.notify_all()
+            try:
+                while not self._available(start, end):
+                    if self._aborted:
+                        raise Cancelled()
+                    if self.error is not None:
+                        raise self.error
+                    if self.stop.is_set():
+                        raise Abandoned()
+                    self._arrived.wait(0.5)
+            finally:
+                self._demands.pop(key, None)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        end = min(offset + n, self.obj.size)
+        if end <= offset:
+            return b""
+        self.wait_for(offset, end)
+        return os.pread(self._fd, end - offset, offset)
+
+    def open_range(self, start: int, end: int) -> ArchiveRange:
+        return StagedRange(self, start, end)
+
+    def abort(self) -> None:
+        """Every waiting and later read raises ``Cancelled`` (the download goes on)."""
+        with self._lock:
+            self._aborted = True
+            self._arrived.notify_all()
+
+    def release(self, start: int, end: int) -> None:
+        """The readers are done with ``[start, end)``: free its whole pages (those partly
+        outside may hold a neighbour's bytes)."""
+        first = -(-start // PAGE) * PAGE
+        last = min(end, self.keep_from) // PAGE * PAGE
+        if last > first:
+            punch_hole(self._fd, first, last - first)
+
+    # -- the end ------------------------------------------------------------------------------------
+    def finish(self, tail: bytes, tail_start: int) -> int:
+        """Fetch what nobody read, wait for the last byte, raise the download's error,
+        verify size and checksum and the read-ahead tail; returns the bytes received."""
+        with self._lock:
+            self._everything = True
+            self._work.notify_all()
+            while self._missing or any(s == _ACTIVE for s in self._state):
+                if self.error is not None:
+                    break
                 if self.stop.is_set():
                     raise Abandoned()
-            if self.available < end:
-                if self.error is not None:
-                    raise self.error
-                raise SourceError(
-                    f"{self.source.uri}{self.obj.name}: got {self.available} bytes, the store reports {self.obj.size}"
-                )
-
-    def finish(self, tail: bytes, tail_start: int) -> int:
-        """Wait for the end; raise its error; verify size, checksum and the read-ahead tail."""
-        self.join()
+                self._arrived.wait(0.5)
+        self._halt.set()
+        self._join()
         if self.error is not None:
             raise self.error
-        where = f"{self.source.uri}{self.obj.name}"
-        self.verifier.check(where)
-        if tail:
-            with open(self.path, "rb", buffering=0) as fh:
-                if os.pread(fh.fileno(), len(tail), tail_start) != tail:
-                    raise SourceError(f"{where} changed while it was downloaded")
-        return self.verifier.size
+        self.checks.check(self.where)
+        if tail and os.pread(self._fd, len(tail), tail_start) != tail:
+            raise SourceError(f"{self.where} changed while it was downloaded")
+        return self.received
 
     def cancel(self) -> None:
-        self.abort.set()
-        self.join()
+        """Stop every connection now (a blocked read is cut short) and wait for them."""
+        self._halt.set()
+        with self._lock:
+            self._work.notify_all()
+        self._join()
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join()
+
+    def close(self) -> None:
+        self.cancel()
+        os.close(self._fd)
+
+
+_MISSING, _ACTIVE, _DONE = 0, 1, 2
+PAGE = 4096
+# A reader frees what lies behind it in steps of this many bytes (fewer system calls).
+RELEASE_EVERY = 8 << 20
+
+
+class StagedRange:
+    """``[start, end)`` of a ``Staged`` object, read front to back; the download fetches
+    ahead of the position, and what lies behind it is freed."""
+
+    def __init__(self, staged: Staged, start: int, end: int) -> None:
+        self._staged = staged
+        self._start = start
+        self._pos = start
+        self._end = end
+        self._released = start
+        self._key: int | None = staged.demand(start, end)
+
+    def read(self, n: int) -> bytes:
+        data = self._staged.read_at(self._pos, min(n, self._end - self._pos))
+        self._pos += len(data)
+        if self._key is not None:
+            self._staged.advance(self._key, self._pos)
+        if self._pos - self._released >= RELEASE_EVERY:
+            self._staged.release(self._released, self._pos)
+            self._released = self._pos
+        return data
+
+    def close(self) -> None:
+        if self._key is not None:
+            self._staged.drop(self._key)
+            self._key = None
+            self._staged.release(self._released, self._pos)
+            self._released = self._pos
 
 
 class GrowingReader(io.RawIOBase):
     """A seekable view of the object being downloaded: ``[0, tail_start)`` from the
-    growing file (waiting as needed), ``[tail_start, size)`` from the read-ahead tail.
+    staged file (waiting as needed), ``[tail_start, size)`` from the read-ahead tail.
 
-    The extractors read front to back, so what lies well behind the read position is
-    never read again: it is punched out of the staging file as the reading advances.
-    Without that, a 4 GiB archive is 4 GiB of dirty page cache that the kernel starts
-    writing to disk (past vm.dirty_background_ratio), competing with the unpacked files'
-    writes that must reach the disk; with it, the archive costs a bounded window of page
-    cache and next to no disk writes. (The checksum was computed as the bytes arrived;
-    the read-ahead tail is never punched, so ``finish()`` can still compare it.) Reading
-    behind the dropped part is refused, never answered with the hole's zeros.
+    The tar.gz extractor reads front to back: what lies well behind the read position is
+    never read again and is freed (the BufferedReader on top keeps a window just behind
+    it, hence the margin); the zip extractor reads its directory through this view (from
+    the tail, or, when the tail could not be read ahead, from wherever the directory is:
+    those pieces are fetched first) and its members through ``Staged.open_range``.
+    Reading behind the freed part is refused, never answered with the hole's zeros.
     """
 
-    def __init__(self, download: Download, tail: bytes, tail_start: int) -> None:
+    def __init__(self, staged: Staged, tail: bytes, tail_start: int, sequential: bool) -> None:
         super().__init__()
-        self._download = download
-        self._size = download.obj.size
+        self._staged = staged
+        self._size = staged.obj.size
         self._tail = tail
         self._tail_start = tail_start if tail else self._size
-        self._fd = os.open(download.path, os.O_RDONLY | os.O_CLOEXEC)
         self._pos = 0
-        self._discard_fd: int | None = os.open(download.path, os.O_WRONLY | os.O_CLOEXEC)
+        self._sequential = sequential
+        self._key: int | None = staged.demand(0, self._tail_start) if sequential else None
         self._discarded = 0
 
     def readable(self) -> bool:
@@ -214,28 +415,22 @@ class GrowingReader(io.RawIOBase):
         else:
             if self._pos < self._discarded:
                 raise SourceError(f"internal: read at {self._pos}, before the discarded {self._discarded} bytes")
-            end = min(self._pos + want, self._tail_start)
-            self._download.wait_for(end)
-            data = os.pread(self._fd, end - self._pos, self._pos)
-            self._discard_behind()
+            data = self._staged.read_at(self._pos, min(want, self._tail_start - self._pos))
+            if self._key is not None:
+                self._staged.advance(self._key, self._pos + len(data))
+                self._discard_behind()
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
     def _discard_behind(self) -> None:
         upto = (self._pos - DISCARD_MARGIN) // DISCARD_EVERY * DISCARD_EVERY
-        if self._discard_fd is None or upto <= self._discarded:
-            return
-        if punch_hole(self._discard_fd, self._discarded, upto - self._discarded):
+        if upto > self._discarded:
+            self._staged.release(self._discarded, upto)
             self._discarded = upto
-        else:
-            os.close(self._discard_fd)
-            self._discard_fd = None
 
     def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-            if self._discard_fd is not None:
-                os.close(self._discard_fd)
-                self._discard_fd = None
+        if not self.closed and self._key is not None:
+            self._staged.drop(self._key)
+            self._key = None
         super().close()

@@ -23,7 +23,7 @@ import model_poller.server as server_module
 from model_poller.config import build_settings
 from model_poller.errors import Abandoned
 from model_poller.server import Poller
-from model_poller.sources import Source
+from model_poller.sources import Source, Transfer
 from model_poller.sources.base import Sink
 from model_poller.versions import SourceObject
 
@@ -85,8 +85,8 @@ def test_download_longer_than_ack_deadline_installs_once(
     sources: list[SlowSource] = []
     real_open = server_module.open_source
 
-    def open_slow(uri: str, project: str | None = None) -> Source:
-        source = SlowSource(real_open(uri, project))
+    def open_slow(uri: str, project: str | None = None, transfer: Transfer | None = None) -> Source:
+        source = SlowSource(real_open(uri, project, transfer))
         sources.append(source)
         return source
 
