@@ -222,11 +222,14 @@ def status_schema() -> Schema:
                         "latest": {**version, "nullable": True},
                         "lastSync": {"type": "string", "format": "date-time", "nullable": True},
                         "error": {"type": "string", "nullable": True},
+                        # No enum: a newer poller image may report a reason this CRD does not
+                        # list yet; the operator maps unknown reasons to PollerError.
                         "reason": {
                             "type": "string",
                             "nullable": True,
-                            "enum": [r.value for r in models.ReportReason],
-                            "description": "What kind of error `error` is; null with no error.",
+                            "description": "What kind of error `error` is (one of "
+                            + ", ".join(r.value for r in models.ReportReason)
+                            + "); null with no error.",
                         },
                     },
                 },

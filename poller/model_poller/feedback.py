@@ -56,7 +56,9 @@ class Feedback:
         self.reporter: Reporter = reporter or NullReporter()
         if settings.report_to:
             self.kube = Kube.from_environment(Target.parse(settings.report_to))
-            self.policy_watcher = PolicyWatcher(self.kube, self._on_policy)
+            self.policy_watcher = PolicyWatcher(
+                self.kube, self._on_policy, lambda outcome: metrics.policy_watch_errors.labels(outcome=outcome).inc()
+            )
             if reporter is None:
                 self.writer = StatusWriter(
                     self.kube,

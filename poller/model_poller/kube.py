@@ -46,6 +46,10 @@ class KubeNotFound(KubeError):
     """404: the ModelDeployment does not exist (any more)."""
 
 
+class KubeRejected(KubeError):
+    """400/422: the request itself was refused (retrying the same one will not help)."""
+
+
 class ResourceExpired(KubeError):
     """410: the watch's resourceVersion is too old; list (get) again."""
 
@@ -79,6 +83,8 @@ def _error(exc: Exception, what: str) -> KubeError:
             return KubeNotFound(status, message)
         if status == 410:
             return ResourceExpired(status, message)
+        if status in (400, 422):
+            return KubeRejected(status, message)
         return KubeUnavailable(status, message)
     return KubeUnavailable(0, f"{what}: {type(exc).__name__}: {exc}")
 

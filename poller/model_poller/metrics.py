@@ -74,6 +74,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.policy_watch_errors = Counter(
+            "model_poller_policy_watch_errors",
+            "Failed reads/watches of the ModelDeployment's spec.versions, by outcome (retry, forbidden, not_found).",
+            ["outcome"],
+            registry=r,
+        )
         self.notifications = Counter(
             "model_poller_notifications", "Pub/Sub notifications received, by outcome.", ["outcome"], registry=r
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any, Callable, Mapping
 
 from model_poller_api import models
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 RETRY_START = 0.5
 RETRY_MAX = 5.0
 SLOW_RETRY = 60.0
+# A persisting 403/404 is logged at most this often.
+LOG_EVERY = 600.0
 
 
 def policy_of(obj: Mapping[str, Any]) -> Policy:
@@ -38,9 +41,13 @@ def policy_of(obj: Mapping[str, Any]) -> Policy:
 class PolicyWatcher:
     """Calls ``on_policy`` with the first policy read and with every change after it."""
 
-    def __init__(self, kube: Kube, on_policy: Callable[[Policy], None]) -> None:
+    def __init__(
+        self, kube: Kube, on_policy: Callable[[Policy], None], on_error: Callable[[str], None] | None = None
+    ) -> None:
         self.kube = kube
         self._on_policy = on_policy
+        self._on_error = on_error or (lambda outcome: None)
+        self._logged_at = -LOG_EVERY
         self._policy: Policy | None = None
         self._stop = threading.Event()
         self.first = threading.Event()
@@ -89,14 +96,25 @@ class PolicyWatcher:
                             log.warning("ModelDeployment %s was deleted; keeping %s", self.kube.target,
                                         self._policy.describe() if self._policy else "the flags' policy")
             except ResourceExpired:
-                continue  # get again, then watch from the fresh resourceVersion
+                self._stop.wait(RETRY_START)  # get again, then watch from the fresh resourceVersion
             except (KubeForbidden, KubeNotFound) as exc:
                 # Slowing to one a minute: an API server that is starting can answer 403 for
                 # a moment, a fixed Role or a re-created object must still be picked up.
                 delay = min(SLOW_RETRY, delay * 2 if delay else RETRY_START)
-                log.error("cannot follow spec.versions of %s: %s; retrying in %.0fs", self.kube.target, exc, delay)
+                self._on_error("forbidden" if isinstance(exc, KubeForbidden) else "not_found")
+                if delay > RETRY_START and time.monotonic() - self._logged_at >= LOG_EVERY:
+                    self._logged_at = time.monotonic()
+                    log.error("cannot follow spec.versions of %s: %s (the poller's ServiceAccount needs get and "
+                              "watch on modeldeployments, resourceNames [%s]); retrying", self.kube.target, exc,
+                              self.kube.target.name)
                 self._stop.wait(delay * random.uniform(0.5, 1.0))
             except KubeError as exc:
                 delay = min(RETRY_MAX, delay * 2 if delay else RETRY_START)
+                self._on_error("retry")
                 log.warning("watch of %s interrupted (%s); again in about %.1fs", self.kube.target, exc, delay)
                 self._stop.wait(delay * random.uniform(0.5, 1.0))
+            except Exception:  # noqa: BLE001 - the live policy must outlive any one bad answer
+                delay = min(SLOW_RETRY, delay * 2 if delay else RETRY_START)
+                log.exception("following spec.versions of %s failed unexpectedly (a bug: please report it)",
+                              self.kube.target)
+                self._stop.wait(delay)

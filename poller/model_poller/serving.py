@@ -10,6 +10,7 @@ and calls back when what it sees changes.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -72,7 +73,8 @@ def parse_status(body: Mapping[str, Any]) -> tuple[VersionStatus, ...]:
         version = parse_version(str(item.get("version", "")))
         if version is None:
             continue
-        status = item.get("status") or {}
+        status = item.get("status")
+        status = status if isinstance(status, Mapping) else {}
         result.append(
             VersionStatus(
                 version=version,
@@ -133,7 +135,7 @@ def fetch(url: str, model_name: str, timeout: float = TIMEOUT) -> ServingStatus:
             # TF Serving answers 404 until a first version of the model is known.
             return ServingStatus(reachable=True, problem=f"no version of {model_name} loaded yet")
         return ServingStatus(reachable=False, problem=f"{endpoint}: HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         return ServingStatus(reachable=False, problem=f"{endpoint}: {one_line(exc, 200)}")
     if not isinstance(body, Mapping):
         return ServingStatus(reachable=False, problem=f"{endpoint}: not TF Serving's status JSON")
@@ -161,6 +163,8 @@ class ServingWatcher:
         self._lock = threading.Lock()
         self._status: ServingStatus | None = None
         self._expected: dict[int, float] = {}
+        self._gave_up: set[int] = set()  # versions TF Serving never settled within EXPECT_SECONDS
+        self._bugs: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serving-watch", daemon=True)
@@ -182,8 +186,8 @@ class ServingWatcher:
         """Poll fast until each of ``versions`` is AVAILABLE or has failed."""
         deadline = time.monotonic() + EXPECT_SECONDS
         with self._lock:
-            for version in versions:
-                self._expected[version] = deadline
+            for version in versions - self._gave_up:  # re-asking never extends a deadline
+                self._expected.setdefault(version, deadline)
         self._wake.set()
 
     def _settle(self, status: ServingStatus) -> None:
@@ -191,29 +195,40 @@ class ServingWatcher:
         with self._lock:
             for version, deadline in list(self._expected.items()):
                 entry = status.state_of(version)
-                if now > deadline or (entry is not None and (entry.state == AVAILABLE or entry.failed)):
+                if entry is not None and (entry.state == AVAILABLE or entry.failed):
                     del self._expected[version]
+                elif now > deadline:
+                    del self._expected[version]
+                    self._gave_up.add(version)
 
     def _interval(self) -> float:
         with self._lock:
             return self.fast if self._expected else self.slow
 
     def _run(self) -> None:
-        logged_unreachable = False
         while not self._stop.is_set():
-            status = fetch(self.url, self.model_name)
-            if not status.reachable and not logged_unreachable:
-                log.info("TF Serving not answering yet: %s", status.problem)
-            logged_unreachable = not status.reachable
-            self._settle(status)
-            with self._lock:
-                changed = status != self._status
-                self._status = status
-            if changed:
-                self._log_change(status)
-                self._on_change()
+            try:
+                self._poll_once()
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad answer
+                what = f"{type(exc).__name__}: {one_line(exc, 200)}"
+                if what not in self._bugs:  # once per kind of error: it may repeat 10 times a second
+                    self._bugs.add(what)
+                    log.exception("checking TF Serving failed unexpectedly (a bug: please report it); trying again")
             self._wake.wait(self._interval())
             self._wake.clear()
+
+    def _poll_once(self) -> None:
+        status = fetch(self.url, self.model_name)
+        with self._lock:
+            previous = self._status
+            changed = status != previous
+            self._status = status
+        if not status.reachable and (previous is None or previous.reachable):
+            log.info("TF Serving not answering: %s", status.problem)
+        self._settle(status)
+        if changed:
+            self._log_change(status)
+            self._on_change()
 
     def _log_change(self, status: ServingStatus) -> None:
         if status.reachable:

@@ -23,7 +23,7 @@ from typing import Callable
 
 from model_poller_api.models import PollerReport
 
-from model_poller.kube import Kube, KubeError, KubeForbidden, KubeNotFound
+from model_poller.kube import Kube, KubeError, KubeForbidden, KubeNotFound, KubeRejected
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ class StatusWriter:
             if desired is not None and (changed or now >= next_heartbeat):
                 try:
                     self.kube.patch_entry(self.pod, desired.to_status())
-                except KubeError as exc:
+                except Exception as exc:  # noqa: BLE001 - KubeError, or a bug: never the thread's end
+                    exc = exc if isinstance(exc, KubeError) else KubeRejected(0, f"unexpected: {exc!r}")
                     # Count failures of one kind in a row: an outage (many "unreachable")
                     # followed by the API server's start-up 403 restarts the short retries.
                     failures = failures + 1 if type(exc) is last_kind else 1
@@ -147,6 +148,12 @@ class StatusWriter:
                     f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is gone ({exc}); "
                     "syncing goes on",
                 )
+            return min(SLOW_RETRY, base) * random.uniform(0.5, 1.0)
+        if isinstance(exc, KubeRejected):
+            # The API server refused the entry itself (e.g. a field this CRD version does not
+            # know): the same entry will be refused again; a new one may not be.
+            self._on_write("rejected")
+            self._log_rarely(KubeRejected, f"status.pollers.{self.pod} of {self.kube.target} refused: {exc}")
             return min(SLOW_RETRY, base) * random.uniform(0.5, 1.0)
         self._on_write("retry")
         delay = min(RETRY_MAX, base) * random.uniform(0.5, 1.0)

@@ -88,7 +88,7 @@ class Engine:
         self.storage_limit = storage_limit
         # (version, generation) of each rejected upload -> its reason (and the whole error).
         self.rejected: dict[tuple[int, int], str] = {}
-        self._rejections: dict[tuple[int, int], Rejected] = {}
+        self._rejections: dict[tuple[int, int], tuple[str, str]] = {}  # (reason, detail): no traceback kept
         self._validated: set[tuple[int, int]] = set()
         self._artifacts: dict[int, Artifact] | None = None
         self._attempt_problems: list[Problem] = []
@@ -136,6 +136,7 @@ class Engine:
         mid-install; any other failure is in the outcome."""
         if relist or self._artifacts is None:
             self._artifacts = self._list()
+            self._forget_gone(self._artifacts)
         artifacts = self._artifacts
         usable = {v: a for v, a in artifacts.items() if (v, a.generation) not in self.rejected}
         on_disk = self.model_dir.installed()
@@ -195,6 +196,15 @@ class Engine:
         self.metrics.last_sync_success.set(1 if outcome.complete else 0)
         return outcome
 
+    def _forget_gone(self, artifacts: dict[int, Artifact]) -> None:
+        """Drop what is remembered about uploads no longer at the source: a sidecar runs
+        for months, and these maps would otherwise grow with every upload ever seen."""
+        present = {(v, a.generation) for v, a in artifacts.items()}
+        for memory in (self.rejected, self._rejections):
+            for key in [k for k in memory if k not in present]:
+                del memory[key]
+        self._validated &= present
+
     def _list(self) -> dict[int, Artifact]:
         artifacts, skipped = parse_listing(self.source.list_objects())
         for skip in skipped:
@@ -235,7 +245,7 @@ class Engine:
             raise
         except Rejected as exc:
             self.rejected[(artifact.version, artifact.generation)] = exc.reason
-            self._rejections[(artifact.version, artifact.generation)] = exc
+            self._rejections[(artifact.version, artifact.generation)] = (exc.reason, exc.detail)
             self.metrics.rejections.labels(reason=exc.reason).inc()
             log.error("rejected %s (version %d): %s: %s", where, artifact.version, exc.reason, exc.detail)
             del usable[artifact.version]
@@ -326,12 +336,13 @@ class Engine:
         are what a user is waiting for. Resolved by a newer valid version or a delete."""
         problems = []
         for version, artifact in sorted(artifacts.items(), reverse=True):
-            exc = self._rejections.get((version, artifact.generation))
-            if exc is not None and (latest is None or version > latest):
+            rejection = self._rejections.get((version, artifact.generation))
+            if rejection is not None and (latest is None or version > latest):
+                reason, detail = rejection
                 problems.append(
                     Problem(
                         ReportReason.VERSION_REJECTED,
-                        f"version {version} ({self.source.uri}{artifact.name}) rejected: {exc.reason}: {exc.detail}",
+                        f"version {version} ({self.source.uri}{artifact.name}) rejected: {reason}: {detail}",
                     )
                 )
         return problems

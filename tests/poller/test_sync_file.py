@@ -200,3 +200,15 @@ def test_latest_stays_the_newest_valid_version_after_a_rollback_removes_it(dirs:
     assert numeric_dirs(dirs.models) == [1]
     assert outcome.latest == 3  # 3 is still a valid version at the source
     assert engine.sync().installed == []  # and is not downloaded again to know it
+
+
+def test_memory_of_rejected_uploads_is_dropped_when_they_leave_the_source(dirs: Dirs, make_engine: EngineFactory) -> None:
+    (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
+    engine = make_engine(Policy(keep=1))
+    for n in range(2, 12):
+        (dirs.src / f"{n}.zip").write_bytes(b"broken")
+        engine.sync()
+        assert len(engine.rejected) == 1, engine.rejected  # only the one still at the source
+        (dirs.src / f"{n}.zip").unlink()
+    engine.sync()
+    assert engine.rejected == {}
