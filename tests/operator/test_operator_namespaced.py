@@ -65,8 +65,9 @@ def test_operator_runs_under_the_charts_namespaced_rbac(kube: Any, cluster: kit.
     ).stdout  # fmt: skip
     docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] != "Deployment"]  # no image to run here
     assert {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] in ("Role", "RoleBinding")} == {
-        ("Role", served), ("RoleBinding", served)
-    }
+        ("Role", served), ("RoleBinding", served),
+        ("Role", system), ("RoleBinding", system),  # the webhook's: its own certificate Secret only
+    }  # fmt: skip
     manifest = tmp_path / "namespaced.yaml"
     manifest.write_text(yaml.safe_dump_all(docs))
     subprocess.run(["kubectl", "apply", "-f", str(manifest)], env=kube.env(), capture_output=True, text=True, check=True)

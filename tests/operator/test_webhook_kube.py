@@ -282,3 +282,25 @@ def test_status_follows_the_labelled_pods(kube: Any, webhook: kit.OperatorProces
     cluster.core.delete_namespaced_pod(pods[0], ns, grace_period_seconds=0)
     kit.wait_for("the gone pod's entry pruned", lambda: set((cluster.get_md(ns, NAME).get("status") or {})
                  .get("pollers") or {}) == {pods[1]} and cluster.get_md(ns, NAME)["status"]["replicas"] == 1)  # fmt: skip
+
+
+def test_the_external_examples_work_together(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+    """deploy/examples/external-md.yaml and external-deployment.yaml, as a user applies them."""
+    import yaml
+
+    examples = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+    md = yaml.safe_load((examples / "external-md.yaml").read_text())
+    deployment = yaml.safe_load((examples / "external-deployment.yaml").read_text())
+    name = md["metadata"]["name"]
+    wk.create_external_md(cluster, ns, name, **{k: v for k, v in md["spec"].items() if k != "workload"})
+    created = cluster.apps.create_namespaced_deployment(ns, deployment)
+    template = cluster.api.sanitize_for_serialization(created)["spec"]["template"]
+    pod = create_pod(cluster, ns, {"metadata": {**template["metadata"], "generateName": "resnet-serving-"},
+                                   "spec": template["spec"]})["spec"]  # fmt: skip
+    (serving,) = pod["containers"]
+    assert serving["name"] == "tf-serving"
+    assert serving["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2"]
+    assert serving["readinessProbe"]["httpGet"]["path"] == names.PATH_SERVING_READY
+    assert [c["name"] for c in pod["initContainers"]] == ["poller"]
+    assert pod["serviceAccountName"] == f"{name}-poller"
+    assert pod["nodeSelector"] == deployment["spec"]["template"]["spec"]["nodeSelector"], "the rest is the team's"
