@@ -480,16 +480,18 @@ def test_poller_errors_become_degraded_conditions(
     cluster.wait_observed(namespace, "m")
     cluster.core.create_namespaced_pod(namespace, _pod(template, "m-aaaaa"))
     poller = client.CustomObjectsApi(kube.api_client(kit.service_account_token(kube, namespace, "m-poller")))
-    report = models.PollerReport(versions=(3,), serving=3, latest=3, error="pinned version 7 is absent at gs://bkt/m/")
+    report = models.PollerReport(versions=(3,), serving=3, latest=3, error="pinned version 7 is not a valid version "
+                                 "at gs://bkt/m/", reason=models.ReportReason.PINNED_VERSION_MISSING)
     poller.patch_namespaced_custom_object_status(
         names.GROUP, names.VERSION, namespace, names.PLURAL, "m", {"status": {"pollers": {"m-aaaaa": report.to_status()}}}
     )
     degraded = kit.wait_for(
         "Degraded", lambda: (c := cluster.condition(namespace, "m", "Degraded")).get("status") == "True" and c
     )
-    assert degraded["reason"] == "PinnedVersionAbsent"
+    assert degraded["reason"] == "PinnedVersionMissing"
     assert "spec.versions.pinned" in degraded["message"]
-    denied = models.PollerReport(versions=(3,), serving=3, latest=3, error="403 Forbidden: access denied to bucket bkt")
+    denied = models.PollerReport(versions=(3,), serving=3, latest=3, error="listing gs://bkt/m/: access denied (403)",
+                                 reason=models.ReportReason.ACCESS_DENIED)
     poller.patch_namespaced_custom_object_status(
         names.GROUP, names.VERSION, namespace, names.PLURAL, "m", {"status": {"pollers": {"m-aaaaa": denied.to_status()}}}
     )

@@ -100,9 +100,37 @@ def _no_owner(deployment: dict[str, Any]) -> None:
     del deployment["metadata"]["ownerReferences"]
 
 
+def _other_secret_volume(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "loot", "secret": {"secretName": "payments-db"}})
+    pod["containers"][0]["volumeMounts"].append({"name": "loot", "mountPath": "/loot"})
+
+
+def _projected_secret(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "loot", "projected": {"sources": [{"secret": {"name": "payments-db"}}]}})
+
+
+def _secret_env(deployment: dict[str, Any]) -> None:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container.setdefault("env", []).append(
+        {"name": "LOOT", "valueFrom": {"secretKeyRef": {"name": "payments-db", "key": "password"}}}
+    )
+
+
+def _credentials_in_serving(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "gcs-credentials", "secret": {"secretName": "gcs-key"}})
+    pod["containers"][0]["volumeMounts"].append({"name": "gcs-credentials", "mountPath": "/creds"})
+
+
 @pytest.mark.parametrize(
     ("mutate", "words"),
     [
+        (_other_secret_volume, ["gcs-credentials"]),
+        (_projected_secret, ["projected"]),
+        (_secret_env, ["secretKeyRef"]),
+        (_credentials_in_serving, ["only into the poller"]),
         (_with_host_path, ["hostPath"]),
         (_escalation, ["allowPrivilegeEscalation"]),
         (_added_capability, ["capabilities"]),
@@ -111,7 +139,8 @@ def _no_owner(deployment: dict[str, Any]) -> None:
         (_unlabelled, ["labelled"]),
         (_no_owner, ["controlled by"]),
     ],
-    ids=["hostPath", "escalation", "capability", "hostNetwork", "serviceAccount", "unlabelled", "not-owned"],
+    ids=["secret-volume", "projected-secret", "secret-env", "credentials-in-serving", "hostPath", "escalation",
+         "capability", "hostNetwork", "serviceAccount", "unlabelled", "not-owned"],
 )
 def test_deployments_only_in_the_rendered_shape(
     kube: Any, operator_token: str, namespace: str, mutate: Callable[[dict[str, Any]], None], words: list[str]
@@ -273,3 +302,20 @@ def test_a_child_whose_label_was_removed_by_hand_is_repaired_under_the_policy(
         lambda: (cluster.child("Service", namespace, "m") or {})["metadata"]["labels"].get(names.LABEL_MANAGED_BY) == names.MANAGER,
     )
     assert "ValidatingAdmissionPolicy" not in operator.log()
+
+
+def test_operator_token_cannot_rewrite_a_model_deployments_spec(
+    kube: Any, operator_token: str, cluster: kit.Cluster, namespace: str
+) -> None:
+    """A stolen token rewriting spec.source or spec.poller.image would have the operator
+    deploy the thief's model or image itself: only metadata (kopf's annotations) may change."""
+    cluster.create_md(namespace, "target", {"source": {"uri": "gs://bkt/target/"}})
+    custom = client.CustomObjectsApi(kube.api_client(operator_token))
+
+    def patch(body: dict[str, Any]) -> Any:
+        return custom.patch_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "target", body)
+
+    refused_by_policy(lambda: patch({"spec": {"source": {"uri": "gs://attacker/model/"}}}), "never its spec")
+    refused_by_policy(lambda: patch({"spec": {"poller": {"image": "attacker/image:1"}}}), "never its spec")
+    patch({"metadata": {"annotations": {"modelpoller.dev/probe": "ok"}}})  # what kopf does is admitted
+    assert cluster.get_md(namespace, "target")["spec"]["source"]["uri"] == "gs://bkt/target/"
