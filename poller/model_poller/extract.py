@@ -544,14 +544,19 @@ def _check_zip_entry(entry: _ZipEntry) -> None:
 
 
 class Cancelled(Exception):
-    """A read or a member given up because another member failed first (never reported)."""
+    """A member given up because a member before it failed (never reported)."""
 
 
 class ArchiveRange(Protocol):
     """Bytes ``[start, end)`` of an archive, read front to back by one thread."""
 
     def read(self, n: int) -> bytes:
-        """The next ``min(n, bytes left)`` bytes (waiting for them if need be)."""
+        """The next ``min(n, bytes left)`` bytes (waiting for them if need be); raises
+        ``Cancelled`` once ``cancel()`` was called."""
+        ...
+
+    def cancel(self) -> None:
+        """Make the current and every later ``read`` raise ``Cancelled`` (any thread)."""
         ...
 
     def close(self) -> None:
@@ -564,10 +569,6 @@ class ArchiveParts(Protocol):
 
     def open_range(self, start: int, end: int) -> ArchiveRange: ...
 
-    def abort(self) -> None:
-        """From now on every read raises ``Cancelled`` (a member failed: stop the others)."""
-        ...
-
 
 class SharedFile:
     """``ArchiveParts`` over one seekable file object: reads take turns (seek, read)."""
@@ -575,18 +576,12 @@ class SharedFile:
     def __init__(self, archive: BinaryIO) -> None:
         self._archive = archive
         self._lock = threading.Lock()
-        self._aborted = False
 
     def open_range(self, start: int, end: int) -> ArchiveRange:
         return _SharedRange(self, start, end)
 
-    def abort(self) -> None:
-        self._aborted = True
-
     def read_at(self, offset: int, n: int) -> bytes:
         with self._lock:
-            if self._aborted:
-                raise Cancelled()
             self._archive.seek(offset)
             return self._archive.read(n)
 
@@ -596,11 +591,17 @@ class _SharedRange:
         self._shared = shared
         self._pos = start
         self._end = end
+        self._cancelled = False
 
     def read(self, n: int) -> bytes:
+        if self._cancelled:
+            raise Cancelled()
         data = self._shared.read_at(self._pos, min(n, self._end - self._pos))
         self._pos += len(data)
         return data
+
+    def cancel(self) -> None:
+        self._cancelled = True
 
     def close(self) -> None:
         pass
@@ -623,50 +624,68 @@ class _Members:
     ones download. One member more than ``workers`` is queued: its range is open, so the
     download fetches its bytes while the others inflate.
 
-    When one fails, the others are cancelled; ``finish`` raises the failure of the member
-    first in the archive (``Abandoned`` if the poller is stopping), as a sequential
-    unpacking would have met it first."""
+    A failed member cancels the members after it, never those before it: ``finish``
+    raises the failure of the member first in the archive (``Abandoned`` if the poller
+    is stopping), the one a sequential unpacking would have met."""
 
-    def __init__(self, workers: int, parts: ArchiveParts) -> None:
+    def __init__(self, workers: int) -> None:
         self._workers = max(1, workers)
-        self._parts = parts
         self._slots = threading.Semaphore(self._workers + 1)
-        self._queue: queue.SimpleQueue[tuple[int, Callable[[threading.Event], None]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, Callable[[], None]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._errors: list[tuple[int, BaseException]] = []
         self._lock = threading.Lock()
-        self.cancelled = threading.Event()
+        self._errors: list[tuple[int, BaseException]] = []
+        self._failed_at: int | None = None
+        self._ranges: dict[int, ArchiveRange] = {}  # open ranges by member offset
 
-    def submit(self, offset: int, job: Callable[[threading.Event], None]) -> None:
-        """Run ``job(cancelled)``; it must release its own resources whatever happens."""
+    def track(self, offset: int, member: ArchiveRange) -> None:
+        """``member`` (at ``offset``) is open until ``untrack``: cancel it if an earlier one fails."""
+        with self._lock:
+            self._ranges[offset] = member
+            cancel = self._failed_at is not None and self._failed_at < offset
+        if cancel:
+            member.cancel()
+
+    def untrack(self, offset: int) -> None:
+        with self._lock:
+            self._ranges.pop(offset, None)
+
+    def cancelled(self, offset: int) -> bool:
+        """True once a member before ``offset`` has failed."""
+        failed_at = self._failed_at
+        return failed_at is not None and failed_at < offset
+
+    def submit(self, offset: int, job: Callable[[], None]) -> None:
+        """Run ``job``, which releases its own resources whatever happens."""
         if self._workers == 1:
-            job(self.cancelled)
+            job()
             return
         while not self._slots.acquire(timeout=0.2):
-            if self.cancelled.is_set():
-                job(self.cancelled)  # (it sees the cancellation and only cleans up)
-                raise Cancelled()
+            if self._failed_at is not None:
+                job()  # (cancelled, or it finishes: it is before the failure)
+                return
         if len(self._threads) < self._workers:
             thread = threading.Thread(target=self._run, name=f"unzip-{len(self._threads)}", daemon=True)
             self._threads.append(thread)
             thread.start()
         self._queue.put((offset, job))
 
-    def failed(self) -> bool:
-        return self.cancelled.is_set()
-
     def fail(self, offset: int, exc: BaseException) -> None:
         with self._lock:
             self._errors.append((offset, exc))
-        if not self.cancelled.is_set():
-            self.cancelled.set()
-            self._parts.abort()
+            if isinstance(exc, Cancelled):
+                return
+            if self._failed_at is None or offset < self._failed_at:
+                self._failed_at = offset
+            later = [member for at, member in self._ranges.items() if at > offset]
+        for member in later:
+            member.cancel()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             offset, job = item
             try:
-                job(self.cancelled)
+                job()
             except BaseException as exc:  # noqa: BLE001 - handed to finish()
                 self.fail(offset, exc)
             finally:
@@ -696,27 +715,28 @@ def _extract_zip(archive: BinaryIO, unpacker: Unpacker, parts: ArchiveParts | No
     # overlap (overlapping entries are a known zip-bomb trick).
     ordered = sorted(entries, key=lambda e: e.offset)
     parts = parts or SharedFile(archive)
-    members = _Members(workers, parts)
+    members = _Members(workers)
     offset = 0  # of the entry being walked
     try:
         for at, entry in enumerate(ordered):
             offset = entry.offset
             next_start = ordered[at + 1].offset if at + 1 < len(ordered) else directory.start
-            if members.failed():
+            if members.cancelled(offset):
                 break
             if entry.is_dir():
                 unpacker.add_dir(entry.name)
                 continue
             member = parts.open_range(entry.offset, next_start)
+            members.track(offset, member)
             try:
                 sink = _open_zip_member(member, entry, next_start, unpacker)
             except BaseException:
+                members.untrack(offset)
                 member.close()
                 raise
-            members.submit(entry.offset, functools.partial(_inflate_zip_member, member, entry, sink))
-    except Cancelled:
-        pass  # a member failed while this walk waited: finish() says which
-    except BaseException as exc:
+            job = functools.partial(_inflate_zip_member, member, entry, sink, members)
+            members.submit(offset, job)
+    except BaseException as exc:  # (Cancelled: a member before this one failed)
         members.fail(offset, exc)
     members.finish()
 
@@ -739,19 +759,17 @@ def _open_zip_member(member: ArchiveRange, entry: _ZipEntry, limit: int, unpacke
     return unpacker.open_file(entry.name, compressed_size=entry.compressed)
 
 
-def _inflate_zip_member(member: ArchiveRange, entry: _ZipEntry, sink: FileSink, cancelled: threading.Event) -> None:
+def _inflate_zip_member(member: ArchiveRange, entry: _ZipEntry, sink: FileSink, members: _Members) -> None:
     """Copy one stored or deflated member's data, checking its size and CRC-32."""
     what = f"entry {_short(entry.name)}"
     try:
-        if cancelled.is_set():
-            raise Cancelled()
         left = entry.compressed
         # (an empty deflated entry may be written as zero bytes: nothing to inflate)
         inflater = zlib.decompressobj(-15) if entry.method == _DEFLATED and left else None
         crc = 0
         out = 0
         while left > 0:
-            if cancelled.is_set():
+            if members.cancelled(entry.offset):
                 raise Cancelled()
             data = member.read(min(ZIP_READ, left))
             if not data:
@@ -787,6 +805,7 @@ def _inflate_zip_member(member: ArchiveRange, entry: _ZipEntry, sink: FileSink, 
         sink.discard()
         raise
     finally:
+        members.untrack(entry.offset)
         member.close()
     sink.close()
 

@@ -18,7 +18,7 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from model_poller.errors import Abandoned, SourceError
 from model_poller.extract import ArchiveRange, Cancelled
@@ -95,6 +95,10 @@ def zip_tail(source: Source, obj: SourceObject) -> tuple[bytes, int]:
     return tail, start
 
 
+def _never() -> bool:
+    return False
+
+
 class Staged:
     """``obj`` downloaded into ``path`` by up to ``Transfer.streams`` connections, piece
     by piece (see ``transfer``), for readers that wait for the bytes they need.
@@ -137,7 +141,6 @@ class Staged:
         self._demands: dict[int, list[int]] = {}  # id -> [position, end]
         self._next_demand = 0
         self._everything = False
-        self._aborted = False
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._threads = [
             threading.Thread(target=self._connection, name=f"download-{i}", daemon=True)
@@ -219,6 +222,8 @@ class Staged:
 
     def _fetch(self, piece: Piece, fd: int) -> None:
         def sink(chunk: bytes) -> None:
+            if self.stop.is_set():
+                self._halt.set()
             if self._halt.is_set():
                 raise Abandoned()
             pwrite_all(fd, chunk, piece.start + piece.filled)
@@ -248,8 +253,9 @@ class Staged:
             index += 1
         return True
 
-    def wait_for(self, start: int, end: int) -> None:
-        """Block until ``[start, end)`` is in the file; raise the download's error."""
+    def wait_for(self, start: int, end: int, cancelled: Callable[[], bool] = _never) -> None:
+        """Block until ``[start, end)`` is in the file; raise the download's error, or
+        ``Cancelled`` once ``cancelled()`` (checked whenever ``wake()`` is called)."""
         with self._lock:
             if self._available(start, end):
                 return
@@ -259,7 +265,7 @@ class Staged:
             self._work.notify_all()
             try:
                 while not self._available(start, end):
-                    if self._aborted:
+                    if cancelled():
                         raise Cancelled()
                     if self.error is not None:
                         raise self.error
@@ -269,21 +275,20 @@ class Staged:
             finally:
                 self._demands.pop(key, None)
 
-    def read_at(self, offset: int, n: int) -> bytes:
+    def wake(self) -> None:
+        """Make every waiting reader look again (one was cancelled)."""
+        with self._lock:
+            self._arrived.notify_all()
+
+    def read_at(self, offset: int, n: int, cancelled: Callable[[], bool] = _never) -> bytes:
         end = min(offset + n, self.obj.size)
         if end <= offset:
             return b""
-        self.wait_for(offset, end)
+        self.wait_for(offset, end, cancelled)
         return os.pread(self._fd, end - offset, offset)
 
     def open_range(self, start: int, end: int) -> ArchiveRange:
         return StagedRange(self, start, end)
-
-    def abort(self) -> None:
-        """Every waiting and later read raises ``Cancelled`` (the download goes on)."""
-        with self._lock:
-            self._aborted = True
-            self._arrived.notify_all()
 
     def release(self, start: int, end: int) -> None:
         """The readers are done with ``[start, end)``: free its whole pages (those partly
@@ -348,14 +353,25 @@ class StagedRange:
         self._pos = start
         self._end = end
         self._released = start
+        self._release_every = min(RELEASE_EVERY, staged.transfer.slice_bytes)
+        self._cancelled = False
         self._key: int | None = staged.demand(start, end)
 
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._staged.wake()
+
+    def _is_cancelled(self) -> bool:
+        return self._cancelled
+
     def read(self, n: int) -> bytes:
-        data = self._staged.read_at(self._pos, min(n, self._end - self._pos))
+        if self._cancelled:
+            raise Cancelled()
+        data = self._staged.read_at(self._pos, min(n, self._end - self._pos), self._is_cancelled)
         self._pos += len(data)
         if self._key is not None:
             self._staged.advance(self._key, self._pos)
-        if self._pos - self._released >= RELEASE_EVERY:
+        if self._pos - self._released >= self._release_every:
             self._staged.release(self._released, self._pos)
             self._released = self._pos
         return data
