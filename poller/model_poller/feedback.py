@@ -11,13 +11,15 @@ removes and decides what to report, so none of them can slow or stop syncing.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Callable
 
 from model_poller.config import Settings
 from model_poller.kube import Kube, Target
 from model_poller.metrics import Metrics
-from model_poller.policy import Policy
+from model_poller.install import BOOKKEEPING_DIR
+from model_poller.policy import Policy, policy_from_json, policy_to_json
 from model_poller.policy_watch import PolicyWatcher
 from model_poller.report import (
     AlwaysAllow,
@@ -34,6 +36,11 @@ from model_poller.sync import SyncOutcome
 
 log = logging.getLogger(__name__)
 
+# The last policy read from spec.versions, kept beside the versions for a restart during an
+# API server outage (see Feedback.wait_for_policy).
+POLICY_FILE = "policy.json"
+SAVED_POLICY_AFTER = 10.0
+
 
 class Feedback:
     def __init__(
@@ -47,6 +54,7 @@ class Feedback:
     ) -> None:
         self._wake = wake
         self._metrics = metrics
+        self._policy_file = settings.model_dir / BOOKKEEPING_DIR / POLICY_FILE
         self._lock = threading.Lock()
         self._policy: Policy | None = None
         self._serving_changed = False
@@ -91,6 +99,7 @@ class Feedback:
             self.kube.close()
 
     def _on_policy(self, policy: Policy) -> None:
+        self._save_policy(policy)
         with self._lock:
             self._policy = policy
         self._wake()
@@ -103,9 +112,13 @@ class Feedback:
     # -- for the sync loop ------------------------------------------------------------------
 
     def wait_for_policy(self, stop: threading.Event) -> Policy | None:
-        """With ``--report-to``: block until ``spec.versions`` was read (or stop). The
-        policy is never guessed: a pod cannot be created while the API server is away,
-        and a restarted poller keeps what is on disk until it knows the policy."""
+        """With ``--report-to``: the policy from ``spec.versions`` before the first sync.
+
+        The policy is never guessed. A poller restarted while the API server is away (its
+        container OOM-killed, say) starts from the policy it last read, saved beside the
+        versions, after ``SAVED_POLICY_AFTER`` seconds; the live one replaces it once read.
+        A brand-new pod has none saved and waits (it could not have been created without
+        the API server anyway)."""
         if self.policy_watcher is None:
             return None
         waited = 0.0
@@ -113,10 +126,34 @@ class Feedback:
             if stop.is_set():
                 return None
             waited += 1.0
+            if waited >= SAVED_POLICY_AFTER and (saved := self._load_policy()) is not None:
+                log.warning("spec.versions of ModelDeployment %s not readable yet: starting from the policy read "
+                            "last (%s); the live one applies as soon as it is read", self._target(), saved.describe())
+                return saved
             if waited in (10.0, 60.0) or waited % 600 == 0:
                 log.warning("waiting for spec.versions of ModelDeployment %s before the first sync (%.0fs so far)",
-                            self.kube.target if self.kube else "?", waited)
+                            self._target(), waited)
         return self.take_policy()
+
+    def _target(self) -> str:
+        return str(self.kube.target) if self.kube else "?"
+
+    def _save_policy(self, policy: Policy) -> None:
+        """Durably (temp file, rename) beside the versions; a failure only costs the fallback."""
+        path = self._policy_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(path.name + ".tmp")
+            temp.write_text(policy_to_json(policy))
+            os.replace(temp, path)
+        except OSError as exc:
+            log.warning("could not save the version policy to %s: %s", path, exc)
+
+    def _load_policy(self) -> Policy | None:
+        try:
+            return policy_from_json(self._policy_file.read_text())
+        except OSError:
+            return None
 
     def take_policy(self) -> Policy | None:
         """The policy read since the last call, if it changed."""

@@ -8,6 +8,7 @@ valid version (see ``removable`` for what waits for TF Serving's confirmation).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import AbstractSet, Iterable
 
@@ -77,3 +78,22 @@ def version_bytes_bound(storage_limit: int, policy: Policy) -> int:
     inside the policy) and one staging copy: ``storage_limit // (n + 2)``."""
     kept = len(policy.pinned) if policy.pinned is not None else (policy.keep or DEFAULT_KEEP)
     return storage_limit // (kept + 2)
+
+
+def policy_to_json(policy: Policy) -> str:
+    if policy.pinned is not None:
+        return json.dumps({"pinned": sorted(policy.pinned)})
+    return json.dumps({"keep": policy.keep})
+
+
+def policy_from_json(text: str) -> Policy | None:
+    """The policy saved by ``policy_to_json``; None for anything else (never raises)."""
+    try:
+        data = json.loads(text)
+        if isinstance(data.get("pinned"), list) and all(type(v) is int and v >= 0 for v in data["pinned"]):
+            return Policy(keep=None, pinned=frozenset(data["pinned"]))
+        if type(data.get("keep")) is int:
+            return Policy(keep=data["keep"])
+    except (ValueError, AttributeError, TypeError):
+        pass
+    return None

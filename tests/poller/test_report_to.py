@@ -409,6 +409,31 @@ def test_api_server_outage_never_stops_syncing_and_the_latest_state_is_written_a
     assert proc.proc.poll() is None
 
 
+@pytest.mark.kube
+def test_a_poller_restarted_during_an_outage_starts_from_the_policy_it_read_last(setup: Setup) -> None:
+    """Pinned to 1 (version 2 is at the source too), the poller's container restarts while
+    the API server is away: it must not guess a policy (which would install 2), and must not
+    wait for the API server either: it starts from the policy it saved, then follows the live one."""
+    ki.patch_md(setup.kube, setup.namespace, MD, {"spec": {"versions": {"keep": None, "pinned": [1]}}})
+    proc = setup.start()
+    setup.wait_disk([1], proc)
+    assert proc.terminate() == 0
+
+    kube = setup.kube
+    kube.stop_apiserver()
+    try:
+        started = time.monotonic()
+        restarted = setup.start()  # waits for /readyz: the initial sync is done
+        took = time.monotonic() - started
+        print(f"ready {took:.1f}s after a restart with the API server down")
+        assert on_disk(setup.models()) == [1]
+        assert "starting from the policy read last (pinned 1)" in restarted.output()
+    finally:
+        kube.start_apiserver()
+    ki.patch_md(setup.kube, setup.namespace, MD, {"spec": {"versions": {"keep": 2, "pinned": None}}})
+    setup.wait_disk([1, 2], restarted)
+
+
 # -- 7. flags -------------------------------------------------------------------------------
 
 
