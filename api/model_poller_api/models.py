@@ -156,6 +156,19 @@ class ReportReason(str, enum.Enum):
             return None
 
 
+# Most urgent first: which problem a poller's entry shows when it has several, and which
+# reason the operator's Degraded condition takes when pollers report different ones.
+REPORT_REASON_PRIORITY: tuple[ReportReason, ...] = (
+    ReportReason.ACCESS_DENIED,
+    ReportReason.SOURCE_NOT_FOUND,
+    ReportReason.SOURCE_UNREACHABLE,
+    ReportReason.INSTALL_FAILED,
+    ReportReason.PINNED_VERSION_MISSING,
+    ReportReason.LOAD_FAILED,
+    ReportReason.VERSION_REJECTED,
+)
+
+
 @dataclass(frozen=True)
 class PollerReport:
     """What one pod's poller writes under ``status.pollers[<pod name>]``.

@@ -57,16 +57,6 @@ _HINTS: Final[Mapping[models.ReportReason, str]] = {
         "the previous version keeps serving; upload a corrected SavedModel under a new version number"
     ),
 }
-# Most urgent first: the Degraded reason is the first of these that any poller reports.
-_RANK: Final = (
-    models.ReportReason.ACCESS_DENIED,
-    models.ReportReason.SOURCE_NOT_FOUND,
-    models.ReportReason.SOURCE_UNREACHABLE,
-    models.ReportReason.INSTALL_FAILED,
-    models.ReportReason.PINNED_VERSION_MISSING,
-    models.ReportReason.LOAD_FAILED,
-    models.ReportReason.VERSION_REJECTED,
-)
 # The kubelet's waiting reasons that mean a container will not start by itself.
 POD_FAILURE_REASONS: Final = frozenset(
     {
@@ -264,7 +254,7 @@ def error_reason(report: models.PollerReport) -> str:
 
 
 def _rank(reason: str) -> int:
-    values = [r.value for r in _RANK]
+    values = [r.value for r in models.REPORT_REASON_PRIORITY]
     return values.index(reason) if reason in values else len(values)
 
 

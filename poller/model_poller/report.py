@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AbstractSet, Protocol, Sequence
 
-from model_poller_api.models import PollerReport, ReportReason
+from model_poller_api.models import REPORT_REASON_PRIORITY, PollerReport, ReportReason
 
 from model_poller.errors import SourceAccessDenied, SourceError, SourceNotFound
 from model_poller.serving import ServingStatus, load_failures, serving_version
@@ -24,18 +24,6 @@ class Problem:
 
     reason: ReportReason
     message: str
-
-
-# Which problem the entry shows when there are several: the one a user must act on first.
-PRIORITY: tuple[ReportReason, ...] = (
-    ReportReason.ACCESS_DENIED,
-    ReportReason.SOURCE_NOT_FOUND,
-    ReportReason.SOURCE_UNREACHABLE,
-    ReportReason.INSTALL_FAILED,
-    ReportReason.PINNED_VERSION_MISSING,
-    ReportReason.LOAD_FAILED,
-    ReportReason.VERSION_REJECTED,
-)
 
 
 def source_problem(exc: SourceError) -> Problem:
@@ -50,7 +38,7 @@ def source_problem(exc: SourceError) -> Problem:
 def first_problem(problems: Sequence[Problem]) -> Problem | None:
     if not problems:
         return None
-    return min(problems, key=lambda p: PRIORITY.index(p.reason))
+    return min(problems, key=lambda p: REPORT_REASON_PRIORITY.index(p.reason))
 
 
 def rfc3339(timestamp: float) -> str:
