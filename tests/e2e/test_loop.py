@@ -169,6 +169,11 @@ def test_api_server_outage_never_stops_syncing(kube: Any, deployment: tuple[kit.
         e["versions"] == [1, 2] and e.get("serving") == 2 for e in pollers(cluster, namespace).values())
         and len(pollers(cluster, namespace)) == 2, 10)  # fmt: skip
     took = time.monotonic() - back
-    print(f"status right {took:.1f}s after the API server came back")
+    print(f"every poller entry right {took:.1f}s after the API server came back")
+    # The pollers' part is due within 10 s (above); the operator's aggregate follows once its
+    # watches reconnect (9.2 s measured here): allowed 20 s so a loaded CI machine is no flake.
+    wait("LATEST 2 and SERVING 2 after the outage", lambda: (row := get_md_row(kube, namespace))["LATEST"] == "2"
+         and row["SERVING"] == "2", 20)  # fmt: skip
+    print(f"kubectl get md right {time.monotonic() - back:.1f}s after the API server came back")
     for name, record in kubelet.pods().items():
         assert not record.poller_exits, f"{name}'s poller exited during the outage: {record.poller_exits}"
