@@ -9,6 +9,11 @@ Two modes:
   it is deleted on clean shutdown. Every replica hears of every version.
 
 Messages are handed to the poller as ``Hint``s; the poller acks them once handled.
+``on_failure`` wakes the poller at once when notifications go down, so it need not wait
+for its next poll: when the stream ends for good (the subscription was deleted, or a
+restarted emulator lost it; ``failed``: recreate it and list), and when the connection to
+Pub/Sub is lost (``connected`` is False while the client reconnects on its own; list
+meanwhile, since nothing arrives until it is back).
 """
 
 from __future__ import annotations
@@ -105,6 +110,7 @@ class Notifications:
         topic: str | None = None,
         pod: str = "poller",
         source_uri: str = "",
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         if (subscription is None) == (topic is None):
             raise ValueError("exactly one of subscription or topic")
@@ -119,14 +125,22 @@ class Notifications:
             assert subscription is not None
             self.subscription = subscription
         self._on_hint = on_hint
+        self._on_failure = on_failure or (lambda: None)
         self._client: Any = None
         self._future: Any = None
         self._failed = threading.Event()
+        self._connected = threading.Event()
+        self._channel: Any = None
 
     @property
     def failed(self) -> bool:
         """True when the streaming pull died; ``start()`` again (with backoff)."""
         return self._failed.is_set()
+
+    @property
+    def connected(self) -> bool:
+        """False while the gRPC channel to Pub/Sub is not READY (connecting, or failing)."""
+        return self._connected.is_set()
 
     def start(self) -> None:
         """Create (topic mode) or check (shared mode) the subscription, start pulling.
@@ -157,10 +171,37 @@ class Notifications:
         except Exception as exc:  # noqa: BLE001 - auth/transport errors, one line
             raise NotificationError(f"Pub/Sub unreachable for {self.subscription}: {one_line(exc, 240)}") from None
 
+        self._follow_channel()
         flow = pubsub_v1.types.FlowControl(max_messages=1000, max_lease_duration=3600)
         self._future = self._client.subscribe(self.subscription, callback=self._receive, flow_control=flow)
         self._future.add_done_callback(self._done)
         log.info("listening for notifications on %s", self.subscription)
+
+    def _follow_channel(self) -> None:
+        """Follow the connectivity of the client's gRPC channel (the streaming pull's): it
+        reconnects on its own, silently, for as long as Pub/Sub is away."""
+        if self._channel is not None:
+            return
+        channel = getattr(getattr(self._client, "transport", None), "grpc_channel", None)
+        if channel is None:  # not a gRPC transport: no state to follow
+            self._connected.set()
+            return
+        self._channel = channel
+        channel.subscribe(self._on_channel_state, try_to_connect=True)
+
+    def _on_channel_state(self, state: Any) -> None:
+        import grpc
+
+        ready = state == grpc.ChannelConnectivity.READY
+        was = self._connected.is_set()
+        if ready and not was:
+            self._connected.set()
+            log.info("connected to Pub/Sub (%s)", self.subscription)
+        elif was and not ready:
+            self._connected.clear()
+            log.warning("lost the connection to Pub/Sub (%s, %s); reconnecting", self.subscription,
+                        getattr(state, "name", state))
+            self._on_failure()
 
     def _create_own(self) -> None:
         from google.api_core import exceptions as api
@@ -207,29 +248,46 @@ class Notifications:
         if exc is not None:
             log.error("notification stream for %s stopped: %s", self.subscription, _message(exc))
             self._failed.set()
+            self._on_failure()
 
-    def stop(self) -> None:
-        """Stop pulling; in topic mode delete our own subscription."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop pulling; in topic mode delete our own subscription. Takes at most about
+        ``timeout`` seconds in all, even with Pub/Sub unreachable: the subscription
+        expires on its own (SUBSCRIPTION_TTL_SECONDS) if it cannot be deleted now."""
+        deadline = time.monotonic() + timeout
+        if self._channel is not None:
+            self._channel.unsubscribe(self._on_channel_state)  # stopping is no lost connection
+            self._channel = None
         if self._future is not None:
             self._future.cancel()
             try:
-                self._future.result(timeout=10)
-            except Exception:  # noqa: BLE001 - cancelled or already failed
+                self._future.result(timeout=_left(deadline))
+            except Exception:  # noqa: BLE001 - cancelled, already failed, or out of time
                 pass
             self._future = None
         if self._client is None:
             return
         if self.own:
             try:
-                self._client.delete_subscription(request={"subscription": self.subscription}, timeout=10)
+                # One attempt: the client's default retry keeps trying UNAVAILABLE for a
+                # minute, whatever the timeout (a SIGTERM then took a minute to end).
+                self._client.delete_subscription(
+                    request={"subscription": self.subscription}, timeout=_left(deadline), retry=None
+                )
                 log.info("deleted subscription %s", self.subscription)
             except Exception as exc:  # noqa: BLE001 - it expires on its own anyway
-                log.warning("could not delete subscription %s: %s", self.subscription, _message(exc))
+                log.warning("could not delete subscription %s (it expires on its own within %d h): %s",
+                            self.subscription, SUBSCRIPTION_TTL_SECONDS // 3600, _message(exc))
         try:
             self._client.close()
         except Exception:  # noqa: BLE001
             pass
         self._client = None
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; a small floor so a call still gets one quick try."""
+    return max(0.1, deadline - time.monotonic())
 
 
 def _message(exc: BaseException) -> str:

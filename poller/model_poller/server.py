@@ -2,8 +2,12 @@
 
 ``Poller.run()``: start the HTTP endpoints, prepare the model dir, subscribe (when
 configured), run the initial sync, turn ready, then sync on every notification and every
-poll interval until SIGTERM. Signals only set a flag; the loop finishes or abandons the
-current install cleanly, deletes its own subscription and returns 0.
+poll interval until SIGTERM. While notifications are down (not subscribed yet, or the
+stream ended), it lists every fallback poll interval instead, and lists at once when the
+stream is lost and when it is back (what the lost subscription held is gone). Signals only
+set a flag; the loop finishes or abandons the current install cleanly; the shutdown calls
+(subscription delete, status flush, watches) share one budget of SHUTDOWN_SECONDS from the
+signal, so an unreachable Pub/Sub or API server cannot hold the pod; then it returns 0.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from types import FrameType
+from typing import Callable
 
 from model_poller.config import Settings
 from model_poller.errors import Abandoned, ConfigError, PollerError, SourceError
@@ -37,6 +42,13 @@ EXIT_CONFIG = 2
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 _HANDLED_MEMORY = 10_000
+# SIGTERM to exit: what is left of this after the loop has stopped goes to the shutdown
+# calls, run side by side (at least SHUTDOWN_MIN_SECONDS). Under 5 s in all, well inside
+# Kubernetes' default 30 s grace period, so a rollout never waits on an unreachable service.
+SHUTDOWN_SECONDS = 3.0
+SHUTDOWN_MIN_SECONDS = 1.0
+# A notification failure that repeats unchanged is logged at most this often.
+NOTIFY_LOG_EVERY = 600.0
 
 
 class Backoff:
@@ -62,6 +74,7 @@ class Poller:
         self.policy = settings.policy
         self._last: SyncOutcome | None = None
         self.stop = threading.Event()
+        self._stop_requested_at: float | None = None
         self.wake = threading.Event()
         self.metrics = Metrics()
         self.probes = Probes(self.metrics.render)
@@ -109,6 +122,8 @@ class Poller:
         self.request_stop()
 
     def request_stop(self) -> None:
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self.stop.set()
         self.wake.set()
 
@@ -135,13 +150,37 @@ class Poller:
             if not self.stop.is_set():
                 self._loop()
         finally:
-            if self._notifications is not None:
-                self._notifications.stop()
+            self._shutdown()
             self._close_source()
-            self.feedback.stop()
             http.stop()
         log.info("stopped")
         return EXIT_OK
+
+    def _shutdown(self) -> None:
+        """Delete our subscription and flush the status side by side, both bounded by what
+        is left of SHUTDOWN_SECONDS since the signal: each may hang on an unreachable
+        service (a black hole answers nothing until a timeout). What does not finish in
+        time is left behind: the subscription expires on its own, the next poller writes
+        the status, and the threads are daemons."""
+        started = self._stop_requested_at if self._stop_requested_at is not None else time.monotonic()
+        deadline = max(started + SHUTDOWN_SECONDS, time.monotonic() + SHUTDOWN_MIN_SECONDS)
+        steps: list[tuple[str, Callable[[], None]]] = []
+        notifications = self._notifications
+        if notifications is not None:
+            steps.append(("deleting the subscription",
+                          lambda: notifications.stop(timeout=max(0.0, deadline - time.monotonic()))))
+        if self.feedback is not None:
+            steps.append(("the last status write and the watches", self.feedback.stop))
+        threads = [threading.Thread(target=_quietly(fn, what), name=f"shutdown-{i}", daemon=True)
+                   for i, (what, fn) in enumerate(steps)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        late = [what for (what, _), thread in zip(steps, threads) if thread.is_alive()]
+        if late:
+            log.warning("shutdown: gave up on %s after %.1fs (a service is unreachable)", " and ".join(late),
+                        time.monotonic() - started)
 
     def _prepare(self) -> None:
         removed = self.model_dir.prepare()
@@ -180,7 +219,7 @@ class Poller:
             bucket, prefix = parse_gs_uri(s.source)
             self._notifications = Notifications(
                 bucket=bucket, prefix=prefix, on_hint=self._on_hint, subscription=s.subscription,
-                topic=s.topic, pod=s.pod_name, source_uri=s.source,
+                topic=s.topic, pod=s.pod_name, source_uri=s.source, on_failure=self.wake.set,
             )
         self._notifications.start()
         self._listening = True
@@ -191,6 +230,13 @@ class Poller:
         if not (s.topic or s.subscription) or not s.source.startswith("gs://"):
             return False
         return not self._listening or (self._notifications is not None and self._notifications.failed)
+
+    def _notifications_down(self) -> bool:
+        """Nothing would be heard: not listening, or not connected to Pub/Sub. The loop then
+        lists every fallback poll interval."""
+        if self._wants_notifications():
+            return True
+        return self._notifications is not None and self._listening and not self._notifications.connected
 
     def _on_hint(self, hint: Hint) -> None:
         self._hints.put(hint)
@@ -260,22 +306,44 @@ class Poller:
     def _loop(self) -> None:
         assert self._engine is not None and self.feedback is not None
         interval = self.settings.poll_interval
+        fallback = min(interval, self.settings.fallback_poll_interval)
         next_sync = 0.0  # the initial sync, now
         backoff = Backoff(cap=min(BACKOFF_MAX, interval))
-        notify_backoff = Backoff()
+        # Resubscribing is retried no slower than the fallback listing: once an administrator
+        # recreates a topic, notifications are back within that long.
+        notify_backoff = Backoff(cap=max(BACKOFF_START, fallback))
         next_notify_retry = 0.0
+        subscribed_once = False
+        notify_log = _RareLog(NOTIFY_LOG_EVERY)
+        was_down = False
         waiting: list[Hint] = []
         while not self.stop.is_set():
             waiting.extend(hint for hint in self._drain() if self._triage(hint))
             now = time.monotonic()
-            if self._wants_notifications() and now >= next_notify_retry:
-                try:
-                    self._start_notifications()
-                    notify_backoff.reset()
-                except PollerError as exc:
+            down = self._notifications_down()
+            if down and not was_down:
+                next_sync = min(next_sync, now + fallback)  # not a poll interval away
+            was_down = down
+            if self._wants_notifications():
+                if self._listening:
+                    # The stream just ended: messages it held are lost. List now, then every
+                    # fallback interval until it is back.
                     self._listening = False
-                    next_notify_retry = now + notify_backoff.fail()
-                    log.error("%s (retrying in %.0fs; listing every %gs meanwhile)", exc, notify_backoff.delay, interval)
+                    next_sync = now
+                if now >= next_notify_retry:
+                    try:
+                        self._start_notifications()
+                        notify_backoff.reset()
+                        notify_log.reset()
+                        if subscribed_once:
+                            log.info("notifications are back; listing once to catch up on what happened meanwhile")
+                            next_sync = now
+                        subscribed_once = True
+                    except PollerError as exc:
+                        self._listening = False
+                        next_notify_retry = now + notify_backoff.fail()
+                        notify_log.error(f"{exc}", f" (retrying in {notify_backoff.delay:.0f}s; listing every "
+                                                   f"{fallback:g}s meanwhile)")
             policy = self.feedback.take_policy()
             if policy is not None:
                 self.policy = policy
@@ -289,7 +357,7 @@ class Poller:
                     next_sync = time.monotonic() + backoff.fail()
                 else:
                     backoff.reset()
-                    next_sync = time.monotonic() + interval
+                    next_sync = time.monotonic() + (fallback if self._notifications_down() else interval)
                 waiting = []
             elif policy is not None or serving_changed:
                 # Apply the new policy (or the removals TF Serving's confirmation allows) on
@@ -376,3 +444,36 @@ class Poller:
             self._source.close()
             self._source = None
             self._engine = None
+
+
+class _RareLog:
+    """Logs a failure at ERROR when it is new or changed, and a repeat at most every
+    ``every`` seconds (a retry every few seconds must not flood the log)."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last: str | None = None
+        self._at = 0.0
+
+    def error(self, what: str, detail: str = "") -> None:
+        now = time.monotonic()
+        if what != self._last or now - self._at >= self.every:
+            log.error("%s%s", what, detail)
+            self._last, self._at = what, now
+        else:
+            log.debug("%s%s", what, detail)
+
+    def reset(self) -> None:
+        self._last = None
+
+
+def _quietly(fn: Callable[[], None], what: str) -> Callable[[], None]:
+    """``fn`` for a shutdown thread: an error is logged, never raised into nowhere."""
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - shutting down: say it and go on
+            log.exception("shutdown: %s failed", what)
+
+    return run
