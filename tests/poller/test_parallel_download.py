@@ -20,56 +20,19 @@ import google_crc32c
 import pytest
 from poller.archives import installed_files, model_files
 from poller.conftest import Dirs, EngineFactory
+from poller.recording import recording_source
 
 from model_poller import crc32c
 from model_poller.durable import Syncer
 from model_poller.errors import Rejected
 from model_poller.extract import Limits, Unpacker, extract
-from model_poller.sources.base import Halt, Sink, Transfer
+from model_poller.sources.base import Transfer
 from model_poller.sources.gcs import GcsSource
 from model_poller.versions import Kind, SourceObject
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.gcs]
 Cli = Callable[..., Any]
-
-
-class RecordingSource(GcsSource):
-    """The real GCS source; it also notes every ranged request, how many ran at once and
-    every byte the network delivered. ``before(n)`` runs before the n-th request."""
-
-    def __init__(self, *args: Any, before: Callable[[int], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls: list[tuple[str, int, int]] = []
-        self.received = 0
-        self.in_flight = 0
-        self.most_in_flight = 0
-        self.before = before
-        self._lock = threading.Lock()
-
-    def stream_range(self, obj: SourceObject, start: int, end: int, sink: Sink, halt: Halt) -> None:
-        with self._lock:
-            self.calls.append((obj.name, start, end))
-            number = len(self.calls)
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        if self.before is not None:
-            self.before(number)
-
-        def counting(chunk: bytes) -> None:
-            with self._lock:
-                self.received += len(chunk)
-            sink(chunk)
-
-        try:
-            super().stream_range(obj, start, end, counting, halt)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-
-def recording_source(fake_gcs: Any, bucket: Any, transfer: Transfer, **kwargs: Any) -> RecordingSource:
-    return RecordingSource(f"gs://{bucket.name}/m/", bucket.name, "m/", fake_gcs.client(), transfer, **kwargs)
 
 
 def noise(size: int, seed: int) -> bytes:
