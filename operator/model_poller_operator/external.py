@@ -11,6 +11,8 @@ the status of that ModelDeployment is recomputed.
 
 A namespace's pods are reported only once its first list is done: status.pollers entries
 of pods that are gone are pruned from this view, which must not be a half-filled one.
+Changes are coalesced per ModelDeployment for ``settle`` seconds: a workload scaling up
+(tens of pods, each changing a few times) costs a few status recomputations, not one per event.
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class ExternalPods:
     on_change: OnChange
     # Seconds of one watch request (then it is renewed from the last resourceVersion).
     watch_seconds: int = 300
+    # Seconds a change waits for the next ones before the status is recomputed.
+    settle: float = 0.3
     _namespaces: dict[str, _Namespace] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: set[tuple[str, str]] = field(default_factory=set)
 
     def track(self, namespaces: set[str]) -> None:
         """Watch exactly these namespaces: start the new ones, stop the others."""
@@ -84,6 +89,22 @@ class ExternalPods:
 
     def stop(self) -> None:
         self.track(set())
+
+    def _changed(self, namespace: str, name: str) -> None:
+        """Call on_change once per ``settle`` seconds at most for a ModelDeployment."""
+        key = (namespace, name)
+        with self._lock:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+        timer = threading.Timer(self.settle, self._fire, args=key)
+        timer.daemon = True
+        timer.start()
+
+    def _fire(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._pending.discard((namespace, name))
+        self.on_change(namespace, name)
 
     # --- one namespace -------------------------------------------------------------------------
 
@@ -117,7 +138,7 @@ class ExternalPods:
             tracked.pods = pods
             tracked.listed.set()
         for md in before | {md for md, _ in tracked.pods.values()}:
-            self.on_change(namespace, md)
+            self._changed(namespace, md)
         return str(found["metadata"]["resourceVersion"])
 
     def _watch(self, namespace: str, tracked: _Namespace, version: str) -> str:
@@ -151,7 +172,7 @@ class ExternalPods:
             if entry is not None:
                 tracked.pods[name] = entry
         for md in {e[0] for e in (old, entry) if e is not None}:
-            self.on_change(namespace, md)
+            self._changed(namespace, md)
 
 
 def _entry(pod: Mapping[str, Any]) -> tuple[str, st.PodState] | None:

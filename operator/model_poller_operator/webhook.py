@@ -123,6 +123,11 @@ class Admission:
 
     api: Api
     lookup_timeout: float = 2.0
+    # The two lookups of a pod run side by side (the ServiceAccount's name is known from
+    # the label): the API server waits for one round trip, not two.
+    _lookups: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
+    )
 
     def review(self, review: Mapping[str, Any]) -> dict[str, Any]:
         request = review.get("request") or {}
@@ -143,10 +148,11 @@ class Admission:
             return {"allowed": True}  # not ours: the objectSelector should not have sent it
         namespace = str(request.get("namespace") or meta.get("namespace") or "")
         pod_name = meta.get("name") or f"{meta.get('generateName', '')}<generated>"
+        identity = render.poller_identity(render.Owner(name=name, namespace=namespace, uid=""))
+        account = self._lookups.submit(self._get, f"ServiceAccount {identity}", _sa_path(namespace, identity))
         try:
             target = inject.target_of(self._get(f"ModelDeployment {name}", _md_path(namespace, name)), namespace, name)
-            identity = render.poller_identity(target.owner)
-            inject.check_identity(self._get(f"ServiceAccount {identity}", _sa_path(namespace, identity)), target)
+            inject.check_identity(account.result(), target)
             patch = inject.mutation(pod, target)
         except (inject.Refused, LookupFailed) as refused:
             log.info("refused pod %s/%s: %s", namespace, pod_name, refused)
