@@ -305,7 +305,10 @@ def _flags(container: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _set_flags(serving: Obj, spec: models.ModelDeploymentSpec) -> None:
-    """Add --model_name/--model_base_path when absent; refuse what contradicts the spec."""
+    """Add --model_name, --model_base_path and --rest_api_port when absent; refuse what
+    contradicts the spec. (tensorflow_model_server serves no REST API unless
+    --rest_api_port is given, and the poller asks TF Serving there which version it
+    serves; the stock image's entrypoint gives 8501.)"""
     where = f"container {serving.get('name')!r}"
     command = [str(c) for c in serving.get("command") or ()]
     if command and posixpath.basename(command[0]) in _SHELLS:
@@ -340,6 +343,7 @@ def _set_flags(serving: Obj, spec: models.ModelDeploymentSpec) -> None:
         )
     if not command or posixpath.basename(command[0]) == ENTRYPOINT:
         _check_entrypoint_env(serving, spec, where)
+    expected[FLAG_REST_PORT] = str(names.SERVING_REST_PORT)
     missing = [f"{flag}={want}" for flag, want in expected.items() if flag not in flags]
     if missing:
         serving["args"] = [*(serving.get("args") or ()), *missing]

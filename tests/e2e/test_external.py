@@ -97,7 +97,8 @@ def test_user_deployment_in_external_mode_serves_version_2_after_two_uploads(
 
     selector = f"{names.LABEL_MODEL_DEPLOYMENT}={NAME}"
     with Kubelet(kube, namespace, selector, tmp_path / "kubelet", STANDIN) as kubelet:
-        pods = wait("two injected pods running their poller", lambda: len(kubelet.pods()) == 2 and kubelet.pods(), 60)
+        pods = wait("two injected pods running their poller", lambda: len(p := kubelet.pods()) == 2
+                    and all(r.poller_pid for r in p.values()) and p, 60)  # fmt: skip
         for name, record in pods.items():
             pod = cluster.api.sanitize_for_serialization(cluster.core.read_namespaced_pod(name, namespace))
             (poller,) = pod["spec"]["initContainers"]

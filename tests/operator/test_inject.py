@@ -75,7 +75,7 @@ def test_injected_pod_has_the_poller_volumes_mounts_flags_and_identity() -> None
     (poller,) = spec["initContainers"]
     assert poller == render.poller_container(tgt.owner, tgt.spec, inject.INJECTED_VOLUMES)
     (tf,) = spec["containers"]
-    assert tf["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2"]
+    assert tf["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2", "--rest_api_port=8501"]
     assert tf["volumeMounts"] == [{"name": "model-poller-models", "mountPath": "/models", "readOnly": True}]
     assert tf["readinessProbe"] == render.serving_readiness_probe()
     assert spec["volumes"] == [

@@ -91,7 +91,7 @@ def test_labelled_pod_is_injected_and_an_unlabelled_one_is_never_sent(
     # Exactly the rendered container, plus what the API server defaults (the operator's own comparison).
     assert is_subset(render.poller_container(owner, spec, inject.INJECTED_VOLUMES), poller), poller
     (serving,) = pod["containers"]
-    assert serving["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2"]
+    assert serving["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2", "--rest_api_port=8501"]
     assert serving["volumeMounts"] == [{"name": "model-poller-models", "mountPath": "/models", "readOnly": True}]
     assert serving["readinessProbe"]["httpGet"]["path"] == names.PATH_SERVING_READY
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -299,7 +299,7 @@ def test_the_external_examples_work_together(kube: Any, webhook: kit.OperatorPro
                                    "spec": template["spec"]})["spec"]  # fmt: skip
     (serving,) = pod["containers"]
     assert serving["name"] == "tf-serving"
-    assert serving["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2"]
+    assert serving["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2", "--rest_api_port=8501"]
     assert serving["readinessProbe"]["httpGet"]["path"] == names.PATH_SERVING_READY
     assert [c["name"] for c in pod["initContainers"]] == ["poller"]
     assert pod["serviceAccountName"] == f"{name}-poller"
