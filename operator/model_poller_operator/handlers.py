@@ -10,6 +10,9 @@
 - ``repair_*`` (events of the children): a child edited or deleted by hand is put back.
 - a child's name held by an object this ModelDeployment does not control is never written:
   Synced=False NameConflict, an Event, and a retry with backoff until the name is free.
+- spec.workload: external: only the poller's identity is rendered; the admission webhook
+  (``webhook.py``, its own thread) injects the poller into the user's labelled pods, which
+  ``external.py`` watches for the status (kopf's pod watch selects the operator's label only).
 
 There are no per-object timers or daemons, hence no finalizer on ModelDeployments:
 owner references delete the children, and a stopped operator never blocks a deletion.

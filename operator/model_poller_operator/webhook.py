@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import shutil
 import ssl
 import tempfile
 import threading
@@ -232,6 +233,10 @@ class Tls:
         bundle = certs.SecretStore(self.api, namespace, name).ensure(self.settings.hosts)
         return bundle.tls_crt, bundle.tls_key, bundle.ca_bundle
 
+    def close(self) -> None:
+        """Remove the certificate files."""
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     def _load(self, cert: bytes, key: bytes) -> None:
         # ssl loads certificates from files only: a private folder (0700), key file 0600.
         cert_file, key_file = self._dir / certs.CERT_KEY, self._dir / certs.PRIVATE_KEY
@@ -318,6 +323,12 @@ class Webhook:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         tls = Tls(self.settings, self.api)
+        try:
+            await self._listen(tls)
+        finally:
+            tls.close()
+
+    async def _listen(self, tls: Tls) -> None:
         delay = 1.0
         while not await self._ready(tls):
             if await self._sleep(delay):

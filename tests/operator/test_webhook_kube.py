@@ -304,3 +304,15 @@ def test_the_external_examples_work_together(kube: Any, webhook: kit.OperatorPro
     assert [c["name"] for c in pod["initContainers"]] == ["poller"]
     assert pod["serviceAccountName"] == f"{name}-poller"
     assert pod["nodeSelector"] == deployment["spec"]["template"]["spec"]["nodeSelector"], "the rest is the team's"
+
+
+def test_workload_is_validated_and_immutable(cluster: kit.Cluster, namespace: str) -> None:
+    with pytest.raises(ApiException) as caught:
+        cluster.create_md(namespace, "bad", {"workload": "sidecar", "source": {"uri": "gs://ml-models/m/"}})
+    assert caught.value.status == 422 and "spec.workload" in str(caught.value.body)
+    cluster.create_md(namespace, "m", {"workload": "external", "source": {"uri": "gs://ml-models/m/"}})
+    with pytest.raises(ApiException) as caught:
+        cluster.patch_md(namespace, "m", {"spec": {"workload": "operator"}})
+    assert "spec.workload is immutable" in str(caught.value.body)
+    defaulted = cluster.create_md(namespace, "d", {"source": {"uri": "gs://ml-models/m/"}})
+    assert defaulted["spec"]["workload"] == "operator"

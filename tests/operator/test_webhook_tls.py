@@ -165,3 +165,54 @@ def test_webhook_stopped_unlabelled_pods_admitted_at_once_labelled_refused(
         assert time.monotonic() - started < 6, "refused within the configuration's timeoutSeconds"
         with pytest.raises(ApiException):
             cluster.core.read_namespaced_pod("after", namespace)
+
+
+# --- cert-manager mode: a certificate folder kept by someone else ---------------------------
+
+
+def test_a_certificate_folder_is_served_and_reloaded_when_it_changes(kube: Any, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from model_poller_operator.webhook import Webhook, WebhookSettings
+
+    folder = tmp_path / "tls"
+    folder.mkdir()
+
+    def write(bundle: certs.Bundle) -> None:
+        (folder / "tls.key").write_bytes(bundle.tls_key)
+        (folder / "tls.crt").write_bytes(bundle.tls_crt)
+
+    def served() -> bytes:
+        return x509.load_der_x509_certificate(wk.served_certificate(port)).public_bytes(
+            serialization.Encoding.PEM
+        )
+
+    now = dt.datetime.now(dt.timezone.utc)
+    first, second = certs.new_bundle(HOSTS, now), certs.new_bundle(HOSTS, now)
+    write(first)
+    port = kit.free_port()
+    settings = WebhookSettings(port=port, address="127.0.0.1", cert_dir=str(folder), check_interval=0.2)
+    hook = Webhook(settings, Api(kube.api_client())).start()
+    try:
+        assert hook.listening.wait(15), "the webhook never listened"
+        assert served() == first.tls_crt
+        write(second)  # cert-manager renewed it
+        kit.wait_for("the renewed certificate to be served", lambda: served() == second.tls_crt, timeout=10)
+    finally:
+        hook.stop()
+
+
+def test_webhook_settings_name_the_variable_that_is_wrong() -> None:
+    from model_poller_operator.webhook import WebhookSettings
+
+    assert not WebhookSettings.from_env({}).enabled
+    prefix = "MODEL_POLLER_OPERATOR_WEBHOOK_"
+    with pytest.raises(ValueError, match=f"{prefix}SECRET.*{prefix}CERT_DIR"):
+        WebhookSettings.from_env({prefix + "PORT": "9443"})
+    with pytest.raises(ValueError, match=f"{prefix}SECRET='x' must be NAMESPACE/NAME"):
+        WebhookSettings.from_env({prefix + "PORT": "9443", prefix + "SECRET": "x", prefix + "HOSTS": "a"})
+    with pytest.raises(ValueError, match=f"{prefix}HOSTS"):
+        WebhookSettings.from_env({prefix + "PORT": "9443", prefix + "SECRET": "ns/x"})
+    with pytest.raises(ValueError, match=prefix):
+        WebhookSettings.from_env({prefix + "PORT": "many"})
