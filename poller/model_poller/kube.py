@@ -22,6 +22,11 @@ from model_poller import __version__
 from model_poller.errors import ConfigError
 
 REQUEST_TIMEOUT = 10.0
+# A status patch is a few hundred bytes the API server answers in milliseconds. A short
+# timeout bounds how long one write lost in a network black hole delays the next: with the
+# status writer's retries (at most 5 s apart) the entry is right within 10 s of the API
+# server's return.
+PATCH_TIMEOUT = 3.0
 # A watch request ends on the server after this long (the poller then re-watches).
 WATCH_SECONDS = 240
 
@@ -186,7 +191,7 @@ class Kube:
                 t.name,
                 body,
                 _content_type="application/merge-patch+json",
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=PATCH_TIMEOUT,
             )
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise _error(exc, f"patch status.pollers.{pod} of {self._where()}") from None

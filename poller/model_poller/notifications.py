@@ -258,16 +258,10 @@ class Notifications:
         if self._channel is not None:
             self._channel.unsubscribe(self._on_channel_state)  # stopping is no lost connection
             self._channel = None
-        if self._future is not None:
-            self._future.cancel()
-            try:
-                self._future.result(timeout=_left(deadline))
-            except Exception:  # noqa: BLE001 - cancelled, already failed, or out of time
-                pass
-            self._future = None
-        if self._client is None:
-            return
-        if self.own:
+        future, self._future = self._future, None
+        if future is not None:
+            future.cancel()  # the stream closes in the background, while the delete goes out
+        if self._client is not None and self.own:
             try:
                 # One attempt: the client's default retry keeps trying UNAVAILABLE for a
                 # minute, whatever the timeout (a SIGTERM then took a minute to end).
@@ -278,6 +272,13 @@ class Notifications:
             except Exception as exc:  # noqa: BLE001 - it expires on its own anyway
                 log.warning("could not delete subscription %s (it expires on its own within %d h): %s",
                             self.subscription, SUBSCRIPTION_TTL_SECONDS // 3600, _message(exc))
+        if future is not None:
+            try:
+                future.result(timeout=_left(deadline))
+            except Exception:  # noqa: BLE001 - cancelled, already failed, or out of time
+                pass
+        if self._client is None:
+            return
         try:
             self._client.close()
         except Exception:  # noqa: BLE001

@@ -45,7 +45,7 @@ _HANDLED_MEMORY = 10_000
 # SIGTERM to exit: what is left of this after the loop has stopped goes to the shutdown
 # calls, run side by side (at least SHUTDOWN_MIN_SECONDS). Under 5 s in all, well inside
 # Kubernetes' default 30 s grace period, so a rollout never waits on an unreachable service.
-SHUTDOWN_SECONDS = 3.0
+SHUTDOWN_SECONDS = 2.5
 SHUTDOWN_MIN_SECONDS = 1.0
 # A notification failure that repeats unchanged is logged at most this often.
 NOTIFY_LOG_EVERY = 600.0
@@ -179,7 +179,7 @@ class Poller:
             thread.join(max(0.0, deadline - time.monotonic()))
         late = [what for (what, _), thread in zip(steps, threads) if thread.is_alive()]
         if late:
-            log.warning("shutdown: gave up on %s after %.1fs (a service is unreachable)", " and ".join(late),
+            log.warning("shutdown: gave up on %s after %.1fs (a service is slow or unreachable)", " and ".join(late),
                         time.monotonic() - started)
 
     def _prepare(self) -> None:
