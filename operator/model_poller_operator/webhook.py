@@ -5,9 +5,11 @@ operator's process, rather than kopf's admission support, because:
 
 - it answers whatever kopf does: a replica that kopf's peering keeps on standby, or whose
   handlers are busy, still admits pods (every replica behind the webhook's Service must);
-- it reads the ModelDeployment and the poller's ServiceAccount from the API server for each
-  pod, never from kopf's in-memory indexes, so a ModelDeployment created a moment ago is
-  seen, and a standby replica's stale view never refuses a pod;
+- it reads the ModelDeployment and the poller's ServiceAccount from watches of its own
+  (``informer.py``, started in a namespace once a pod was injected there) or, for a name
+  those have not seen, from the API server: never from kopf's in-memory indexes, so a
+  ModelDeployment created a moment ago is found, and a standby replica's view, which kopf
+  does not keep fresh, never decides;
 - its TLS comes from the Secret every replica shares (``certs.py``) and is reloaded when
   renewed; kopf's managed webhook configuration would need ``create`` on
   MutatingWebhookConfigurations, which RBAC cannot narrow to one name.
@@ -40,6 +42,7 @@ from model_poller_api import names
 
 from model_poller_operator import certs, inject, render
 from model_poller_operator.apply import Api
+from model_poller_operator.informer import NamespaceWatch
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,55 @@ class LookupFailed(Exception):
     """The API server did not answer a lookup; the pod is refused (fail closed)."""
 
 
+# The ServiceAccounts the operator renders carry its label: those are the ones worth keeping.
+_ACCOUNT_SELECTOR: Final = f"{names.LABEL_MANAGED_BY}={names.MANAGER}"
+
+
+@dataclass
+class Lookups:
+    """The ModelDeployments and the operator's ServiceAccounts of the namespaces where a pod
+    was injected, kept by watches, so the next pods there cost no API round trip. A name
+    the watch has not seen (yet) is read from the API server by the caller: a
+    ModelDeployment created a moment ago is found, a look-alike ServiceAccount without the
+    operator's label still seen (and refused as a conflict)."""
+
+    api: Api
+    _watches: dict[str, tuple[NamespaceWatch, NamespaceWatch]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._cached(namespace, 0, name)
+
+    def service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._cached(namespace, 1, name)
+
+    def _cached(self, namespace: str, which: int, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            watches = self._watches.get(namespace)
+        if watches is None or not watches[which].listed.is_set():
+            return None
+        return watches[which].get(name)
+
+    def remember(self, namespace: str) -> None:
+        """Keep the ModelDeployments and ServiceAccounts of ``namespace`` from now on
+        (called once a pod was injected there: only namespaces with an external-mode
+        ModelDeployment ever get watches)."""
+        with self._lock:
+            if namespace in self._watches:
+                return
+            self._watches[namespace] = (
+                NamespaceWatch(self.api, f"/apis/{names.API_VERSION}/namespaces/{namespace}/{names.PLURAL}").start(),
+                NamespaceWatch(self.api, f"/api/v1/namespaces/{namespace}/serviceaccounts", _ACCOUNT_SELECTOR).start(),
+            )
+
+    def stop(self) -> None:
+        with self._lock:
+            watches, self._watches = self._watches, {}
+        for pair in watches.values():
+            for watch in pair:
+                watch.stop()
+
+
 @dataclass
 class Admission:
     """Decides one AdmissionReview: reads the ModelDeployment and ServiceAccount, then
@@ -124,8 +176,9 @@ class Admission:
 
     api: Api
     lookup_timeout: float = 2.0
-    # The two lookups of a pod run side by side (the ServiceAccount's name is known from
-    # the label): the API server waits for one round trip, not two.
+    cache: Lookups | None = None
+    # Lookups that miss the cache run side by side (the ServiceAccount's name is known
+    # from the label): the API server waits for one round trip, not two.
     _lookups: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookup")
     )
@@ -150,14 +203,21 @@ class Admission:
         namespace = str(request.get("namespace") or meta.get("namespace") or "")
         pod_name = meta.get("name") or f"{meta.get('generateName', '')}<generated>"
         identity = render.poller_identity(render.Owner(name=name, namespace=namespace, uid=""))
-        account = self._lookups.submit(self._get, f"ServiceAccount {identity}", _sa_path(namespace, identity))
+        cached_md = self.cache.model_deployment(namespace, name) if self.cache else None
+        cached_account = self.cache.service_account(namespace, identity) if self.cache else None
+        account = None
+        if cached_account is None:
+            account = self._lookups.submit(self._get, f"ServiceAccount {identity}", _sa_path(namespace, identity))
         try:
-            target = inject.target_of(self._get(f"ModelDeployment {name}", _md_path(namespace, name)), namespace, name)
-            inject.check_identity(account.result(), target)
+            md = cached_md or self._get(f"ModelDeployment {name}", _md_path(namespace, name))
+            target = inject.target_of(md, namespace, name)
+            inject.check_identity(account.result() if account is not None else cached_account, target)
             patch = inject.mutation(pod, target)
         except (inject.Refused, LookupFailed) as refused:
             log.info("refused pod %s/%s: %s", namespace, pod_name, refused)
             return {"allowed": False, "status": {"code": 403, "reason": "Forbidden", "message": str(refused)}}
+        if self.cache is not None:
+            self.cache.remember(namespace)
         if not patch:
             log.info("pod %s/%s already has the poller of ModelDeployment %s", namespace, pod_name, name)
             return {"allowed": True}
@@ -334,7 +394,7 @@ class Webhook:
             if await self._sleep(delay):
                 return
             delay = min(delay * 2, 60.0)
-        admission = Admission(self.api, self.settings.lookup_timeout)
+        admission = Admission(self.api, self.settings.lookup_timeout, Lookups(self.api))
         app = web.Application(client_max_size=MAX_REVIEW_BYTES)
         app.router.add_post(PATH_MUTATE, self._handler(admission))
         app.router.add_get(PATH_HEALTHZ, _healthz)
@@ -350,6 +410,8 @@ class Webhook:
                 await self._ready(tls)
         finally:
             await runner.cleanup()
+            if admission.cache is not None:
+                admission.cache.stop()
 
     async def _ready(self, tls: Tls) -> bool:
         """Load (or renew) the certificate and set the caBundle; False on failure (logged)."""

@@ -316,3 +316,35 @@ def test_workload_is_validated_and_immutable(cluster: kit.Cluster, namespace: st
     assert "spec.workload is immutable" in str(caught.value.body)
     defaulted = cluster.create_md(namespace, "d", {"source": {"uri": "gs://ml-models/m/"}})
     assert defaulted["spec"]["workload"] == "operator"
+
+
+def test_lookups_follow_changes_of_the_model_deployment(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
+    """Once a pod was injected in a namespace the webhook keeps that namespace's
+    ModelDeployments and ServiceAccounts by watch: a change, a deletion or a new one is
+    seen by the next pod, within a moment."""
+    wk.create_external_md(cluster, ns, NAME)
+    create_pod(cluster, ns, wk.user_pod(None, NAME))  # the namespace is now watched
+
+    cluster.patch_md(ns, NAME, {"spec": {"source": {"uri": "gs://ml-models/moved/"}}})
+
+    def source_of_a_new_pod() -> str:
+        pod = create_pod(cluster, ns, wk.user_pod(None, NAME))["spec"]["initContainers"][0]
+        return str({e["name"]: e.get("value") for e in pod["env"]}[names.env_name("--source")])
+
+    kit.wait_for("a new pod with the new source", lambda: source_of_a_new_pod() == "gs://ml-models/moved/", timeout=5)
+
+    wk.create_external_md(cluster, ns, "newcomer")
+    assert create_pod(cluster, ns, wk.user_pod(None, "newcomer"))["spec"]["serviceAccountName"] == "newcomer-poller"
+
+    cluster.custom.delete_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, NAME)
+
+    def refused_now() -> bool:
+        try:
+            create_pod(cluster, ns, wk.user_pod(None, NAME))
+        except ApiException as error:
+            return "there is no ModelDeployment" in wk.refusal(error) or "is being deleted" in wk.refusal(error)
+        return False
+
+    kit.wait_for("pods of the deleted ModelDeployment refused", refused_now, timeout=5)
