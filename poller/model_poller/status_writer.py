@@ -118,7 +118,8 @@ class StatusWriter:
                 failures, last_kind = 0, None
                 with self._lock:
                     self._written = desired
-                next_heartbeat = time.monotonic() + self.heartbeat
+                # Jittered: pods started together (a rollout) must not all beat at once.
+                next_heartbeat = time.monotonic() + self.heartbeat * random.uniform(0.9, 1.1)
                 continue
             self._wake.wait(max(0.0, next_heartbeat - now) if next_heartbeat != float("inf") else None)
             self._wake.clear()
