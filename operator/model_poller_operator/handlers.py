@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Mapping
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from model_poller_api import models, names
 from model_poller_operator import render
@@ -159,8 +161,8 @@ async def configure(
         # Called from that namespace's watch thread, as kopf calls sync handlers from its own.
         try:
             _refresh(state, (namespace, name), model_deployments, model_pods, model_workloads, logger)
-        except Exception:  # noqa: BLE001 - the watch goes on; the periodic loop tries again
-            logger.exception("status refresh of %s/%s after a pod change failed", namespace, name)
+        except Exception as error:  # noqa: BLE001 - the watch goes on; the periodic loop tries again
+            _log_failure(logger, f"status refresh of {namespace}/{name} after a pod change", error)
 
     state.external = ExternalPods(api, external_pods_changed)
     state.tasks.append(
@@ -279,8 +281,20 @@ async def _status_loop(
         ]
         try:
             await asyncio.to_thread(_refresh_all, state, work, logger)
-        except Exception:  # noqa: BLE001 - the loop must outlive any one failure
-            logger.exception("periodic status refresh failed; trying again in %ss", state.config.status_interval)
+        except Exception as error:  # noqa: BLE001 - the loop must outlive any one failure
+            _log_failure(logger, f"periodic status refresh (next in {state.config.status_interval}s)", error)
+
+
+def _log_failure(logger: Logger, what: str, error: Exception) -> None:
+    """An unreachable API server (an outage, a restart) is expected: one line, no
+    traceback; anything else is a bug worth its traceback."""
+    unreachable = isinstance(error, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)) or (
+        isinstance(error, ApiException) and (error.status or 0) in (0, 429, 500, 502, 503, 504)
+    )
+    if unreachable:
+        logger.warning("%s failed, the API server is unreachable: %s", what, type(error).__name__)
+    else:
+        logger.error("%s failed", what, exc_info=error)
 
 
 def _refresh_all(state: State, work: list[tuple[Snapshot, list[st.PodState], st.DeploymentState | None]], logger: Logger) -> None:
