@@ -224,7 +224,7 @@ class ServingWatcher:
             changed = status != previous
             self._status = status
         if not status.reachable and (previous is None or previous.reachable):
-            log.info("TF Serving not answering: %s", status.problem)
+            log.info("TF Serving not answering yet: %s", status.problem)
         self._settle(status)
         if changed:
             self._log_change(status)

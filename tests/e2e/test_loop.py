@@ -93,7 +93,8 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
     kube: Any, deployment: tuple[kit.Cluster, Kubelet, Any, str]
 ) -> None:
     cluster, kubelet, bucket, namespace = deployment
-    pods = wait("two pods running their poller", lambda: len(kubelet.pods()) == 2 and kubelet.pods())
+    pods = wait("two pods running their poller", lambda: len(pods := kubelet.pods()) == 2
+                and all(r.poller_pid for r in pods.values()) and pods)  # fmt: skip
     first_pids = {name: record.poller_pid for name, record in pods.items()}
 
     # 1. Two uploads: every replica installs both, TF Serving serves 2, the status says so.
