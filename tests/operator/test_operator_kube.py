@@ -439,7 +439,9 @@ def test_missing_credentials_secret_is_degraded_from_what_the_pod_says(
     assert degraded["reason"] == "CredentialsSecretMissing"
     assert "spec.source.credentialsSecret" in degraded["message"] and "m-aaaaa" in degraded["message"]
     assert f"kubectl -n {namespace} create secret generic gcs-key" in degraded["message"]
-    assert "CredentialsSecretMissing" in {e["reason"] for e in cluster.events(namespace, "m")}
+    # The Event follows the status write that set the condition: wait for it, not race it.
+    kit.wait_for("the CredentialsSecretMissing Event",
+                 lambda: "CredentialsSecretMissing" in {e["reason"] for e in cluster.events(namespace, "m")})
     # The Secret is created and the kubelet starts the pod: the old Event is history.
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "gcs-key"}, "stringData": {"key.json": "{}"}})
     running = {
