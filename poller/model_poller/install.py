@@ -74,6 +74,12 @@ _CONTENT_ERRNOS = {
 
 
 @dataclass(frozen=True)
+class Received:
+    bytes: int  # every byte the network delivered (a resumed transfer fetches none twice)
+    last_at: float  # time.monotonic() of the last one
+
+
+@dataclass(frozen=True)
 class InstallResult:
     version: int
     generation: int
@@ -238,7 +244,7 @@ def install(
     started = time.monotonic()
     staging = model_dir.staging()
     try:
-        root, unpacker, downloaded = _unpack(source, artifact, staging / "unpacked", limits, stop)
+        root, unpacker, received = _unpack(source, artifact, staging / "unpacked", limits, stop)
         log.debug("version %d: on disk at %.2fs", artifact.version, time.monotonic() - started)
         final = model_dir.path / str(artifact.version)
         if os.path.lexists(final):  # (a version dir would have been seen: a file, or a race)
@@ -252,10 +258,15 @@ def install(
                 raise ModelDirError(f"{final} appeared while installing (another poller on this dir?)") from None
             raise
         fsync_dir(model_dir.path)
+        done = time.monotonic()
+        log.debug(
+            "version %d: last byte received at %.3fs, in place at %.3fs (%.3fs after the last byte)",
+            artifact.version, received.last_at - started, done - started, done - received.last_at,
+        )
         return InstallResult(
             version=artifact.version,
             generation=artifact.generation,
-            downloaded_bytes=downloaded,
+            downloaded_bytes=received.bytes,
             unpacked_bytes=unpacker.bytes_written,
             files=unpacker.files,
             seconds=time.monotonic() - started,
@@ -277,11 +288,11 @@ def validate(
     started = time.monotonic()
     staging = model_dir.staging()
     try:
-        _root, unpacker, downloaded = _unpack(source, artifact, staging / "unpacked", limits, stop)
+        _root, unpacker, received = _unpack(source, artifact, staging / "unpacked", limits, stop)
         return InstallResult(
             version=artifact.version,
             generation=artifact.generation,
-            downloaded_bytes=downloaded,
+            downloaded_bytes=received.bytes,
             unpacked_bytes=unpacker.bytes_written,
             files=unpacker.files,
             seconds=time.monotonic() - started,
@@ -292,9 +303,9 @@ def validate(
 
 def _unpack(
     source: Source, artifact: Artifact, unpacked: Path, limits: Limits, stop: threading.Event
-) -> tuple[Path, Unpacker, int]:
+) -> tuple[Path, Unpacker, Received]:
     """Download and unpack into ``unpacked``, everything fsynced; returns the SavedModel
-    root, the unpacker (for its counts) and the bytes downloaded.
+    root, the unpacker (for its counts) and what was received.
 
     Errors are sorted by cause: the upload's (``Rejected``, remembered, never downloaded
     again) or the local disk's (``OSError``, retried with backoff).
@@ -304,16 +315,16 @@ def _unpack(
             unpacked.mkdir()
             if artifact.kind is Kind.FOLDER:
                 unpacker = Unpacker(unpacked, limits, syncer, stop)
-                downloaded = _download_folder(source, artifact, unpacker, stop)
+                received = _download_folder(source, artifact, unpacker, stop)
             else:
                 archive = unpacked.parent / ("archive.zip" if artifact.kind is Kind.ZIP else "archive.tar.gz")
                 unpacker = Unpacker(unpacked, limits, syncer, stop, archive_size=artifact.size)
-                downloaded = _download_and_extract(source, artifact, archive, unpacker, stop)
+                received = _download_and_extract(source, artifact, archive, unpacker, stop)
                 archive.unlink()
             root = find_model_root(unpacked)
             unpacker.sync_dirs()
             fsync_dir(root)
-        return root, unpacker, downloaded
+        return root, unpacker, received
     except Rejected as exc:
         local = local_cause(exc)
         if local is None:
@@ -360,10 +371,9 @@ def _is_inside(filename: object, folder: Path) -> bool:
 
 def _download_and_extract(
     source: Source, artifact: Artifact, archive: Path, unpacker: Unpacker, stop: threading.Event
-) -> int:
+) -> Received:
     """Download ``artifact`` into ``archive`` and unpack it while the bytes arrive; the
-    checksum of the whole object is verified before this returns. Returns the bytes
-    received."""
+    checksum of the whole object is verified before this returns."""
     obj = artifact.objects[0]
     tail, tail_start = zip_tail(source, obj) if artifact.kind is Kind.ZIP else (b"", obj.size)
     staged = Staged(source, obj, archive, stop, keep_from=tail_start)
@@ -374,7 +384,7 @@ def _download_and_extract(
         sequential = artifact.kind is not Kind.ZIP
         with io.BufferedReader(GrowingReader(staged, tail, tail_start, sequential), buffer_size=1 << 20) as reader:
             extract(reader, artifact.kind, unpacker, parts=staged, workers=UNZIP_WORKERS)
-        return staged.finish(tail, tail_start)
+        return Received(staged.finish(tail, tail_start), staged.last_byte_at)
     except BaseException:
         staged.cancel()
         if staged.error is not None and not isinstance(staged.error, Abandoned):
@@ -405,14 +415,15 @@ class _FolderFile:
             self._sink.discard()
 
 
-def _download_folder(source: Source, artifact: Artifact, unpacker: Unpacker, stop: threading.Event) -> int:
+def _download_folder(source: Source, artifact: Artifact, unpacker: Unpacker, stop: threading.Event) -> Received:
     """Fetch a folder version's objects into the unpacked tree, several at once (see
-    ``transfer.Fetcher``), each checked against its checksum; returns the bytes received."""
+    ``transfer.Fetcher``), each checked against its checksum."""
     jobs = []
     for obj in artifact.objects:
         file = _FolderFile(unpacker, obj.name[len(artifact.name) :])
         jobs.append((obj, ObjectWriter(file.open, file.close, file.discard)))
-    return Fetcher(source, jobs, stop, where=lambda obj: f"{source.uri}{obj.name}").run()
+    fetcher = Fetcher(source, jobs, stop, where=lambda obj: f"{source.uri}{obj.name}")
+    return Received(fetcher.run(), fetcher.last_byte_at)
 
 
 __all__ = ["Abandoned", "BOOKKEEPING_DIR", "InstallResult", "ModelDir", "install", "STAGING_PREFIX", "Verifier"]

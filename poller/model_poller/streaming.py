@@ -17,6 +17,7 @@ import io
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -131,6 +132,7 @@ class Staged:
         self._step = self.pieces[0].length or 1  # every piece but the last is this long
         self.checks = Checksums(obj, len(self.pieces))
         self.received = 0
+        self.last_byte_at = time.monotonic()
         self.error: BaseException | None = None
         self._halt = Halt()
         self._lock = threading.Lock()
@@ -231,6 +233,7 @@ class Staged:
             with self._lock:
                 piece.filled += len(chunk)
                 self.received += len(chunk)
+                self.last_byte_at = time.monotonic()
                 self._arrived.notify_all()
 
         fetch(self.source, self.obj, piece, sink, self._halt, self.where)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -174,6 +175,7 @@ class Fetcher:
     stop: threading.Event
     where: Callable[[SourceObject], str]
     received: int = 0
+    last_byte_at: float = field(default_factory=time.monotonic)
     _tasks: list[_Task] = field(default_factory=list)
     _next: int = 0
     _error: BaseException | None = None
@@ -247,6 +249,7 @@ class Fetcher:
             piece.filled += len(chunk)
             with self._lock:
                 self.received += len(chunk)
+                self.last_byte_at = time.monotonic()
 
         fetch(self.source, task.obj, piece, sink, self._halt, self.where(task.obj))
         with self._lock:
