@@ -257,6 +257,8 @@ class FileSink:
         self._compressed = compressed_size
         self.written = 0
         self._lock = threading.Lock()
+        self._writers = 0  # write_at calls using the descriptor right now
+        self._orphan: int | None = None  # discarded while in use: the last writer closes it
 
     def write_at(self, offset: int, chunk: bytes | memoryview) -> None:
         owner = self._owner
@@ -265,17 +267,26 @@ class FileSink:
         n = len(chunk)
         owner._account(n)
         with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise Abandoned()  # discarded: another piece failed
+            self._writers += 1  # (a discard now leaves the descriptor to the last writer)
             before = self.written
             self.written += n
-        fd = self._fd
-        assert fd is not None
-        view = memoryview(chunk)
-        while view:
-            done = os.pwrite(fd, view, offset)
-            view = view[done:]
-            offset += done
-        if (before + n) // WRITE_BACK_EVERY != before // WRITE_BACK_EVERY:
-            owner.syncer.write_back(fd)
+        try:
+            view = memoryview(chunk)
+            while view:
+                done = os.pwrite(fd, view, offset)
+                view = view[done:]
+                offset += done
+            if (before + n) // WRITE_BACK_EVERY != before // WRITE_BACK_EVERY:
+                owner.syncer.write_back(fd)
+        finally:
+            with self._lock:
+                self._writers -= 1
+                orphan, self._orphan = (self._orphan, None) if self._writers == 0 else (None, self._orphan)
+            if orphan is not None:
+                os.close(orphan)
 
     def write(self, chunk: bytes | memoryview) -> None:
         owner = self._owner
@@ -302,14 +313,21 @@ class FileSink:
             owner.syncer.write_back(self._fd)
 
     def close(self) -> None:
-        if self._fd is not None:
+        """The last byte is written (no write is running): fsync and close it."""
+        with self._lock:
             fd, self._fd = self._fd, None
+        if fd is not None:
             self._owner.syncer.hand_over(fd)
 
     def discard(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Give the file up; a ``write_at`` still running closes it when it returns (a
+        closed descriptor's number can be reused at once: never close it under a write)."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is not None and self._writers:
+                self._orphan, fd = fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _copy(read: Callable[[int], bytes], sink: FileSink, what: str) -> None:

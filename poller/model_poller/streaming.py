@@ -24,7 +24,7 @@ from typing import Any, Callable
 from model_poller.errors import Abandoned, SourceError
 from model_poller.extract import ArchiveRange, Cancelled
 from model_poller.sources.base import Halt, RangedSource, Source, Transfer
-from model_poller.transfer import Checksums, Piece, fetch, plan, pwrite_all
+from model_poller.transfer import Checksums, Piece, fetch, join_all, plan, pwrite_all
 from model_poller.versions import SourceObject
 
 MAX_TAIL = 64 << 20  # a bigger central directory is read from the finished download
@@ -314,8 +314,7 @@ class Staged:
                 if self.stop.is_set():
                     raise Abandoned()
                 self._arrived.wait(0.5)
-        self._halt.set()
-        self._join()
+        self.cancel()  # (the connections are idle: they end at once)
         if self.error is not None:
             raise self.error
         self.checks.check(self.where)
@@ -331,9 +330,7 @@ class Staged:
         self._join()
 
     def _join(self) -> None:
-        for thread in self._threads:
-            if thread.ident is not None:
-                thread.join()
+        join_all(self._threads)  # (each connection writes through a descriptor of its own)
 
     def close(self) -> None:
         self.cancel()

@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 # backoff handles); one that delivered bytes is resumed at once, however often.
 FRUITLESS_RETRIES = 5
 FIRST_BACKOFF = 0.25
+# Halting cuts every read in a response short, but a request still waiting for its
+# answer's headers can only end at its read timeout: a stopping poller waits this long
+# for its connections, then leaves the stragglers (daemon threads that write nothing
+# more: every write checks the halt first, and no descriptor is closed under a write).
+JOIN_TIMEOUT = 2.0
+
+
+def join_all(threads: list[threading.Thread], timeout: float = JOIN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        if thread.ident is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @dataclass(eq=False)
@@ -205,8 +217,7 @@ class Fetcher:
                         self._halt.set()
         finally:
             self._halt.set()
-            for thread in threads:
-                thread.join()
+            join_all(threads)
             for file in self._files:
                 if not file.done and file.write is not None:
                     file.writer.discard()
