@@ -24,7 +24,7 @@ DEFAULT_REPLICAS = 1
 WORKLOADS = (names.WORKLOAD_OPERATOR, names.WORKLOAD_EXTERNAL)
 DEFAULT_WORKLOAD = names.WORKLOAD_OPERATOR
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?$")
+_DURATION = re.compile(r"^(?:([0-9]+)h)?(?:([0-9]+)m(?!s))?(?:([0-9]+)s)?$")
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 
 
