@@ -261,8 +261,9 @@ def test_a_model_deployment_never_overwrites_objects_it_does_not_own(
     assert "Role payments-poller (not controlled by any owner)" in message
     assert f"If they are leftovers, delete them (kubectl -n {namespace} delete role/payments-poller service/payments)" in message
     assert "did not apply RoleBinding payments-poller, Deployment payments either" in message
-    events = cluster.events(namespace, "payments")
-    assert any(e["reason"] == "NameConflict" and e["type"] == "Warning" for e in events), events
+    # The Event follows the status write that set the condition: wait for it, not race it.
+    kit.wait_for("the NameConflict Warning Event", lambda: any(
+        e["reason"] == "NameConflict" and e["type"] == "Warning" for e in cluster.events(namespace, "payments")))
     # Safe children are applied; what conflicts is untouched; the RoleBinding (it would bind
     # the poller to someone else's Role) and the Deployment (whose pods would run with that
     # Role's rights) are held back.
