@@ -146,8 +146,9 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
     for record in kubelet.pods().values():
         assert sorted(p.name for p in record.model_dir.iterdir() if not p.name.startswith(".")) == ["1", "4"]
         assert not record.poller_exits
-    warnings = {e["reason"] for e in cluster.events(namespace, NAME) if e.get("type") == "Warning"}
-    assert {"VersionRejected", "LoadFailed"} <= warnings
+    # Events follow the status write that set the condition: wait for them, not race them.
+    wait("the VersionRejected and LoadFailed Warning Events", lambda: {"VersionRejected", "LoadFailed"}
+         <= {e["reason"] for e in cluster.events(namespace, NAME) if e.get("type") == "Warning"}, 15)  # fmt: skip
 
 
 def test_api_server_outage_never_stops_syncing(kube: Any, deployment: tuple[kit.Cluster, Kubelet, Any, str]) -> None:

@@ -360,8 +360,9 @@ def test_status_aggregates_poller_reports_and_prunes_deleted_pods(
         env=kube.env(), capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert out[:7] == ["m", "m", "gs://bkt/m/", "2", "2", "4", "2"], out
-    reasons = {e["reason"] for e in cluster.events(namespace, "m")}
-    assert {"NewVersion", "ServingVersionChanged"} <= reasons
+    # Events follow the status write: wait for them, not race them.
+    kit.wait_for("the NewVersion and ServingVersionChanged Events", lambda: {"NewVersion", "ServingVersionChanged"}
+                 <= {e["reason"] for e in cluster.events(namespace, "m")})  # fmt: skip
 
     # A pod goes away: its entry is pruned, and the aggregate follows the pods that remain.
     cluster.core.delete_namespaced_pod("m-bbbbb", namespace)
