@@ -138,6 +138,9 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
     kubectl(kube, "-n", namespace, "patch", "md", NAME, "--type=merge", "-p", '{"spec":{"versions":{"pinned":[1,4]}}}')
     wait("Degraded LoadFailed", lambda: conditions(cluster.get_md(namespace, NAME)).get("Degraded")
          == ("True", "LoadFailed"), 60)  # fmt: skip
+    # Degraded follows the first replica's report; the other may still be confirming with TF Serving.
+    wait("both entries carry the load failure", lambda: all(
+        e.get("reason") == "LoadFailed" for e in pollers(cluster, namespace).values()), 30)  # fmt: skip
     md = cluster.get_md(namespace, NAME)
     assert md["status"]["servingVersion"] == 1
     assert conditions(md)["Ready"] == ("True", "AllReplicasServing")
