@@ -1,6 +1,6 @@
 """Run the poller sidecars of real Pods as bare processes, for the idle-writes benchmark.
 
-The kubelet stand-in (tests/services/kubelet.py) runs a TF Serving stand-in beside every
+The kubelet stand-in (local_services/kubelet.py) runs a TF Serving stand-in beside every
 poller and probes both every half second: fine for 3 pods, too heavy for 300 on 2 cores.
 Here only the ``poller`` container of each Pod runs, the way the stand-in runs it:
 
@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-from services.kube import KubeControlPlane
-from services.kubelet import PodLayout, container_env
-from services.process import free_port
+from local_services.kube import KubeControlPlane
+from local_services.kubelet import PodLayout, container_env
+from local_services.process import free_port
 
 from model_poller_api import names
 

@@ -44,9 +44,9 @@ from typing import Any
 from poller_services import machine
 from poller_throughput import BASELINE, build_archive, seed_object
 
-from services.binaries import binary
-from services.process import Service, free_port
-from services.toxiproxy import Proxy, Toxiproxy
+from local_services.binaries import binary
+from local_services.process import Service, free_port
+from local_services.toxiproxy import Proxy, Toxiproxy
 
 MiB = 1 << 20
 GiB = 1 << 30

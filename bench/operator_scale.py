@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/operator_scale.py --count 300 --idle 60
 
-Starts its own etcd + kube-apiserver (tests/services), runs the real operator (the
+Starts its own etcd + kube-apiserver (local_services/), runs the real operator (the
 ``model-poller-operator`` console script, default settings) under its own ServiceAccount
 with the chart's ClusterRole, creates N ModelDeployments from a thread pool, and measures:
 
@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator")]
+sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-import operator_testkit as kit  # noqa: E402
+from local_services import operator_kit as kit  # noqa: E402
 from model_poller_api import names  # noqa: E402
-from services.kube import KubeControlPlane  # noqa: E402
+from local_services.kube import KubeControlPlane  # noqa: E402
 
 CHILD_PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",

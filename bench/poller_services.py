@@ -1,6 +1,6 @@
 """Start fake-gcs-server and the Pub/Sub emulator for the poller benchmarks.
 
-Reuses the test suite's service launchers (tests/services/), so benchmarks and tests run
+Reuses the test suite's service launchers (local_services/), so benchmarks and tests run
 against the same binaries.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from services.gcs import FakeGcs  # noqa: E402
-from services.pubsub import PubSubEmulator  # noqa: E402
+from local_services.gcs import FakeGcs  # noqa: E402
+from local_services.pubsub import PubSubEmulator  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """Issue 8: the status loop under load. Three measurements against real services:
 
 1. latency: upload -> ``status.servingVersion`` of a ModelDeployment with 3 replicas in topic
-   mode. Each pod is run by the kubelet stand-in (tests/services/kubelet.py): its poller with a
-   bound token and the TF Serving stand-in (tests/standins/tf_serving.py) with the rendered
+   mode. Each pod is run by the kubelet stand-in (local_services/kubelet.py): its poller with a
+   bound token and the TF Serving stand-in (local_services/tf_serving.py) with the rendered
    args (``--file_system_poll_wait_seconds=1``, default ``--load_seconds`` 0.2). Versions are
    uploaded one at a time; each is timed from the upload call returning to the moment a watch
    on the ModelDeployment delivers ``status.servingVersion == v``.
@@ -53,23 +53,24 @@ from types import FrameType
 from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator"), str(REPO / "bench")]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import kubernetes  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 import bare_pollers  # noqa: E402
-import operator_testkit as kit  # noqa: E402
+from local_services import operator_kit as kit  # noqa: E402
 from model_poller_api import names  # noqa: E402
-from poller.archives import model_files, zip_bytes  # noqa: E402
+from local_services.archives import model_files, zip_bytes  # noqa: E402
 from operator_scale import apply_crd  # noqa: E402
 from poller_services import percentile  # noqa: E402
-from services.gcs import FakeGcs  # noqa: E402
-from services.kube import KubeControlPlane  # noqa: E402
-from services.kubelet import PASSTHROUGH_ENV, Kubelet  # noqa: E402
-from services.pubsub import PubSubEmulator  # noqa: E402
+from local_services.gcs import FakeGcs  # noqa: E402
+from local_services.kube import KubeControlPlane  # noqa: E402
+from local_services.kubelet import PASSTHROUGH_ENV, Kubelet  # noqa: E402
+from local_services.pubsub import PubSubEmulator  # noqa: E402
+from local_services.process import wait_for  # noqa: E402
 
-STANDIN = REPO / "tests" / "standins" / "tf_serving.py"
+STANDIN = REPO / "local_services" / "tf_serving.py"
 CRD_FILE = REPO / "crds" / "modeldeployments.modelpoller.dev.yaml"
 RESULTS = REPO / "bench" / "results"
 REPLICAS = 3
@@ -172,8 +173,6 @@ def pod_of(entry: dict[str, Any]) -> str:
     return str((extra.get("authentication.kubernetes.io/pod-name") or ["?"])[0])
 
 
-def wait_until(what_: str, check: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    return kit.wait_for(what_, lambda: check() or None, timeout=timeout, interval=interval)
 
 
 # --- part 1 and 2: upload -> servingVersion, writes per pod per version -----------------------
@@ -308,7 +307,7 @@ def run_latency(work: Path, uploads: int) -> dict[str, Any]:
         passthrough = (*PASSTHROUGH_ENV, "PYTHONPATH")
         with Kubelet(s.plane, namespace, selector, work / "kubelet", STANDIN, passthrough_env=passthrough) as kubelet:
             pods = sorted(kubelet.wait_ready(REPLICAS, timeout=180))
-            wait_until("servingVersion 1 on every replica", lambda: all_serving(
+            wait_for("servingVersion 1 on every replica", lambda: all_serving(
                 (s.cluster.get_md(namespace, name).get("status") or {}), 1, REPLICAS)
                 and s.cluster.get_md(namespace, name)["status"].get("servingVersion") == 1, 60)  # fmt: skip
             time.sleep(3)  # let the first syncs' writes land before counting
@@ -321,7 +320,7 @@ def run_latency(work: Path, uploads: int) -> dict[str, Any]:
                     results.append(upload_and_time(bucket, prefix, watch, version, pods))
                     loads.append(round(os.getloadavg()[0], 2))
                     # Settle: every entry serves it and lists exactly the kept versions, then quiet.
-                    wait_until(f"every entry at version {version}", lambda: at_version(s.cluster, namespace, name, version), 30)
+                    wait_for(f"every entry at version {version}", lambda: at_version(s.cluster, namespace, name, version), 30)
                     time.sleep(1.0)
                     print(f"  version {version}: servingVersion after {results[-1].latency:.3f} s", flush=True)
                 time.sleep(5)  # trailing writes (heartbeats are an hour apart: none here)
@@ -415,7 +414,7 @@ def serving_ready(poller: bare_pollers.BarePoller) -> bool:
 
 
 def wait_ready(poller: bare_pollers.BarePoller, timeout: float) -> None:
-    wait_until(f"poller of {poller.name} serving-ready", lambda: serving_ready(poller), timeout, 0.5)
+    wait_for(f"poller of {poller.name} serving-ready", lambda: serving_ready(poller), timeout, 0.5)
 
 
 def _died(poller: bare_pollers.BarePoller) -> None:
@@ -425,7 +424,7 @@ def _died(poller: bare_pollers.BarePoller) -> None:
 
 def measure_one(s: Stack, namespace: str, run: IdleRun, env: dict[str, str]) -> dict[str, float]:
     """Start the first poller alone, let it idle, and read its memory."""
-    pod = wait_until("the first ModelDeployment's pods", lambda: pods_of(s.cluster, namespace, "idle-000"), 60)[0]
+    pod = wait_for("the first ModelDeployment's pods", lambda: pods_of(s.cluster, namespace, "idle-000"), 60)[0]
     poller = launch(s, pod, run, env)
     wait_ready(poller, 120)
     bare_pollers.mark_ready(s.cluster.core, poller)
@@ -503,12 +502,12 @@ def run_idle(work: Path, mds: int, window: float, min_free: float, heartbeat: fl
             names_ = [f"idle-{i:03d}" for i in range(md_count)]
             create = lambda i: s.cluster.create_md(namespace, f"idle-{i:03d}", md_spec(bucket.name, i))  # noqa: E731
             list(pool.map(create, range(1, md_count)))
-        wait_until(f"{md_count * REPLICAS} pods", lambda: len(pods_of(s.cluster, namespace)) >= md_count * REPLICAS, 300, 1)
+        wait_for(f"{md_count * REPLICAS} pods", lambda: len(pods_of(s.cluster, namespace)) >= md_count * REPLICAS, 300, 1)
         started_at = time.monotonic()
         start_pollers(s, namespace, run, env, md_count * REPLICAS, min_free)
         startup_s = time.monotonic() - started_at
         per_md = collections.Counter(p.pod["metadata"]["labels"][names.LABEL_INSTANCE] for p in run.pollers)
-        wait_until("every ModelDeployment settled", lambda: settled(s, namespace, names_, per_md), 300, 2)
+        wait_for("every ModelDeployment settled", lambda: settled(s, namespace, names_, per_md), 300, 2)
         quiet_since = wait_for_quiet(s.plane.audit_log, namespace, 30, 180)
         start = kit.audit_offset(s.plane.audit_log)
         window_start = time.time()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/webhook_latency.py --pods 200
 
-Starts its own etcd + kube-apiserver (tests/services), the chart's webhook objects and the
+Starts its own etcd + kube-apiserver (local_services/), the chart's webhook objects and the
 real operator serving the webhook under the chart's identity (tests/operator/webhook_kit.py:
 the API server calls it over TLS on loopback), an external-mode ModelDeployment, then
 creates ``--pods`` labelled pods (each one injected: two API lookups, the patch) and as many
@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator"), str(REPO / "bench")]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-import operator_testkit as kit  # noqa: E402
-import webhook_kit as wk  # noqa: E402
+from local_services import operator_kit as kit  # noqa: E402
+from local_services import webhook_kit as wk  # noqa: E402
 from operator_scale import apply_crd  # noqa: E402
-from services.kube import KubeControlPlane  # noqa: E402
+from local_services.kube import KubeControlPlane  # noqa: E402
 
 NAMESPACE = "bench"
 MD = "resnet"

@@ -5,9 +5,9 @@
    collector controllers) and the operator under the Helm chart's own ServiceAccount,
    ClusterRole and admission policy (never the admin credentials).
 2. Applies a two-replica ModelDeployment in topic mode. There is no kubelet here: the
-   kubelet stand-in (tests/services/kubelet.py) runs each pod the ReplicaSet creates as local
+   kubelet stand-in (local_services/kubelet.py) runs each pod the ReplicaSet creates as local
    processes, the poller sidecar with its pod's env and a ServiceAccount token bound to the
-   pod, and the TF Serving stand-in (tests/standins/tf_serving.py) as the serving container.
+   pod, and the TF Serving stand-in (local_services/tf_serving.py) as the serving container.
 3. Walks through uploads, a hostile archive, a live rollback with `kubectl patch` and a
    version TF Serving cannot load, printing `kubectl get md` and the Ready/Degraded
    conditions after each step.
@@ -36,20 +36,19 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parents[1]
 # The services and the kubelet stand-in live under tests/; the operator's test kit (its
 # identity from the chart, run_operator) under tests/operator, as tests/e2e/conftest.py uses it.
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "operator"))
+sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-import operator_testkit as kit  # noqa: E402
+from local_services import operator_kit as kit  # noqa: E402
 from model_poller_api import names  # noqa: E402
-from services.gcs import FakeGcs  # noqa: E402
-from services.kube import KubeControlPlane  # noqa: E402
-from services.kubelet import Kubelet, PodRecord  # noqa: E402
-from services.pubsub import PubSubEmulator  # noqa: E402
+from local_services.gcs import FakeGcs  # noqa: E402
+from local_services.kube import KubeControlPlane  # noqa: E402
+from local_services.kubelet import Kubelet, PodRecord  # noqa: E402
+from local_services.pubsub import PubSubEmulator  # noqa: E402
 
 WORK = REPO / ".demo"
-STANDIN = REPO / "tests" / "standins" / "tf_serving.py"
+STANDIN = REPO / "local_services" / "tf_serving.py"
 NAMESPACE = "ml"
 NAME = "faster-rcnn"
 MODEL = "faster_rcnn"
@@ -264,8 +263,8 @@ def apply_md(kube: KubeControlPlane, topic: str) -> None:
 
 def step_pods_start(demo: Demo) -> dict[str, PodRecord]:
     say("No kubelet here: the ReplicaSet's pods run as local processes under the kubelet stand-in")
-    show("(tests/services/kubelet.py: each pod's poller with its own env and a pod-bound ServiceAccount")
-    show(" token; the TF Serving stand-in, tests/standins/tf_serving.py, as its serving container)")
+    show("(local_services/kubelet.py: each pod's poller with its own env and a pod-bound ServiceAccount")
+    show(" token; the TF Serving stand-in, local_services/tf_serving.py, as its serving container)")
     pods, took = wait_for(
         "the two pods to run their poller", lambda: _two_pollers(demo), 60, lambda: _pods_state(demo)
     )

@@ -2,7 +2,7 @@
 
 Each service is started once per test session, on loopback, and stopped at the end. A
 missing binary or emulator fails the tests that need it with a message saying how to
-install it; nothing is skipped. See tests/services/README.md for the interface.
+install it; nothing is skipped. See local_services/README.md for the interface.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from services.gcs import FakeGcs
-from services.kube import KubeControlPlane
-from services.pubsub import PubSubEmulator
-from services.toxiproxy import Proxy, Toxiproxy
+from local_services.gcs import FakeGcs
+from local_services.kube import KubeControlPlane
+from local_services.pubsub import PubSubEmulator
+from local_services.toxiproxy import Proxy, Toxiproxy
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "modeldeployments.modelpoller.dev.yaml"

@@ -14,8 +14,8 @@ import json
 from typing import Any
 
 import pytest
-from poller.archives import model_files, zip_bytes, zip_raw_name
-from poller.conftest import Dirs, EngineFactory
+from local_services.archives import model_files, zip_bytes, zip_raw_name
+from tests.poller.kit import Dirs, EngineFactory
 
 from model_poller.errors import SourceError
 from model_poller.policy import Policy

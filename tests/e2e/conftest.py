@@ -1,5 +1,5 @@
 """Fixtures of the end-to-end tests: the real controllers, the operator under its own
-identity, and the operator tests' helpers (tests/operator/operator_testkit.py)."""
+identity, and the operator tests' helpers (local_services/operator_kit.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-import operator_testkit as kit  # noqa: E402
+from local_services import operator_kit as kit  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ gets a ReplicaSet, which creates the pods through the API), the API server calli
 operator's admission webhook over TLS on loopback for each of those pods, the operator
 under the chart's identity, admission policy and webhook settings, fake-gcs-server
 publishing notifications to the Pub/Sub emulator. The kubelet stand-in
-(tests/services/kubelet.py) runs each injected pod: the poller with exactly the injected
+(local_services/kubelet.py) runs each injected pod: the poller with exactly the injected
 container's env and a token of the ServiceAccount the webhook set, TF Serving's stand-in
 with the args the webhook completed; readiness from the probe the webhook added.
 """
@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import webhook_kit as wk
+from local_services import webhook_kit as wk
 import yaml
-from poller.archives import model_files, zip_bytes
-from services.kubelet import Kubelet, container_env
+from local_services.archives import model_files, zip_bytes
+from local_services.kubelet import Kubelet, container_env
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_api import names
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "tf_serving.py"
+STANDIN = Path(__file__).resolve().parents[2] / "local_services" / "tf_serving.py"
 NAME = "resnet"
 MODEL = "resnet_v2"
 PREFIX = "models/resnet_v2/"
@@ -48,8 +49,6 @@ def conditions(md: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in (md.get("status") or {}).get("conditions") or ()}
 
 
-def wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    return kit.wait_for(what, lambda: check() or None, timeout=timeout, interval=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ def test_user_deployment_in_external_mode_serves_version_2_after_two_uploads(
 
     selector = f"{names.LABEL_MODEL_DEPLOYMENT}={NAME}"
     with Kubelet(kube, namespace, selector, tmp_path / "kubelet", STANDIN) as kubelet:
-        pods = wait("two injected pods running their poller", lambda: len(p := kubelet.pods()) == 2
+        pods = wait_for("two injected pods running their poller", lambda: len(p := kubelet.pods()) == 2
                     and all(r.poller_pid for r in p.values()) and p, 60)  # fmt: skip
         for name, record in pods.items():
             pod = cluster.api.sanitize_for_serialization(cluster.core.read_namespaced_pod(name, namespace))
@@ -112,7 +111,7 @@ def test_user_deployment_in_external_mode_serves_version_2_after_two_uploads(
 
         bucket.blob(PREFIX + "1.zip").upload_from_string(good_zip(1))
         bucket.blob(PREFIX + "2.zip").upload_from_string(good_zip(2))
-        wait("LATEST 2, SERVING 2, READY 2", lambda: (row := md_row(kube, namespace))["LATEST"] == "2"
+        wait_for("LATEST 2, SERVING 2, READY 2", lambda: (row := md_row(kube, namespace))["LATEST"] == "2"
              and row["SERVING"] == "2" and row["READY"] == "2", 90)  # fmt: skip
 
         md = cluster.get_md(namespace, NAME)
@@ -135,6 +134,6 @@ def test_user_deployment_in_external_mode_serves_version_2_after_two_uploads(
 
         # The team scales its own Deployment: the status follows, the gone pod's entry is pruned.
         cluster.apps.patch_namespaced_deployment_scale("team-tf-serving", namespace, {"spec": {"replicas": 1}})
-        wait("one replica in the status", lambda: (s := cluster.get_md(namespace, NAME)["status"])["replicas"] == 1
+        wait_for("one replica in the status", lambda: (s := cluster.get_md(namespace, NAME)["status"])["replicas"] == 1
              and len(s.get("pollers") or {}) == 1 and s["readyReplicas"] == 1, 60)  # fmt: skip
         assert conditions(cluster.get_md(namespace, NAME))["Ready"] == ("True", "AllReplicasServing")

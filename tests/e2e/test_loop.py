@@ -3,9 +3,9 @@
 Real services only: kube-apiserver + etcd, kube-controller-manager (Deployment and
 ReplicaSet controllers create the pods from the rendered template), the operator under its
 own ServiceAccount and admission policy, fake-gcs-server publishing notifications to the
-Pub/Sub emulator. There is no kubelet here: the stand-in (tests/services/kubelet.py) runs
+Pub/Sub emulator. There is no kubelet here: the stand-in (local_services/kubelet.py) runs
 each pod's poller with exactly that pod's env and a TokenRequest token of the rendered
-ServiceAccount bound to the pod, and the TF Serving stand-in (tests/standins/tf_serving.py)
+ServiceAccount bound to the pod, and the TF Serving stand-in (local_services/tf_serving.py)
 as its serving container, and sets the pod's readiness from the rendered probe (the
 poller's /serving-ready).
 """
@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from poller.archives import model_files, zip_bytes, zip_raw_name
-from services.kubelet import Kubelet
+from local_services.archives import model_files, zip_bytes, zip_raw_name
+from local_services.kubelet import Kubelet
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_api import names
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "tf_serving.py"
+STANDIN = Path(__file__).resolve().parents[2] / "local_services" / "tf_serving.py"
 NAME = "faster-rcnn"
 MODEL = "faster_rcnn"
 PREFIX = "models/faster_rcnn/"
@@ -65,8 +66,6 @@ def conditions(md: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in (md.get("status") or {}).get("conditions") or ()}
 
 
-def wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    return kit.wait_for(what, lambda: check() or None, timeout=timeout, interval=0.2)
 
 
 @pytest.fixture
@@ -93,14 +92,14 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
     kube: Any, deployment: tuple[kit.Cluster, Kubelet, Any, str]
 ) -> None:
     cluster, kubelet, bucket, namespace = deployment
-    pods = wait("two pods running their poller", lambda: len(pods := kubelet.pods()) == 2
-                and all(r.poller_pid for r in pods.values()) and pods)  # fmt: skip
+    pods = wait_for("two pods running their poller", lambda: len(pods := kubelet.pods()) == 2
+                and all(r.poller_pid for r in pods.values()) and pods, 60)  # fmt: skip
     first_pids = {name: record.poller_pid for name, record in pods.items()}
 
     # 1. Two uploads: every replica installs both, TF Serving serves 2, the status says so.
     bucket.blob(PREFIX + "1.zip").upload_from_string(good_zip(1))
     bucket.blob(PREFIX + "2.zip").upload_from_string(good_zip(2))
-    wait("LATEST 2, SERVING 2, Ready", lambda: (row := get_md_row(kube, namespace))["LATEST"] == "2"
+    wait_for("LATEST 2, SERVING 2, Ready", lambda: (row := get_md_row(kube, namespace))["LATEST"] == "2"
          and row["SERVING"] == "2" and row["READY"] == "2", 90)  # fmt: skip
     md = cluster.get_md(namespace, NAME)
     assert conditions(md)["Ready"] == ("True", "AllReplicasServing")
@@ -112,8 +111,8 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
 
     # 2. A live rollback: both pollers follow spec.versions without a restart; TF Serving loads 1.
     kubectl(kube, "-n", namespace, "patch", "md", NAME, "--type=merge", "-p", '{"spec":{"versions":{"pinned":[1]}}}')
-    wait("SERVING 1 after the rollback", lambda: get_md_row(kube, namespace)["SERVING"] == "1", 30)
-    wait("every entry at version 1", lambda: all(
+    wait_for("SERVING 1 after the rollback", lambda: get_md_row(kube, namespace)["SERVING"] == "1", 30)
+    wait_for("every entry at version 1", lambda: all(
         (e["versions"], e.get("serving")) == ([1], 1) for e in pollers(cluster, namespace).values()), 30)  # fmt: skip
     for name, record in kubelet.pods().items():
         assert record.poller_pid == first_pids[name] and not record.poller_exits, f"{name}'s poller restarted"
@@ -122,9 +121,9 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
 
     # 3. A hostile upload: rejected by both, Degraded says so, version 1 keeps serving.
     bucket.blob(PREFIX + "3.zip").upload_from_string(zip_raw_name("../../escaped.txt"))
-    wait("Degraded VersionRejected", lambda: conditions(cluster.get_md(namespace, NAME)).get("Degraded")
+    wait_for("Degraded VersionRejected", lambda: conditions(cluster.get_md(namespace, NAME)).get("Degraded")
          == ("True", "VersionRejected"), 30)  # fmt: skip
-    wait("both entries carry the rejection", lambda: all(
+    wait_for("both entries carry the rejection", lambda: all(
         e.get("reason") == "VersionRejected" for e in pollers(cluster, namespace).values()), 30)  # fmt: skip
     row = get_md_row(kube, namespace)
     assert row["SERVING"] == "1" and row["LATEST"] == "2", row
@@ -134,12 +133,12 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
 
     # 4. A version TF Serving cannot load: LoadFailed, version 1 keeps serving and stays on disk.
     bucket.blob(PREFIX + "4.zip").upload_from_string(unloadable_zip(4))
-    wait("LATEST 4 (validated while pinned)", lambda: get_md_row(kube, namespace)["LATEST"] == "4", 30)
+    wait_for("LATEST 4 (validated while pinned)", lambda: get_md_row(kube, namespace)["LATEST"] == "4", 30)
     kubectl(kube, "-n", namespace, "patch", "md", NAME, "--type=merge", "-p", '{"spec":{"versions":{"pinned":[1,4]}}}')
-    wait("Degraded LoadFailed", lambda: conditions(cluster.get_md(namespace, NAME)).get("Degraded")
+    wait_for("Degraded LoadFailed", lambda: conditions(cluster.get_md(namespace, NAME)).get("Degraded")
          == ("True", "LoadFailed"), 60)  # fmt: skip
     # Degraded follows the first replica's report; the other may still be confirming with TF Serving.
-    wait("both entries carry the load failure", lambda: all(
+    wait_for("both entries carry the load failure", lambda: all(
         e.get("reason") == "LoadFailed" for e in pollers(cluster, namespace).values()), 30)  # fmt: skip
     md = cluster.get_md(namespace, NAME)
     assert md["status"]["servingVersion"] == 1
@@ -150,34 +149,34 @@ def test_status_tells_the_truth_through_upload_rollback_hostile_and_failed_load(
         assert sorted(p.name for p in record.model_dir.iterdir() if not p.name.startswith(".")) == ["1", "4"]
         assert not record.poller_exits
     # Events follow the status write that set the condition: wait for them, not race them.
-    wait("the VersionRejected and LoadFailed Warning Events", lambda: {"VersionRejected", "LoadFailed"}
+    wait_for("the VersionRejected and LoadFailed Warning Events", lambda: {"VersionRejected", "LoadFailed"}
          <= {e["reason"] for e in cluster.events(namespace, NAME) if e.get("type") == "Warning"}, 15)  # fmt: skip
 
 
 def test_api_server_outage_never_stops_syncing(kube: Any, deployment: tuple[kit.Cluster, Kubelet, Any, str]) -> None:
     cluster, kubelet, bucket, namespace = deployment
     bucket.blob(PREFIX + "1.zip").upload_from_string(good_zip(1))
-    wait("SERVING 1", lambda: get_md_row(kube, namespace)["SERVING"] == "1", 90)
+    wait_for("SERVING 1", lambda: get_md_row(kube, namespace)["SERVING"] == "1", 90)
     records = kubelet.pods()
 
     kube.stop_apiserver()
     down = time.monotonic()
     try:
         bucket.blob(PREFIX + "2.zip").upload_from_string(good_zip(2))
-        wait("both pods to install version 2 while the API server is down", lambda: all(
+        wait_for("both pods to install version 2 while the API server is down", lambda: all(
             (r.model_dir / "2").is_dir() for r in records.values()), 15)  # fmt: skip
         time.sleep(max(0.0, 20 - (time.monotonic() - down)))
     finally:
         kube.start_apiserver()
     back = time.monotonic()
-    wait("every entry at version 2 after the outage", lambda: all(
+    wait_for("every entry at version 2 after the outage", lambda: all(
         e["versions"] == [1, 2] and e.get("serving") == 2 for e in pollers(cluster, namespace).values())
         and len(pollers(cluster, namespace)) == 2, 10)  # fmt: skip
     took = time.monotonic() - back
     print(f"every poller entry right {took:.1f}s after the API server came back")
     # The pollers' part is due within 10 s (above); the operator's aggregate follows once its
     # watches reconnect (9.2 s measured here): allowed 20 s so a loaded CI machine is no flake.
-    wait("LATEST 2 and SERVING 2 after the outage", lambda: (row := get_md_row(kube, namespace))["LATEST"] == "2"
+    wait_for("LATEST 2 and SERVING 2 after the outage", lambda: (row := get_md_row(kube, namespace))["LATEST"] == "2"
          and row["SERVING"] == "2", 20)  # fmt: skip
     print(f"kubectl get md right {time.monotonic() - back:.1f}s after the API server came back")
     for name, record in kubelet.pods().items():

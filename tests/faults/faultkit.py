@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from poller.archives import model_files, zip_bytes
-from poller.procs import wait_until
+from local_services.archives import model_files, zip_bytes
+from local_services.process import wait_for
+
 
 
 def versions_in(models: Path) -> list[int]:
@@ -24,7 +25,7 @@ def upload(bucket: Any, prefix: str, version: int, size: int = 2048) -> float:
 
 def wait_installed(models: Path, version: int, timeout: float, what: str) -> float:
     """Wait for ``<models>/<version>/``; returns the monotonic time it was seen."""
-    wait_until(lambda: version in versions_in(models), timeout, what)
+    wait_for(what, lambda: version in versions_in(models), timeout)
     return time.monotonic()
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.faultkit import assert_intact, kubeconfig_via
-from poller import kube_identity as ki
-from poller.archives import model_files, zip_bytes
-from poller.procs import PollerProcess, wait_until
+from tests.faults.faultkit import assert_intact, kubeconfig_via
+from tests.poller import kube_identity as ki
+from local_services.archives import model_files, zip_bytes
+from tests.poller.procs import PollerProcess
 
-from services.kube import KubeControlPlane
-from services.toxiproxy import Proxy
+from local_services.kube import KubeControlPlane
+from local_services.toxiproxy import Proxy
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -71,29 +72,28 @@ def test_api_server_unreachable_for_30s(how: str, kube: KubeControlPlane, namesp
     )
     try:
         poller.wait_for("/readyz")
-        wait_until(lambda: entry(kube, namespace).get("versions") == [1, 2], 30, f"entry [1, 2]: {poller.output()}")
+        wait_for(f"entry [1, 2]: {poller.output()}", lambda: entry(kube, namespace).get("versions") == [1, 2], 30)
 
         with unreachable(proxied_kube, how):
             cut = time.monotonic()
             publish(src, 3)
-            wait_until(lambda: on_disk(models) == [2, 3], 15, f"version 3 during the outage: {poller.output()}")
+            wait_for(f"version 3 during the outage: {poller.output()}", lambda: on_disk(models) == [2, 3], 15)
             synced_3 = time.monotonic() - cut
             publish(src, 4)
-            wait_until(lambda: on_disk(models) == [3, 4], 15, f"version 4 during the outage: {poller.output()}")
+            wait_for(f"version 4 during the outage: {poller.output()}", lambda: on_disk(models) == [3, 4], 15)
             synced_4 = time.monotonic() - cut
             assert entry(kube, namespace).get("versions") == [1, 2]  # nothing got through
             time.sleep(max(0.0, OUTAGE - (time.monotonic() - cut)))
             assert poller.proc.poll() is None, poller.output()
         back = time.monotonic()
-        wait_until(lambda: entry(kube, namespace).get("versions") == [3, 4], CATCH_UP,
-                   f"entry [3, 4] within {CATCH_UP:g} s of the return: {poller.output()}")
+        wait_for(f"entry [3, 4] within {CATCH_UP:g} s of the return: {poller.output()}", lambda: entry(kube, namespace).get("versions") == [3, 4], CATCH_UP)
         caught_up = time.monotonic() - back
         assert entry(kube, namespace).get("latest") == 4 and entry(kube, namespace).get("error") is None
 
         # The live policy still follows spec.versions after the outage.
         ki.patch_md(kube, namespace, "m", {"spec": {"versions": {"keep": 1}}})
         patched = time.monotonic()
-        wait_until(lambda: on_disk(models) == [4], 60, f"keep 1 applied after the outage: {poller.output()}")
+        wait_for(f"keep 1 applied after the outage: {poller.output()}", lambda: on_disk(models) == [4], 60)
         applied = time.monotonic() - patched
         print(f"\nAPI server {how} for {OUTAGE:g} s: versions 3 and 4 synced {synced_3:.1f} s and {synced_4:.1f} s "
               f"into the outage; status caught up {caught_up:.1f} s after the return; a policy change made "

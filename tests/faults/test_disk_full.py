@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.faultkit import assert_intact, no_staging, versions_in, wait_installed
-from poller import kube_identity as ki
-from poller.archives import model_files, zip_bytes
-from poller.procs import PollerProcess, wait_until
+from tests.faults.faultkit import assert_intact, no_staging, versions_in, wait_installed
+from tests.poller import kube_identity as ki
+from local_services.archives import model_files, zip_bytes
+from tests.poller.procs import PollerProcess
 
-from services.gcs import FakeGcs
-from services.kube import KubeControlPlane
+from local_services.gcs import FakeGcs
+from local_services.kube import KubeControlPlane
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.gcs, pytest.mark.kube, pytest.mark.slow]
 
@@ -84,7 +85,7 @@ def test_version_larger_than_the_free_space(layout: str, fake_gcs: FakeGcs, buck
 
         v2 = big_files(2)
         upload(bucket, 2, v2, layout)
-        wait_until(lambda: entry().get("reason") == "InstallFailed", 30, f"InstallFailed in the entry: {entry()}")
+        wait_for(f"InstallFailed in the entry: {entry()}", lambda: entry().get("reason") == "InstallFailed", 30)
         error = str(entry().get("error"))
         print(f"\n{layout}: version of {sum(map(len, v2.values())) / MiB:.1f} MiB on a {TMPFS / MiB:g} MiB tmpfs: "
               f"entry error {error!r}")
@@ -92,9 +93,8 @@ def test_version_larger_than_the_free_space(layout: str, fake_gcs: FakeGcs, buck
         assert "No space left on device" in poller.log.read_text()
         assert entry().get("versions") == [1]
         # Between attempts: no staging, no partial file, nothing but version 1 on the volume.
-        wait_until(lambda: not no_staging(models), 10, f"staging removed: {no_staging(models)}")
-        wait_until(lambda: shutil.disk_usage(models).used <= used_before + 64 * 1024, 10,
-                   f"space given back: {shutil.disk_usage(models).used} used, {used_before} before")
+        wait_for(f"staging removed: {no_staging(models)}", lambda: not no_staging(models), 10)
+        wait_for(f"space given back: {shutil.disk_usage(models).used} used, {used_before} before", lambda: shutil.disk_usage(models).used <= used_before + 64 * 1024, 10)
         assert versions_in(models) == [1]
         assert_intact(models, 1)
         assert poller.metric("model_poller_install_failures_total") >= 1
@@ -108,8 +108,7 @@ def test_version_larger_than_the_free_space(layout: str, fake_gcs: FakeGcs, buck
         assert files_of(models / "2") == v2
         upload(bucket, 3, model_files(3), layout)
         wait_installed(models, 3, 15, f"version 3: {poller.output()}")
-        wait_until(lambda: entry().get("versions") == [1, 2, 3] and entry().get("error") is None, 15,
-                   f"entry [1, 2, 3] with no error: {entry()}")
+        wait_for(f"entry [1, 2, 3] with no error: {entry()}", lambda: entry().get("versions") == [1, 2, 3] and entry().get("error") is None, 15)
         assert_intact(models, 1)
         assert_intact(models, 3)
         assert not no_staging(models)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.faultkit import versions_in, wait_installed
-from poller.archives import model_files, zip_bytes
-from poller.procs import PollerProcess
+from tests.faults.faultkit import versions_in, wait_installed
+from local_services.archives import model_files, zip_bytes
+from tests.poller.procs import PollerProcess
 
-from services.gcs import FakeGcs
-from services.toxiproxy import Proxy
+from local_services.gcs import FakeGcs
+from local_services.toxiproxy import Proxy
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.faultkit import assert_intact, upload, versions_in, wait_installed
-from poller.procs import PollerProcess, wait_until
+from tests.faults.faultkit import assert_intact, upload, versions_in, wait_installed
+from tests.poller.procs import PollerProcess
 
-from services.gcs import FakeGcs
-from services.pubsub import PubSubEmulator
-from services.toxiproxy import Proxy, Toxiproxy
+from local_services.gcs import FakeGcs
+from local_services.pubsub import PubSubEmulator
+from local_services.toxiproxy import Proxy, Toxiproxy
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
@@ -94,7 +95,7 @@ def test_emulator_restarted_empty(private_pubsub: Emulators, private_gcs: FakeGc
     )
     try:
         poller.wait_for("/readyz")
-        wait_until(lambda: len(subscriptions(topic)) == 1, 30, "the poller's subscription")
+        wait_for("the poller's subscription", lambda: len(subscriptions(topic)) == 1, 30)
         # The poll interval is 10 minutes: only a notification brings version 1 in quickly.
         uploaded = upload(bucket, "m/", 1)
         seen = wait_installed(models, 1, 30, f"version 1 via its notification: {poller.output()}")
@@ -119,13 +120,12 @@ def test_emulator_restarted_empty(private_pubsub: Emulators, private_gcs: FakeGc
 
         # The stream meets the empty emulator (when its reconnection backs off long enough),
         # and the poller's attempts to recreate its subscription fail: no topic.
-        wait_until(lambda: f"topic {topic} does not exist" in poller.log.read_text(), 90,
-                   f"a failed attempt to recreate the subscription: {poller.output()}")
+        wait_for(f"a failed attempt to recreate the subscription: {poller.output()}", lambda: f"topic {topic} does not exist" in poller.log.read_text(), 90)
         assert poller.proc.poll() is None, poller.output()
         # An administrator recreates the topic; the poller recreates its own subscription.
         create_topic(topic)
         recreated = time.monotonic()
-        wait_until(lambda: len(subscriptions(topic)) == 1, 30, f"the subscription recreated: {poller.output()}")
+        wait_for(f"the subscription recreated: {poller.output()}", lambda: len(subscriptions(topic)) == 1, 30)
         resubscribed = time.monotonic()
         print(f"topic recreated: subscription recreated after {resubscribed - recreated:.2f} s")
         time.sleep(1)  # let the new stream open
@@ -135,8 +135,7 @@ def test_emulator_restarted_empty(private_pubsub: Emulators, private_gcs: FakeGc
         uploaded = upload(bucket, "m/", 4)
         seen = wait_installed(models, 4, 30, f"version 4 via its notification: {poller.output()}")
         print(f"after recovery: notification to installed {seen - uploaded:.2f} s")
-        wait_until(lambda: poller.metric("model_poller_notification_to_installed_seconds_count") == before + 1, 10,
-                   f"version 4 counted as brought by a notification: {poller.output()}")
+        wait_for(f"version 4 counted as brought by a notification: {poller.output()}", lambda: poller.metric("model_poller_notification_to_installed_seconds_count") == before + 1, 10)
         # ... and the fallback listing is over: no listing for longer than the fallback interval.
         last_sync = poller.metric("model_poller_last_sync_timestamp_seconds")
         time.sleep(2 * FALLBACK + 1)

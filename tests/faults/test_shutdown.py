@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.faultkit import kubeconfig_via, upload, wait_installed
-from poller import kube_identity as ki
-from poller.procs import PollerProcess, wait_until
+from tests.faults.faultkit import kubeconfig_via, upload, wait_installed
+from tests.poller import kube_identity as ki
+from tests.poller.procs import PollerProcess
 
-from services.gcs import FakeGcs
-from services.kube import KubeControlPlane
-from services.toxiproxy import Proxy
+from local_services.gcs import FakeGcs
+from local_services.kube import KubeControlPlane
+from local_services.toxiproxy import Proxy
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.kube, pytest.mark.slow]
 
@@ -70,8 +71,7 @@ def test_sigterm_ends_within_bound(cut: str, how: str, fake_gcs: FakeGcs, bucket
     )
     try:
         poller.wait_for("/readyz")
-        wait_until(lambda: (ki.pollers(kube, namespace, "m").get(pod) or {}).get("versions") == [1], 30,
-                   f"the entry of {pod}: {poller.output()}")
+        wait_for(f"the entry of {pod}: {poller.output()}", lambda: (ki.pollers(kube, namespace, "m").get(pod) or {}).get("versions") == [1], 30)
         own = [s for s in subscriptions(topic) if pod in s]
         assert len(own) == 1
         with ExitStack() as stack:

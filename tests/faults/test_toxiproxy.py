@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from services.toxiproxy import Proxy, Toxiproxy
+from local_services.toxiproxy import Proxy, Toxiproxy
 
 
 def _get(url: str, timeout: float = 30) -> bytes:

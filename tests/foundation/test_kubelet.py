@@ -1,4 +1,4 @@
-"""The kubelet stand-in (tests/services/kubelet.py) runs a real Deployment's pod end to end.
+"""The kubelet stand-in (local_services/kubelet.py) runs a real Deployment's pod end to end.
 
 The real Deployment and ReplicaSet controllers (kube-controller-manager) create the pod from
 the template; the stand-in runs the poller and the TF Serving stand-in for it, writes its
@@ -23,13 +23,14 @@ import pytest
 import requests
 import yaml
 
-from services.kube import KubeControlPlane
-from services.kubelet import Kubelet, PodRecord, PodSpecError, container_env, expand
+from local_services.kube import KubeControlPlane
+from local_services.kubelet import Kubelet, PodRecord, PodSpecError, container_env, expand
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-SERVING_STANDIN = REPO / "tests" / "standins" / "tf_serving.py"
+SERVING_STANDIN = REPO / "local_services" / "tf_serving.py"
 NAME = "kubelet-test"
 SELECTOR = f"app.kubernetes.io/instance={NAME}"
 ACCOUNT = f"{NAME}-poller"
@@ -38,15 +39,6 @@ GCS_KEY = "/var/run/secrets/model-poller/gcs/key.json"
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

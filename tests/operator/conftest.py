@@ -46,8 +46,7 @@ def update_golden() -> bool:
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
-sys.path.insert(0, str(HERE))
-import operator_testkit as kit  # noqa: E402
+from local_services import operator_kit as kit  # noqa: E402
 
 
 @pytest.fixture(scope="session")

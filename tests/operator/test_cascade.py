@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_api import names
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]

@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_operator import main
 
 REPO = Path(__file__).resolve().parents[2]

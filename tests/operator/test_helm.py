@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client
 
 from model_poller_api import names
-from services.binaries import binary
+from local_services.binaries import binary
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "chart"

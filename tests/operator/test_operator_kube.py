@@ -21,7 +21,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_api import models, names
 
 pytestmark = pytest.mark.kube

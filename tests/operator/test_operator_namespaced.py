@@ -14,8 +14,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-import operator_testkit as kit
-from services.binaries import binary
+from local_services import operator_kit as kit
+from local_services.binaries import binary
 
 pytestmark = pytest.mark.kube
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_api import models
 
 pytestmark = pytest.mark.kube

@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_api import models, names
 from model_poller_operator import render
 from model_poller_operator.apply import Api, ApplyError

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from model_poller_api import names
-from services.binaries import binary
+from local_services.binaries import binary
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "chart"
 

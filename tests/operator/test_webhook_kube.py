@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import operator_testkit as kit
-import webhook_kit as wk
+from local_services import operator_kit as kit
+from local_services import webhook_kit as wk
 from model_poller_api import models, names
 from model_poller_operator import inject, render
 from model_poller_operator.apply import is_subset

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,17 +15,7 @@ from model_poller.metrics import Metrics
 from model_poller.policy import Policy
 from model_poller.sources import Source, open_source
 from model_poller.sync import Engine
-
-
-@dataclass
-class Dirs:
-    root: Path  # everything a test writes lives under here
-    src: Path
-    models: Path
-
-    @property
-    def uri(self) -> str:
-        return f"file://{self.src}/"
+from tests.poller.kit import Dirs, EngineFactory, run_cli
 
 
 @pytest.fixture
@@ -36,9 +23,6 @@ def dirs(tmp_path: Path) -> Dirs:
     src = tmp_path / "src"
     src.mkdir()
     return Dirs(root=tmp_path, src=src, models=tmp_path / "models")
-
-
-EngineFactory = Callable[..., Engine]
 
 
 @pytest.fixture
@@ -61,19 +45,6 @@ def make_engine(dirs: Dirs) -> EngineFactory:
         )
 
     return make
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m model_poller ARGS`` in a child process, output captured."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_POLLER_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "model_poller", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

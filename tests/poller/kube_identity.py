@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client
 from model_poller_api import models, names
 from model_poller_operator import render
-from services.kube import KubeControlPlane
+from local_services.kube import KubeControlPlane
 
 TOKEN_SECONDS = 3600
 

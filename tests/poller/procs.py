@@ -13,22 +13,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from local_services.process import free_port
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30, what: str = "a condition") -> None:
-    """Poll ``predicate`` until it is truthy; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PollerProcess:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from model_poller_api.models import ReportReason
-from poller.archives import model_files, targz_bytes, tree, write_folder, zip_bytes
-from poller.conftest import Dirs, EngineFactory
+from local_services.archives import model_files, targz_bytes, tree, write_folder, zip_bytes
+from tests.poller.kit import Dirs, EngineFactory
 
 from model_poller.install import BOOKKEEPING_DIR, WORK_PREFIX, ModelDir
 

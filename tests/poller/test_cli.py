@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from poller.archives import model_files, zip_bytes
-from poller.conftest import Dirs
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import Dirs
 
 from model_poller.cli import FLAGS, make_parser, resolve
 from model_poller.config import build_settings, parse_interval, parse_size

@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from poller.archives import model_files
-from poller.conftest import Dirs
+from local_services.archives import model_files
+from tests.poller.kit import Dirs
 
 MiB = 1 << 20
 FILES = 6

@@ -20,10 +20,10 @@ from urllib.parse import quote
 
 import google_crc32c
 import pytest
-from poller.archives import installed_files, model_files
-from poller.conftest import Dirs, EngineFactory
-from poller.recording import RecordingSource
-from services.toxiproxy import Proxy
+from local_services.archives import installed_files, model_files
+from tests.poller.kit import Dirs, EngineFactory
+from tests.poller.recording import RecordingSource
+from local_services.toxiproxy import Proxy
 
 from model_poller.errors import Abandoned
 from model_poller.sources.base import Transfer

@@ -12,7 +12,7 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from poller import kube_identity as ki
+from tests.poller import kube_identity as ki
 
 from model_poller.kube import Kube, Target
 from model_poller.policy import Policy

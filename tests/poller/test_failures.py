@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from model_poller_api.models import ReportReason
-from poller.archives import model_files, targz_bytes, zip_bytes
-from poller.conftest import Dirs, EngineFactory
-from poller.procs import PollerProcess, wait_until
+from local_services.archives import model_files, targz_bytes, zip_bytes
+from tests.poller.kit import Dirs, EngineFactory
+from tests.poller.procs import PollerProcess
 
 from model_poller.config import Settings
 from model_poller.errors import Rejected
@@ -33,6 +33,7 @@ from model_poller.server import Poller
 from model_poller.sources.base import Sink
 from model_poller.sources.file import FileSource
 from model_poller.versions import SourceObject
+from local_services.process import wait_for
 
 KiB = 1 << 10
 
@@ -182,7 +183,7 @@ def test_full_disk_backs_off_up_to_the_poll_interval_then_recovers(
         tmp_path / "poller.log",
     )
     try:
-        wait_until(lambda: len(attempt_times(poller.log, 5)) >= 6, 30, "six attempts")
+        wait_for("six attempts", lambda: len(attempt_times(poller.log, 5)) >= 6, 30)
         times = attempt_times(poller.log, 5)
         gaps = [b - a for a, b in zip(times, times[1:])][:5]
         # 1, 2, then capped at the poll interval (3 s), and staying there.
@@ -194,7 +195,7 @@ def test_full_disk_backs_off_up_to_the_poll_interval_then_recovers(
         assert [p.name for p in tiny_model_dir.iterdir() if p.name.isdigit()] == []
 
         subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_model_dir)], check=True)
-        wait_until(lambda: (tiny_model_dir / "5" / "saved_model.pb").exists(), 10, poller.output())
+        wait_for(poller.output(), lambda: (tiny_model_dir / "5" / "saved_model.pb").exists(), 10)
         assert poller.metric("model_poller_installs_total") == 1
     finally:
         code = poller.terminate()
@@ -279,7 +280,7 @@ def test_a_hostile_zip64_end_record_never_stops_the_poller(dirs: Dirs, tmp_path:
         failed = poller.metric("model_poller_install_unexpected_errors_total")
         assert refused == 1 or failed >= 1, poller.output()
         (dirs.src / "4.zip").write_bytes(zip_bytes(model_files(4)))
-        wait_until(lambda: 4 in numeric_dirs(dirs.models), 10, poller.output())
+        wait_for(poller.output(), lambda: 4 in numeric_dirs(dirs.models), 10)
     finally:
         code = poller.terminate()
     assert code == 0, poller.output()
@@ -316,12 +317,12 @@ def test_an_unexpected_error_in_a_sync_is_logged_once_and_retried(
     with caplog.at_level(logging.INFO, logger="model_poller"):
         thread.start()
         try:
-            wait_until(lambda: gate.calls >= 3, 20, "three syncs")
+            wait_for("three syncs", lambda: gate.calls >= 3, 20)
             assert thread.is_alive()
             assert numeric_dirs(dirs.models) == [1, 2]  # installed; the removal waits
             assert metric(poller.metrics, "model_poller_sync_errors_total") >= 3
             gate.healed.set()
-            wait_until(lambda: numeric_dirs(dirs.models) == [2], 20, "the removal once the gate works")
+            wait_for("the removal once the gate works", lambda: numeric_dirs(dirs.models) == [2], 20)
         finally:
             poller.request_stop()
             thread.join(30)

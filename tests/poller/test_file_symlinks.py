@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from poller.archives import installed_files, model_files, write_folder, zip_bytes
-from poller.conftest import Dirs
+from local_services.archives import installed_files, model_files, write_folder, zip_bytes
+from tests.poller.kit import Dirs
 
 from model_poller.errors import SourceError
 from model_poller.sources.file import FileSource

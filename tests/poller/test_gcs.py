@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from poller.archives import installed_files, model_files, targz_bytes, zip_bytes
-from poller.conftest import Dirs, EngineFactory
+from local_services.archives import installed_files, model_files, targz_bytes, zip_bytes
+from tests.poller.kit import Dirs, EngineFactory
 
 from model_poller.policy import Policy
 

@@ -16,8 +16,8 @@ from typing import Callable
 
 import google_crc32c
 import pytest
-from poller import archives as a
-from poller.conftest import Dirs, EngineFactory
+from local_services import archives as a
+from tests.poller.kit import Dirs, EngineFactory
 
 from model_poller.durable import Syncer
 from model_poller.errors import Rejected

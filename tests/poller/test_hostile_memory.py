@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from poller import archives as a
-from poller.conftest import Dirs, EngineFactory
-from poller.procs import PollerProcess
+from local_services import archives as a
+from tests.poller.kit import Dirs, EngineFactory
+from tests.poller.procs import PollerProcess
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from poller.archives import model_files, zip_bytes
-from poller.conftest import Dirs
-from poller.procs import PollerProcess, wait_until
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import Dirs
+from tests.poller.procs import PollerProcess
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from model_poller.http import HANDLER_THREADS, MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer, Probes
+from local_services.process import wait_for
 
 
 def request(port: int, raw: bytes, timeout: float = 5) -> bytes:
@@ -157,7 +158,7 @@ def test_trickling_client_is_closed_at_the_deadline(make_server: ServerFactory) 
     trickler = Trickler(port, 1, every=0.2)
     idle = connect(port)
     try:
-        wait_until(lambda: closed_by_server(trickler.socks[0]) and closed_by_server(idle), 10, "both closed")
+        wait_for("both closed", lambda: closed_by_server(trickler.socks[0]) and closed_by_server(idle), 10)
         elapsed = time.monotonic() - started
         assert 1.2 < elapsed < 5, elapsed
         assert trickler.sent[0] >= 4  # it kept sending until the end
@@ -174,7 +175,7 @@ def test_a_new_connection_at_the_cap_closes_the_oldest_idle_one(make_server: Ser
         time.sleep(0.2)
         assert not any(closed_by_server(sock) for sock in idle)
         assert request(port, b"GET /healthz HTTP/1.0\r\n\r\n").endswith(b"ok\n")
-        wait_until(lambda: closed_by_server(idle[0]), 5, "the oldest idle connection closed")
+        wait_for("the oldest idle connection closed", lambda: closed_by_server(idle[0]), 5)
         assert not any(closed_by_server(sock) for sock in idle[1:])
     finally:
         for sock in idle:
@@ -243,8 +244,7 @@ def test_the_poller_survives_idle_and_trickling_connections(dirs: Dirs, tmp_path
         open_now = sum(not closed_by_server(sock) for sock in idle + trickler.socks)
         assert open_now <= MAX_CONNECTIONS
         socks = idle + trickler.socks
-        wait_until(lambda: all(closed_by_server(sock) for sock in socks), REQUEST_TIMEOUT + 10,
-                   "the server closed every idle and trickling connection")
+        wait_for("the server closed every idle and trickling connection", lambda: all(closed_by_server(sock) for sock in socks), REQUEST_TIMEOUT + 10)
         assert time.monotonic() - opened >= REQUEST_TIMEOUT - 1  # the tricklers lasted until the deadline
         assert min(trickler.sent) >= REQUEST_TIMEOUT - 4
         assert poller.get("/readyz") == (200, "ready\n")

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from poller.archives import model_files, zip_bytes
-from poller.procs import free_port, wait_until
+from local_services.archives import model_files, zip_bytes
+from local_services.process import free_port
 
 import model_poller.server as server_module
 from model_poller.config import build_settings
@@ -26,6 +26,7 @@ from model_poller.server import Poller
 from model_poller.sources import Source, Transfer
 from model_poller.sources.base import Sink
 from model_poller.versions import SourceObject
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
@@ -107,7 +108,7 @@ def test_download_longer_than_ack_deadline_installs_once(
     thread = threading.Thread(target=lambda: codes.append(poller.run()), name="poller", daemon=True)
     thread.start()
     try:
-        wait_until(poller.probes.ready.is_set, 60, "initial sync")
+        wait_for("initial sync", poller.probes.ready.is_set, 60)
         source = sources[0]
         blob = bucket.blob("lease/7.zip")
         blob.upload_from_string(zip_bytes(model_files(7, size=300_000), top="0007"))
@@ -125,14 +126,11 @@ def test_download_longer_than_ack_deadline_installs_once(
         time.sleep(ACK_DEADLINE + 2)
         assert not (models / "7").exists(), "the slow download should still be running"
 
-        wait_until(lambda: (models / "7").is_dir(), DOWNLOAD_SECONDS + 30, "version 7 installed")
+        wait_for("version 7 installed", lambda: (models / "7").is_dir(), DOWNLOAD_SECONDS + 30)
         assert time.monotonic() - started > ACK_DEADLINE  # the install outlived the lease
         # Give any redelivery time to arrive and be handled, then check nothing ran twice.
         sample = poller.metrics.registry.get_sample_value
-        wait_until(
-            lambda: (sample("model_poller_notifications_total", {"outcome": "ignored"}) or 0) >= 1,
-            ACK_DEADLINE + 10, "the duplicate notification was handled",
-        )
+        wait_for("the duplicate notification was handled", lambda: (sample("model_poller_notifications_total", {"outcome": "ignored"}) or 0) >= 1, ACK_DEADLINE + 10)
         time.sleep(ACK_DEADLINE + 2)
         assert source.downloads == ["7.zip"]
         assert sample("model_poller_installs_total") == 1

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from poller.archives import model_files, zip_bytes
-from poller.procs import PollerProcess, wait_until
+from local_services.archives import model_files, zip_bytes
+from tests.poller.procs import PollerProcess
 
 from model_poller.notifications import subscription_filter, subscription_name
+from local_services.process import wait_for
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
@@ -53,9 +54,9 @@ def test_three_replicas_in_topic_mode(fake_gcs: Any, bucket: Any, tmp_path: Path
         for v in (1, 2, 3):
             bucket.blob(f"models/{v}.zip").upload_from_string(zip_bytes(model_files(v)))
         for pod, p in zip(pods, pollers):
-            wait_until(lambda pod=pod: versions_in(tmp_path / pod) == [1, 2, 3], 30, f"{pod}: {p.output()}")
+            wait_for(f"{pod}: {p.output()}", lambda pod=pod: versions_in(tmp_path / pod) == [1, 2, 3], 30)
         for p in pollers:
-            wait_until(lambda p=p: p.metric("model_poller_installs_total") == 3, 10, p.output())
+            wait_for(p.output(), lambda p=p: p.metric("model_poller_installs_total") == 3, 10)
             assert p.metric("model_poller_notification_to_installed_seconds_count") >= 1
         downloaded = [p.metric("model_poller_downloaded_bytes_total") for p in pollers]
         ignored = [p.metric("model_poller_notifications_total", 'outcome="ignored"') for p in pollers]
@@ -69,8 +70,7 @@ def test_three_replicas_in_topic_mode(fake_gcs: Any, bucket: Any, tmp_path: Path
                 eventType="OBJECT_FINALIZE", payloadFormat="JSON_API_V1",
             ).result(timeout=30)
         for i, p in enumerate(pollers):
-            wait_until(lambda p=p, i=i: p.metric("model_poller_notifications_total", 'outcome="ignored"') >= ignored[i] + 6,
-                       20, p.output())
+            wait_for(p.output(), lambda p=p, i=i: p.metric("model_poller_notifications_total", 'outcome="ignored"') >= ignored[i] + 6, 20)
         for i, p in enumerate(pollers):
             assert p.metric("model_poller_installs_total") == 3
             assert p.metric("model_poller_downloaded_bytes_total") == downloaded[i]
@@ -79,7 +79,7 @@ def test_three_replicas_in_topic_mode(fake_gcs: Any, bucket: Any, tmp_path: Path
         # A deletion is a rollback, also learned from a notification.
         bucket.blob("models/3.zip").delete()
         for pod in pods:
-            wait_until(lambda pod=pod: versions_in(tmp_path / pod) == [1, 2], 30, pod)
+            wait_for(pod, lambda pod=pod: versions_in(tmp_path / pod) == [1, 2], 30)
     finally:
         codes = [p.terminate() for p in pollers]
     assert codes == [0, 0, 0], [p.output() for p in pollers]
@@ -103,7 +103,7 @@ def test_shared_subscription_mode(fake_gcs: Any, bucket: Any, tmp_path: Path) ->
     try:
         poller.wait_for("/readyz")
         bucket.blob("m/0004.zip").upload_from_string(zip_bytes(model_files(4), top="0004"))
-        wait_until(lambda: versions_in(models) == [4], 30, poller.output())
+        wait_for(poller.output(), lambda: versions_in(models) == [4], 30)
     finally:
         code = poller.terminate()
     assert code == 0
@@ -123,9 +123,9 @@ def test_missing_topic_logs_one_line_and_keeps_listing(fake_gcs: Any, bucket: An
     try:
         poller.wait_for("/readyz")
         assert versions_in(models) == [1]
-        wait_until(lambda: "topic projects/" in poller.output() and "does not exist" in poller.output(), 10)
+        wait_for("a condition", lambda: "topic projects/" in poller.output() and "does not exist" in poller.output(), 10)
         bucket.blob("m/2.zip").upload_from_string(zip_bytes(model_files(2)))
-        wait_until(lambda: versions_in(models) == [1, 2], 15, poller.output())
+        wait_for(poller.output(), lambda: versions_in(models) == [1, 2], 15)
     finally:
         code = poller.terminate()
     assert code == 0
@@ -178,11 +178,10 @@ def test_names_that_are_no_version_never_stop_the_poller(fake_gcs: Any, bucket: 
             fake_gcs.notification_topic, b"{}", bucketId=bucket.name, objectId="m/1.zip",
             objectGeneration="١٢", eventType="OBJECT_FINALIZE", payloadFormat="JSON_API_V1",
         ).result(timeout=30)
-        wait_until(lambda: poller.metric("model_poller_notifications_total", 'outcome="ignored"') >= 8, 20,
-                   poller.output())
+        wait_for(poller.output(), lambda: poller.metric("model_poller_notifications_total", 'outcome="ignored"') >= 8, 20)
         # Still following notifications: a later valid version arrives through one.
         bucket.blob("m/2.zip").upload_from_string(zip_bytes(model_files(2)))
-        wait_until(lambda: versions_in(models) == [1, 2], 30, poller.output())
+        wait_for(poller.output(), lambda: versions_in(models) == [1, 2], 30)
         assert poller.metric("model_poller_install_attempts_total") == 2  # none of the junk names
         assert poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 0
     finally:

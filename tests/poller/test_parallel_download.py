@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import google_crc32c
 import pytest
-from poller.archives import installed_files, model_files
-from poller.conftest import Dirs, EngineFactory
-from poller.recording import recording_source
+from local_services.archives import installed_files, model_files
+from tests.poller.kit import Dirs, EngineFactory
+from tests.poller.recording import recording_source
 
 from model_poller import crc32c
 from model_poller.durable import Syncer

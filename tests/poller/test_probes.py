@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from poller.archives import model_files, zip_bytes
-from poller.conftest import Dirs
-from poller.procs import PollerProcess, wait_until
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import Dirs
+from tests.poller.procs import PollerProcess
+from local_services.process import wait_for
 
 StartPoller = Callable[..., PollerProcess]
 
@@ -60,7 +61,7 @@ def first_answer(poller: PollerProcess, path: str) -> int:
             return False  # the port is not open yet
         return True
 
-    wait_until(answered, 30, f"{path} to answer")
+    wait_for(f"{path} to answer", answered, 30)
     return codes[0]
 
 
@@ -79,7 +80,7 @@ def test_source_unreachable_then_reachable(dirs: Dirs, start_poller: StartPoller
     absent = dirs.root / "absent"
     poller = start_poller("--source", f"file://{absent}/", "--model-dir", str(dirs.models), "--keep", "1")
     assert first_answer(poller, "/healthz") == 200
-    wait_until(lambda: "does not exist" in poller.output(), 15, "the missing source in the log")
+    wait_for("the missing source in the log", lambda: "does not exist" in poller.output(), 15)
     assert poller.get("/readyz")[0] == 503
     assert poller.get("/serving-ready")[0] == 503
     stays(poller, "/readyz", 503, 2.5)  # several retries: still not ready
@@ -115,7 +116,7 @@ def test_every_install_failing_is_not_ready(dirs: Dirs, tiny_model_dir: Path, st
     poller = start_poller("--source", dirs.uri, "--model-dir", str(tiny_model_dir), "--keep", "2")
     assert first_answer(poller, "/healthz") == 200
     # Both versions fail, and are tried again (with backoff up to the poll interval).
-    wait_until(lambda: poller.metric("model_poller_install_failures_total") >= 4, 30, "installs failing, retried")
+    wait_for("installs failing, retried", lambda: poller.metric("model_poller_install_failures_total") >= 4, 30)
     assert "No space left on device" in poller.output()
     assert poller.get("/readyz")[0] == 503
     assert poller.get("/serving-ready")[0] == 503
@@ -138,7 +139,7 @@ def test_no_valid_version_at_the_source_is_ready(dirs: Dirs, start_poller: Start
     assert poller.get("/serving-ready")[0] == 503
     assert poller.get("/healthz")[0] == 200
     assert numeric_dirs(dirs.models) == []
-    wait_until(lambda: poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 1, 15, "7.zip rejected")
+    wait_for("7.zip rejected", lambda: poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 1, 15)
     stays(poller, "/readyz", 200, 1.5)
     assert poller.get("/serving-ready")[0] == 503
 
@@ -170,7 +171,7 @@ def test_ready_once_the_policy_is_on_disk(dirs: Dirs, start_poller: StartPoller)
         codes.add(poller.get("/serving-ready")[0])
         return numeric_dirs(dirs.models) == [1, 2]
 
-    wait_until(rolled_back, 30, "3 removed and 1 installed")
+    wait_for("3 removed and 1 installed", rolled_back, 30)
     assert codes == {200}, poller.output()
     stays(poller, "/serving-ready", 200, 1.0)
     assert poller.get("/readyz")[0] == 200

@@ -19,13 +19,14 @@ from typing import Any
 
 import pytest
 from model_poller_api.models import ReportReason
-from poller import kube_identity as ki
-from poller.archives import model_files, zip_bytes
-from poller.conftest import run_cli
-from poller.procs import PollerProcess, wait_until
-from services.kube import KubeControlPlane
+from tests.poller import kube_identity as ki
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import run_cli
+from tests.poller.procs import PollerProcess
+from local_services.kube import KubeControlPlane
 
 from model_poller.install import ModelDir
+from local_services.process import wait_for
 
 POD = "m-abc12"
 OTHER_POD = "m-def34"
@@ -104,7 +105,7 @@ class Setup:
             return entry is not None and ok(entry)
 
         try:
-            wait_until(probe, timeout, what)
+            wait_for(what, probe, timeout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; last entry of {pod}: {found.get('entry')!r}") from None
         entry: dict[str, Any] = found["entry"]
@@ -116,7 +117,7 @@ class Setup:
             return on_disk(self.models(pod)) == versions
 
         try:
-            wait_until(probe, timeout, f"versions {versions} in {self.models(pod)}")
+            wait_for(f"versions {versions} in {self.models(pod)}", probe, timeout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; on disk: {on_disk(self.models(pod))}; log: {proc.output()}") from None
 
@@ -278,8 +279,7 @@ def test_forbidden_status_write_is_logged_once_and_syncing_goes_on(setup: Setup)
     setup.upload(3)
     # Syncing does not depend on the API server: the new version is installed.
     setup.wait_disk([2, 3], proc)
-    wait_until(lambda: proc.metric("model_poller_status_writes_total", 'outcome="forbidden"') > 0, 15,
-               "a forbidden status write in /metrics")
+    wait_for("a forbidden status write in /metrics", lambda: proc.metric("model_poller_status_writes_total", 'outcome="forbidden"') > 0, 15)
     # A few more syncs (one a second) and write attempts.
     time.sleep(5)
     assert proc.proc.poll() is None, proc.output()
@@ -336,7 +336,7 @@ def test_failed_status_writes_back_off_instead_of_retrying_after_every_sync(setu
     try:
         setup.upload(3)
         setup.wait_disk([2, 3], proc)
-        wait_until(lambda: attempts() > 0, 15, f"a failed status write ({cause})")
+        wait_for(f"a failed status write ({cause})", lambda: attempts() > 0, 15)
         first = attempts()
         time.sleep(RETRY_WINDOW)  # twelve more syncs
         retries = attempts() - first
@@ -361,10 +361,8 @@ def test_deleted_modeldeployment_is_logged_and_syncing_goes_on(setup: Setup) -> 
     ki.delete_md(setup.kube, setup.namespace, MD)
     setup.upload(3)
     setup.wait_disk([2, 3], proc)
-    wait_until(lambda: f"ModelDeployment {setup.target} is gone" in full_log(proc), 15,
-               f"a log line saying ModelDeployment {setup.target} is gone")
-    wait_until(lambda: proc.metric("model_poller_status_writes_total", 'outcome="not_found"') > 0, 15,
-               "a not_found status write in /metrics")
+    wait_for(f"a log line saying ModelDeployment {setup.target} is gone", lambda: f"ModelDeployment {setup.target} is gone" in full_log(proc), 15)
+    wait_for("a not_found status write in /metrics", lambda: proc.metric("model_poller_status_writes_total", 'outcome="not_found"') > 0, 15)
     # It goes on: another version later is installed too.
     setup.upload(4)
     setup.wait_disk([3, 4], proc)

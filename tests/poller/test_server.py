@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from poller.archives import model_files, zip_bytes
-from poller.conftest import Dirs
-from poller.procs import PollerProcess, wait_until
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import Dirs
+from tests.poller.procs import PollerProcess
+from local_services.process import wait_for
 
 
 
@@ -29,10 +30,10 @@ def test_probes_metrics_polling_and_sigterm(dirs: Dirs, tmp_path: Path) -> None:
         assert poller.metric("model_poller_last_sync_timestamp_seconds") > time.time() - 60
         # A new version is picked up within a poll interval; the old one goes.
         (dirs.src / "2.zip").write_bytes(zip_bytes(model_files(2)))
-        wait_until(lambda: sorted(p.name for p in dirs.models.iterdir()) == [".model-poller", "2"])
+        wait_for("a condition", lambda: sorted(p.name for p in dirs.models.iterdir()) == [".model-poller", "2"], 30)
         # A hostile upload shows in /metrics and changes nothing.
         (dirs.src / "3.zip").write_bytes(b"garbage")
-        wait_until(lambda: poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 1)
+        wait_for("a condition", lambda: poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 1, 30)
         assert sorted(p.name for p in dirs.models.iterdir()) == [".model-poller", "2"]
         assert poller.metric("model_poller_installs_total") == 2
         assert poller.get("/nope")[0] == 404
@@ -49,14 +50,14 @@ def test_sigterm_during_a_large_install_exits_zero_and_cleanly(dirs: Dirs, tmp_p
     poller = PollerProcess(["--source", dirs.uri, "--model-dir", str(dirs.models)], tmp_path / "poller.log")
     try:
         poller.wait_for("/healthz")
-        wait_until(lambda: any(p.name.startswith(".model-poller-staging-") for p in dirs.models.iterdir()), 30)
+        wait_for("a staging dir", lambda: any(p.name.startswith(".model-poller-staging-") for p in dirs.models.iterdir()), 30)
     finally:
         started = time.monotonic()
         code = poller.terminate()
     assert code == 0, poller.output()
     assert time.monotonic() - started < 10
     assert list(dirs.models.iterdir()) == [], poller.output()  # abandoned: no version, no staging
-    assert poller.get is not None and "abandoned" in poller.output()
+    assert "abandoned" in poller.output(), poller.output()
 
 
 @pytest.mark.slow
@@ -67,7 +68,7 @@ def test_unwritable_model_dir_retries_then_recovers(dirs: Dirs, tmp_path: Path) 
     poller = PollerProcess(["--source", dirs.uri, "--model-dir", str(blocker)], tmp_path / "poller.log")
     try:
         poller.wait_for("/healthz")
-        wait_until(lambda: "is not writable" in poller.output(), 10)
+        wait_for("a condition", lambda: "is not writable" in poller.output(), 10)
         assert poller.get("/readyz")[0] == 503
         blocker.unlink()
         poller.wait_for("/readyz", timeout=30)

@@ -1,7 +1,7 @@
 """``--serving-url``: the poller waits for TF Serving's word before it lets a version go.
 
 Real processes only: the poller CLI over a file:// source, and the TF Serving stand-in
-(tests/standins/tf_serving.py) on the same model dir, with the serving container's flags
+(local_services/tf_serving.py) on the same model dir, with the serving container's flags
 (``--file_system_poll_wait_seconds=1 --max_num_load_retries=0``). The stand-in loads only
 the highest version in the model dir and keeps the old one AVAILABLE until the new one
 is (TF Serving's availability-preserving policy); its REST port opens only once a first
@@ -37,13 +37,14 @@ from pathlib import Path
 
 import pytest
 from model_poller_api.models import PollerReport, ReportReason
-from poller.archives import model_files, zip_bytes
-from poller.conftest import Dirs
-from poller.procs import PollerProcess, wait_until
-from standins.tf_serving import TfServingProcess
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import Dirs
+from tests.poller.procs import PollerProcess
+from local_services.tf_serving import TfServingProcess
 
 from model_poller.report import build_report
 from model_poller.serving import fetch
+from local_services.process import wait_for
 
 MODEL = "m"
 SAMPLE_EVERY = 0.05
@@ -213,7 +214,7 @@ def test_readyz_after_the_initial_sync_serving_ready_after_tf_serving(
     # The policy's version is on disk: ready, though TF Serving has loaded nothing.
     assert on_disk(dirs.models) == {1}
     assert poller.get("/serving-ready")[0] == 503
-    wait_until(lambda: "TF Serving not answering yet" in poller.output(), 10, "the unreachable TF Serving in the log")
+    wait_for("the unreachable TF Serving in the log", lambda: "TF Serving not answering yet" in poller.output(), 10)
     assert poller.get("/serving-ready")[0] == 503
 
     tf.start(wait=False)
@@ -248,7 +249,7 @@ def test_removal_waits_for_tf_serving_to_report_the_new_version_available(
 
     with Sampler(poller, tf, dirs.models) as sampler:
         upload(dirs, 2)
-        wait_until(lambda: on_disk(dirs.models) == {2}, 30, "1 removed after 2 loaded")
+        wait_for("1 removed after 2 loaded", lambda: on_disk(dirs.models) == {2}, 30)
         tf.wait_for(1, "END")
         time.sleep(0.3)
     samples = sampler.served()
@@ -302,7 +303,7 @@ def test_load_failure_keep_1_keeps_the_old_version_and_says_so(
     with Sampler(poller, tf, dirs.models) as sampler:
         upload(dirs, 2, invalid=True)
         wait_failed(tf, 2)
-        wait_until(lambda: "TF Serving failed to load version 2: DATA_LOSS" in poller.output(), 10, "the failure logged")
+        wait_for("the failure logged", lambda: "TF Serving failed to load version 2: DATA_LOSS" in poller.output(), 10)
         time.sleep(2.5)  # a few syncs and TF Serving polls later, nothing changed
     assert "as binary proto" in poller.output()
     assert {s.serving_ready for s in sampler.samples} == {200}
@@ -318,7 +319,7 @@ def test_load_failure_keep_1_keeps_the_old_version_and_says_so(
 
     # The way out: a newer good version; once it is AVAILABLE, 1 and the bad 2 go.
     upload(dirs, 3)
-    wait_until(lambda: on_disk(dirs.models) == {3}, 30, "1 and 2 removed after 3 loaded")
+    wait_for("1 and 2 removed after 3 loaded", lambda: on_disk(dirs.models) == {3}, 30)
     assert 3 in available(states(tf))
     assert poller.get("/serving-ready")[0] == 200
     never_unserved(tf)
@@ -338,7 +339,7 @@ def test_load_failure_keep_2_still_serving_ready(dirs: Dirs, start_poller: Start
     with Sampler(poller, tf, dirs.models) as sampler:
         upload(dirs, 2, invalid=True)
         wait_failed(tf, 2)
-        wait_until(lambda: "TF Serving failed to load version 2" in poller.output(), 10, "the failure logged")
+        wait_for("the failure logged", lambda: "TF Serving failed to load version 2" in poller.output(), 10)
         time.sleep(1.5)
     assert {s.serving_ready for s in sampler.samples} == {200}
     assert on_disk(dirs.models) == {1, 2}
@@ -434,18 +435,18 @@ def test_tf_serving_unreachable_keeps_syncing_and_keeps_old_versions(
     assert on_disk(dirs.models) == {1}
 
     upload(dirs, 2)
-    wait_until(lambda: on_disk(dirs.models) == {1, 2}, 30, "2 installed")
+    wait_for("2 installed", lambda: on_disk(dirs.models) == {1, 2}, 30)
     upload(dirs, 3)
-    wait_until(lambda: on_disk(dirs.models) == {1, 2, 3}, 30, "3 installed")
+    wait_for("3 installed", lambda: on_disk(dirs.models) == {1, 2, 3}, 30)
     synced = poller.metric("model_poller_last_sync_timestamp_seconds")
-    wait_until(lambda: poller.metric("model_poller_last_sync_timestamp_seconds") >= synced + 2, 10, "more syncs")
+    wait_for("more syncs", lambda: poller.metric("model_poller_last_sync_timestamp_seconds") >= synced + 2, 10)
     assert on_disk(dirs.models) == {1, 2, 3}, "an older version removed without TF Serving's confirmation"
     assert poller.get("/serving-ready")[0] == 503
 
     (dirs.src / "3.zip").unlink()
-    wait_until(lambda: 3 not in on_disk(dirs.models), 30, "3 (newer than the policy's newest) removed")
+    wait_for("3 (newer than the policy's newest) removed", lambda: 3 not in on_disk(dirs.models), 30)
     synced = poller.metric("model_poller_last_sync_timestamp_seconds")
-    wait_until(lambda: poller.metric("model_poller_last_sync_timestamp_seconds") >= synced + 2, 10, "more syncs")
+    wait_for("more syncs", lambda: poller.metric("model_poller_last_sync_timestamp_seconds") >= synced + 2, 10)
     assert on_disk(dirs.models) == {1, 2}
     assert poller.get("/serving-ready")[0] == 503
     assert poller.get("/readyz")[0] == 200

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from poller.archives import installed_files, model_files, targz_bytes, write_folder, zip_bytes
-from poller.conftest import Dirs, EngineFactory
+from local_services.archives import installed_files, model_files, targz_bytes, write_folder, zip_bytes
+from tests.poller.kit import Dirs, EngineFactory
 
 from model_poller.install import BOOKKEEPING_DIR
 from model_poller.policy import Policy

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from services.process import port_open
-from standins.tf_serving import (
+from local_services.process import port_open
+from local_services.tf_serving import (
     Action,
     Health,
     HarnessState,

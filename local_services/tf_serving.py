@@ -4,7 +4,7 @@
 This machine has no TF Serving binary and no container runtime, so this process imitates
 the parts of ``tensorflow_model_server`` that model-poller depends on. It is not TF Serving:
 it runs no model, speaks no gRPC, and must never be shipped. Python standard library only;
-run it as ``python tests/standins/tf_serving.py --rest_api_port=8501 --model_name=NAME
+run it as ``python local_services/tf_serving.py --rest_api_port=8501 --model_name=NAME
 --model_base_path=DIR --file_system_poll_wait_seconds=1``.
 
 What it imitates, as tensorflow/serving's source does it (FileSystemStoragePathSource,
@@ -89,7 +89,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.process import Service
+    from local_services.process import Service
 
 SCRIPT = Path(__file__).resolve()
 INT64_MAX = 2**63 - 1
@@ -694,8 +694,8 @@ class TfServingProcess:
         poll_seconds: int = 1,
         extra_args: Sequence[str] = (),
     ) -> None:
-        # Imported here: as a script this module runs without tests/ on sys.path.
-        from services.process import free_port
+        # Imported here: as a script this module runs without the repository root on sys.path.
+        from local_services.process import free_port
 
         self.model_name = model_name
         self.log_path = log_path
@@ -718,7 +718,7 @@ class TfServingProcess:
         return f"http://127.0.0.1:{self.rest_port}"
 
     def start(self, wait: bool = True, timeout: float = 30) -> TfServingProcess:
-        from services.process import Service
+        from local_services.process import Service
 
         self.service = Service("tf-serving-standin", self.argv, self.log_path)
         if wait:
@@ -726,7 +726,7 @@ class TfServingProcess:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
-        from services.process import port_open
+        from local_services.process import port_open
 
         self._service().wait_until(lambda: port_open(self.rest_port), timeout)
 

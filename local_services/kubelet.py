@@ -77,8 +77,8 @@ from typing import Any, TypeVar
 import requests
 import yaml
 
-from services.kube import KubeControlPlane
-from services.process import free_port, port_open
+from local_services.kube import KubeControlPlane
+from local_services.process import free_port, port_open
 
 log = logging.getLogger("services.kubelet")
 

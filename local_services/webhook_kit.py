@@ -27,7 +27,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import operator_testkit as kit
+from local_services import operator_kit as kit
 from model_poller_api import names
 
 CONFIGURATION = "model-poller-operator"

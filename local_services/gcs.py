@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.binaries import binary
-from services.process import Service, free_port
+from local_services.binaries import binary
+from local_services.process import Service, free_port
 
 
 @dataclass

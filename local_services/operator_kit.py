@@ -1,7 +1,5 @@
-"""Helpers of the operator's integration tests and benchmark: run the operator, talk to the API.
-
-Imported by tests/operator/conftest.py (which puts this folder on sys.path) and by
-bench/operator_scale.py. No mocks: a real kube-apiserver (tests/services/kube.py), the real
+"""Run the operator and talk to the API: used by the operator and end-to-end tests, the
+benchmarks and ``make demo``. No mocks: a real kube-apiserver (local_services/kube.py), the real
 operator as a subprocess under its own ServiceAccount with the chart's ClusterRole and
 under the chart's ValidatingAdmissionPolicy (so every integration test also proves that
 normal reconciles pass the policy).
@@ -28,8 +26,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from model_poller_api import names
+from local_services.process import free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "deploy" / "manifests" / "model-poller-operator.yaml"
 OPERATOR_NAMESPACE = "model-poller-system"
 OPERATOR_SA = "model-poller-operator"
@@ -39,22 +38,6 @@ WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollectio
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def ignore_conflict(fn: Callable[[], Any]) -> None:

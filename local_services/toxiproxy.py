@@ -33,8 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from services.binaries import binary
-from services.process import Service, free_port
+from local_services.binaries import binary
+from local_services.process import Service, free_port
 
 Stream = Literal["upstream", "downstream"]
 

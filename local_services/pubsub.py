@@ -7,8 +7,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.binaries import MissingServiceError
-from services.process import Service, free_port
+from local_services.binaries import MissingServiceError
+from local_services.process import Service, free_port
 
 INSTALL_HINT = (
     "the Pub/Sub emulator is missing: install the Debian packages google-cloud-cli and "

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from services.binaries import binary
-from services.process import Service, free_port, port_open
+from local_services.binaries import binary
+from local_services.process import Service, free_port, port_open
 
 log = logging.getLogger("services.kube")
 
