@@ -13,6 +13,10 @@ taken back, a field the operator stopped rendering is removed. Nothing is writte
 the live object already holds every rendered field *and* carries the hash of the rendered
 object (the hash catches fields removed from the render, which a subset check cannot see),
 so a steady state makes zero writes.
+
+An optional child that must not exist for the current spec (``children.py``) is deleted, and
+only when this ModelDeployment controls it; otherwise the operator deletes nothing (owner
+references do).
 """
 
 from __future__ import annotations
@@ -33,19 +37,16 @@ from kubernetes.utils import parse_quantity
 from model_poller_api import names
 
 from model_poller_operator import __version__
+from model_poller_operator.children import BY_KIND, Desired
 
 Obj = dict[str, Any]
 
 HASH_ANNOTATION: Final = f"{names.GROUP}/applied-hash"
 USER_AGENT: Final = f"{names.MANAGER}/{__version__}"
 
-# Plural of every kind the operator reads or writes.
+# Plural of every kind the operator reads or writes besides its children (children.CHILDREN
+# holds theirs).
 PLURALS: Final = {
-    "Deployment": "deployments",
-    "Service": "services",
-    "ServiceAccount": "serviceaccounts",
-    "Role": "roles",
-    "RoleBinding": "rolebindings",
     "Event": "events",
     names.KIND: names.PLURAL,
 }
@@ -71,7 +72,8 @@ def _api_message(error: ApiException) -> str:
 
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+    plural = PLURALS[kind] if kind in PLURALS else BY_KIND[kind].plural
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
     return f"{path}/{name}" if name else path
 
 
@@ -140,9 +142,15 @@ def in_sync(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
 
 @dataclass(frozen=True)
 class Change:
+    """One child written: ``action`` is "created", "updated" or "deleted"."""
+
     kind: str
     name: str
-    created: bool
+    action: str
+
+    @property
+    def created(self) -> bool:
+        return self.action == "created"
 
 
 def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -155,6 +163,12 @@ def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def is_model_deployment_ref(ref: Mapping[str, Any]) -> bool:
     return ref.get("kind") == names.KIND and str(ref.get("apiVersion", "")).startswith(names.GROUP + "/")
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether the ModelDeployment of ``uid`` is ``obj``'s controller."""
+    ref = controller_of(obj)
+    return ref is not None and is_model_deployment_ref(ref) and ref.get("uid") == uid
 
 
 @dataclass(frozen=True)
@@ -375,22 +389,42 @@ class Api:
             self.apply(with_hash(desired))
         except ApiException as error:
             raise ApplyError(desired, error) from error
-        return Change(kind=desired["kind"], name=meta["name"], created=live is None)
+        return Change(kind=desired["kind"], name=meta["name"], action="created" if live is None else "updated")
 
-    def converge_all(self, children: list[Obj], depends_on: Mapping[str, tuple[str, ...]]) -> Outcome:
-        """Converge every child in order. A child whose name is taken by an object this
-        ModelDeployment does not own is skipped, and so is every child that ``depends_on``
-        (kind -> kinds) a skipped kind, transitively; the others are still applied."""
+    def remove(self, absent: Desired) -> Change | None:
+        """Delete an optional child that must not exist, only if this ModelDeployment
+        controls it (its uid); None when there is nothing of ours to delete.
+
+        An object of that name that someone else controls is not ours: left untouched,
+        and not a conflict either (the ModelDeployment wants nothing under that name)."""
+        child = absent.child
+        try:
+            live = self.get(child.api_version, child.kind, absent.namespace, absent.name)
+            if live is None or not controlled_by(live, absent.owner.uid):
+                return None
+            # The precondition makes sure the object deleted is the one just checked.
+            options = {"preconditions": {"uid": live["metadata"]["uid"]}, "propagationPolicy": "Background"}
+            self._call("DELETE", object_path(child.api_version, child.kind, absent.namespace, absent.name), body=options)
+        except ApiException as error:
+            if error.status in (404, 409):
+                return None  # gone already, or replaced meanwhile: the next reconcile looks again
+            raise ApplyError({"kind": child.kind, "metadata": {"name": absent.name}}, error) from error
+        return Change(kind=child.kind, name=absent.name, action="deleted")
+
+    def converge_all(self, children: list[Desired]) -> Outcome:
+        """Converge every child in order: apply those rendered, remove those that must not
+        exist. A child whose name is taken by an object this ModelDeployment does not own
+        is skipped, and so is every child that depends on a skipped kind (its
+        ``depends_on``), transitively; the others are still applied."""
         changes: list[Change] = []
         conflicts: list[Conflict] = []
         held_back: list[tuple[str, str]] = []
         for child in children:
-            kind, name = str(child["kind"]), str(child["metadata"]["name"])
             blocked = {c.kind for c in conflicts} | {k for k, _ in held_back}
-            if blocked & set(depends_on.get(kind, ())):
-                held_back.append((kind, name))
+            if child.obj is not None and blocked & set(child.child.depends_on):
+                held_back.append((child.child.kind, child.name))
                 continue
-            result = self.converge(child)
+            result = self.converge(child.obj) if child.obj is not None else self.remove(child)
             if isinstance(result, Conflict):
                 conflicts.append(result)
             elif result is not None:

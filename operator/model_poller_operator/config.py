@@ -1,46 +1,137 @@
-"""The operator's own settings: a typed dataclass read once from the environment."""
+"""The operator's settings: typed dataclasses read from ``MODEL_POLLER_OPERATOR_*`` variables.
+
+Every setting is a dataclass field with ``metadata["help"]``; its variable is the module's
+(and class's) ``ENV_PREFIX`` plus the field name in upper case (:func:`env_name`), so a
+reference can be generated from the classes (here :class:`ConsoleSettings` and
+:class:`OperatorConfig`; the webhook's are ``webhook.WebhookSettings``). Settings are read once at
+startup (the console script before anything else, and kopf's startup handler under
+``kopf run``); a value that cannot be used is a :class:`SettingsError` whose message names
+the variable, reported as one line with exit code 2.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
-from dataclasses import dataclass
-from typing import Final, Mapping
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Final, Mapping, TypeVar
 
 ENV_PREFIX: Final = "MODEL_POLLER_OPERATOR_"
+# The exit code of a bad setting (as argparse's for a bad flag).
+EXIT_BAD_SETTING: Final = 2
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A variable holds a value the operator cannot use; the message names it."""
+
+
+def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A settings field: its default, what it means (for the reference), and for numbers
+    the range a value must be in."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum})
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    # Period of the operator-wide status loop, which recomputes every ModelDeployment's
-    # status from the indexes (in memory; a write only when something changed). Events of
-    # ModelDeployments, Deployments and pods trigger a recomputation at once anyway.
-    status_interval: float = 10.0
-    # While a pod of a ModelDeployment with spec.source.credentialsSecret waits to start, how
-    # long one list of its namespace's FailedMount Events is reused (the operator may not
-    # read Secrets: a missing one shows in those Events).
-    pod_events_interval: float = 30.0
-    # Delay before retrying a failed apply of the children.
-    retry_delay: float = 15.0
-    # How long kopf waits for the echo of its own patch before handling a stale version.
-    consistency_timeout: float = 60.0
-    # Threads running the (synchronous) handlers.
-    workers: int = 8
-    # Server-side timeout of one watch request, and the client-side one (a bit longer).
-    watch_server_timeout: int = 300
-    watch_client_timeout: float = 330.0
-    watch_connect_timeout: float = 10.0
+    """What the handlers use; works under the console script and under ``kopf run`` alike."""
+
+    ENV_PREFIX: typing.ClassVar[str] = ENV_PREFIX
+
+    status_interval: float = setting(
+        10.0,
+        "seconds between two passes of the operator-wide status loop, which recomputes every "
+        "ModelDeployment's status in memory and writes only what changed (events recompute at once anyway)",
+        minimum=0.1,
+    )
+    pod_events_interval: float = setting(
+        30.0,
+        "seconds one list of a namespace's FailedMount Events is reused (listed only while a pod with a "
+        "credentials Secret waits to start: the operator may not read Secrets)",
+        minimum=0,
+    )
+    retry_delay: float = setting(
+        15.0, "seconds before the first retry of a failed apply of the children (doubles, up to 300 s)", minimum=0.1
+    )
+    consistency_timeout: float = setting(
+        60.0, "seconds kopf waits for the echo of its own patch before handling a stale version", minimum=0
+    )
+    workers: int = setting(8, "threads running the (synchronous) handlers", minimum=1)
+    watch_server_timeout: int = setting(
+        300, "seconds the API server keeps one watch request open (then it is renewed)", minimum=1
+    )
+    watch_client_timeout: float = setting(
+        330.0, "seconds the operator waits on one watch request (a bit more than the server's)", minimum=1
+    )
+    watch_connect_timeout: float = setting(10.0, "seconds to connect for one watch request", minimum=1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         """``MODEL_POLLER_OPERATOR_STATUS_INTERVAL=5`` etc.; unset or empty means default."""
-        env = os.environ if environ is None else environ
-        values: dict[str, float | int] = {}
-        for name, field in cls.__dataclass_fields__.items():
-            raw = env.get(ENV_PREFIX + name.upper(), "").strip()
-            if not raw:
-                continue
-            try:
-                values[name] = int(raw) if field.type == "int" else float(raw)
-            except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
-        return cls(**values)  # type: ignore[arg-type]
+        return read_env(cls, environ)
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """Read by the ``model-poller-operator`` console script only: under ``kopf run``, its own
+    flags say the same (``--namespace``/``--all-namespaces``, ``--liveness``, ``--peering``)."""
+
+    ENV_PREFIX: typing.ClassVar[str] = ENV_PREFIX
+
+    namespaces: tuple[str, ...] = setting(
+        (), "comma-separated namespaces to watch (globs like ml-* work) when no --namespace/-A is given; empty: all"
+    )
+    liveness: str = setting(
+        "http://0.0.0.0:8080/healthz", "liveness endpoint URL (--liveness); empty disables it"
+    )
+    peering: str = setting(
+        "", "kopf peering object name for several replicas in HA (--peering; needs kopf's peering CRDs); "
+        "empty: standalone"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsoleSettings:
+        return read_env(cls, environ)
+
+
+def env_name(cls: type, name: str) -> str:
+    """The variable of setting ``name`` of the settings class ``cls``."""
+    prefix: str = getattr(cls, "ENV_PREFIX")
+    return prefix + name.upper()
+
+
+def read_env(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """An instance of the settings dataclass ``cls`` from the environment: unset or empty
+    means the default; a value that cannot be used raises :class:`SettingsError`."""
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+        raw = env.get(env_name(cls, item.name), "").strip()
+        if raw:
+            values[item.name] = _parse(env_name(cls, item.name), raw, hints[item.name], item.metadata)
+    return cls(**values)
+
+
+def _parse(variable: str, raw: str, kind: Any, metadata: Mapping[str, Any]) -> Any:
+    if kind is str:
+        return raw
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return _number(variable, raw, int if kind is int else float, metadata)
+
+
+def _number(variable: str, raw: str, kind: type[int] | type[float], metadata: Mapping[str, Any]) -> int | float:
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{variable}={raw!r} is not {what}") from None
+    minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
+    if not math.isfinite(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = [f">= {minimum:g}" if minimum is not None else "", f"<= {maximum:g}" if maximum is not None else ""]
+        raise SettingsError(f"{variable}={raw!r} must be a finite number {' and '.join(b for b in bounds if b)}".rstrip())
+    return value

@@ -1,10 +1,13 @@
-"""The ``model-poller-operator`` console script: a thin CLI over ``kopf.run``."""
+"""The ``model-poller-operator`` console script: a thin CLI over ``kopf.run``.
+
+Every setting is read and checked here, before kopf starts: a bad value is one line that
+names the variable, and exit code 2 (as for a bad flag), never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Sequence
 
@@ -12,10 +15,16 @@ import kopf
 
 from model_poller_api import names
 
+from model_poller_operator.config import EXIT_BAD_SETTING, ConsoleSettings, OperatorConfig, SettingsError, env_name
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+PROG = "model-poller-operator"
+
+
+def parse_args(argv: Sequence[str] | None = None, console: ConsoleSettings | None = None) -> argparse.Namespace:
+    """The flags; their defaults come from ``console`` (read from the environment if None)."""
+    console = ConsoleSettings.from_env() if console is None else console
     parser = argparse.ArgumentParser(
-        prog="model-poller-operator",
+        prog=PROG,
         description="Keeps one tensorflow/serving Deployment (with the model-poller sidecar) per ModelDeployment.",
     )
     scope = parser.add_mutually_exclusive_group()
@@ -25,30 +34,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="watch only this namespace (repeatable; globs like 'ml-*' work). "
-        "Env: MODEL_POLLER_OPERATOR_NAMESPACES (comma-separated).",
+        f"Env: {env_name(ConsoleSettings, 'namespaces')} (comma-separated).",
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     parser.add_argument(
         "--liveness",
-        default=os.environ.get("MODEL_POLLER_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"),
-        help="liveness endpoint URL (default %(default)s); empty disables it",
+        default=console.liveness,
+        help="liveness endpoint URL (default %(default)s); empty disables it. "
+        f"Env: {env_name(ConsoleSettings, 'liveness')}",
     )
     parser.add_argument(
         "--peering",
-        default=os.environ.get("MODEL_POLLER_OPERATOR_PEERING", ""),
+        default=console.peering,
         help="kopf peering object name for several replicas in HA (needs kopf's peering CRDs); "
-        "default: standalone",
+        f"default: standalone. Env: {env_name(ConsoleSettings, 'peering')}",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not args.namespace and not args.all_namespaces:
-        env = os.environ.get("MODEL_POLLER_OPERATOR_NAMESPACES", "")
-        args.namespace = [ns.strip() for ns in env.split(",") if ns.strip()]
+        args.namespace = list(console.namespaces)
     return args
 
 
+def check_settings() -> ConsoleSettings:
+    """Read every MODEL_POLLER_OPERATOR_* setting (the handlers read theirs again at startup,
+    as under ``kopf run``); raises SettingsError naming the first bad variable."""
+    from model_poller_operator.webhook import WebhookSettings  # aiohttp: only once settings are needed
+
+    console = ConsoleSettings.from_env()
+    OperatorConfig.from_env()
+    WebhookSettings.from_env()
+    return console
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        console = check_settings()
+    except SettingsError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    args = parse_args(argv, console)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s [%(name)s] %(message)s",

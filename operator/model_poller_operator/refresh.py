@@ -1,4 +1,5 @@
-"""The status edge: recompute a ModelDeployment's status and write it only when it changed.
+"""The status edge: every write of a ModelDeployment's status happens here (:class:`StatusWriter`),
+recomputed from what was observed and written only when it changed.
 
 Called from the reconcile (with the outcome of applying the children), from the events of
 the ModelDeployment, its Deployment and its pods, and from one operator-wide periodic loop.
@@ -65,54 +66,63 @@ def now() -> str:
 
 
 @dataclass
-class StatusReporter:
+class PodEventsCache:
+    """The FailedMount Events of a namespace's pods, listed at most once per ``interval``
+    seconds per namespace, and only while they can say something (see :meth:`get`)."""
+
     api: Api
-    pod_events_interval: float
+    interval: float
     _events: dict[str, tuple[float, tuple[st.PodEvent, ...]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def pod_events(
+    def get(
         self, namespace: str, spec: models.ModelDeploymentSpec, pods: Sequence[st.PodState], logger: Logger
     ) -> tuple[st.PodEvent, ...]:
-        """The Events about pods of ``namespace`` worth reading (FailedMount), when needed.
-
-        One list per namespace and ``pod_events_interval`` at most, and only while a pod
-        waits to start with a credentials Secret configured (a steady state lists nothing)."""
+        """The Events about pods of ``namespace`` worth reading, when needed: only while a
+        pod waits to start with a credentials Secret configured (a steady state lists nothing)."""
         if not st.pod_events_needed(spec, pods):
             return ()
         with self._lock:
             cached = self._events.get(namespace)
-        if cached and time.monotonic() - cached[0] < self.pod_events_interval:
+        if cached and time.monotonic() - cached[0] < self.interval:
             return cached[1]
-        found: list[st.PodEvent] = []
-        for reason in st.POD_EVENT_REASONS:
-            items = self.api.list_events(namespace, f"involvedObject.kind=Pod,reason={reason}")
-            if items is None:
-                logger.warning("not allowed to list Events in %s: a missing Secret will not be reported", namespace)
-                items = []
-            found += [
-                st.PodEvent(
-                    pod=str((item.get("involvedObject") or {}).get("name", "")),
-                    type=str(item.get("type") or ""),
-                    reason=str(item.get("reason") or ""),
-                    message=str(item.get("message") or ""),
-                )
-                for item in items
-            ]
-        events = tuple(found)
+        events = tuple(event for reason in st.POD_EVENT_REASONS for event in self._list(namespace, reason, logger))
         with self._lock:
             self._events[namespace] = (time.monotonic(), events)
         return events
 
-    @staticmethod
-    def reconciled(snapshot: Snapshot) -> bool:
-        """Whether the reconcile of the current generation has run (successfully or not)."""
-        if snapshot.status.get(models.STATUS_OBSERVED_GENERATION) == snapshot.generation:
-            return True
-        synced = find_condition(snapshot.status.get(models.STATUS_CONDITIONS) or (), models.CONDITION_SYNCED)
-        return synced is not None and synced.get("observedGeneration") == snapshot.generation
+    def _list(self, namespace: str, reason: str, logger: Logger) -> list[st.PodEvent]:
+        items = self.api.list_events(namespace, f"involvedObject.kind=Pod,reason={reason}")
+        if items is None:
+            logger.warning("not allowed to list Events in %s: a missing Secret will not be reported", namespace)
+            return []
+        return [
+            st.PodEvent(
+                pod=str((item.get("involvedObject") or {}).get("name", "")),
+                type=str(item.get("type") or ""),
+                reason=str(item.get("reason") or ""),
+                message=str(item.get("message") or ""),
+            )
+            for item in items
+        ]
 
-    def refresh(
+
+def reconciled(snapshot: Snapshot) -> bool:
+    """Whether the reconcile of the current generation has run (successfully or not)."""
+    if snapshot.status.get(models.STATUS_OBSERVED_GENERATION) == snapshot.generation:
+        return True
+    synced = find_condition(snapshot.status.get(models.STATUS_CONDITIONS) or (), models.CONDITION_SYNCED)
+    return synced is not None and synced.get("observedGeneration") == snapshot.generation
+
+
+@dataclass
+class StatusWriter:
+    """Writes ModelDeployments' status: every status write of the operator happens here."""
+
+    api: Api
+    pod_events: PodEventsCache
+
+    def write_if_changed(
         self,
         snapshot: Snapshot,
         pods: Sequence[st.PodState],
@@ -121,39 +131,58 @@ class StatusReporter:
         *,
         synced: st.Synced | None = None,
     ) -> bool:
-        """Write the status if it changed; True if something was written."""
-        if synced is None and not self.reconciled(snapshot):
+        """Recompute the status and write it if it changed; True if something was written.
+
+        ``synced`` (the reconcile's outcome) is never dropped: on a conflicting write the
+        object is read again and the status recomputed from it; any other caller's result
+        is dropped instead (the object's next event recomputes it)."""
+        if synced is None and not reconciled(snapshot):
             return False  # the reconcile of this generation comes next and writes the status
-        spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
-        observed = st.Observed(
-            name=snapshot.name,
-            namespace=snapshot.namespace,
-            spec=spec,
-            deployment=deployment,
-            pods=tuple(sorted(pods, key=lambda p: p.name)),
-            pod_events=self.pod_events(snapshot.namespace, spec, pods, logger),
-        )
-        selector = render.pod_selector(snapshot.owner, spec)
+        observed = self._observed(snapshot, pods, deployment, logger)
         current, resource_version = snapshot.status, snapshot.resource_version
         for _attempt in range(5):
-            desired = st.desired_status(current, observed, now=now(), synced=synced, selector=selector)
+            desired = st.desired_status(
+                current, observed, now=now(), synced=synced, selector=render.pod_selector(snapshot.owner, observed.spec)
+            )
             patch = st.status_patch(current, desired, st.stale_pollers(current, observed.pods))
             if not patch:
                 return False
             try:
                 self.api.patch_status(snapshot.namespace, snapshot.name, resource_version, patch)
             except StatusConflict:
-                if synced is None:
-                    return False
-                fresh = self.api.get_model_deployment(snapshot.namespace, snapshot.name)
+                fresh = self.api.get_model_deployment(snapshot.namespace, snapshot.name) if synced else None
                 if fresh is None:
                     return False
-                current = fresh.get("status") or {}
-                resource_version = str(fresh["metadata"]["resourceVersion"])
+                current, resource_version = fresh.get("status") or {}, str(fresh["metadata"]["resourceVersion"])
                 continue
-            if patch.get(models.STATUS_POLLERS):
-                logger.info("pruned status.pollers entries of deleted pods: %s", ", ".join(patch[models.STATUS_POLLERS]))
-            for event in st.events(current, desired, spec.source.uri):
-                self.api.post_event(snapshot.owner, event.type, event.reason, event.message)
+            self._written(snapshot, observed.spec, current, desired, patch, logger)
             return True
         raise RuntimeError(f"status of {snapshot.namespace}/{snapshot.name} kept changing while being written")
+
+    def _observed(
+        self, snapshot: Snapshot, pods: Sequence[st.PodState], deployment: st.DeploymentState | None, logger: Logger
+    ) -> st.Observed:
+        spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
+        return st.Observed(
+            name=snapshot.name,
+            namespace=snapshot.namespace,
+            spec=spec,
+            deployment=deployment,
+            pods=tuple(sorted(pods, key=lambda p: p.name)),
+            pod_events=self.pod_events.get(snapshot.namespace, spec, pods, logger),
+        )
+
+    def _written(
+        self,
+        snapshot: Snapshot,
+        spec: models.ModelDeploymentSpec,
+        before: Mapping[str, Any],
+        after: Mapping[str, Any],
+        patch: Mapping[str, Any],
+        logger: Logger,
+    ) -> None:
+        """Log the pruned entries and post the Events of what changed."""
+        if patch.get(models.STATUS_POLLERS):
+            logger.info("pruned status.pollers entries of deleted pods: %s", ", ".join(patch[models.STATUS_POLLERS]))
+        for event in st.events(before, after, spec.source.uri):
+            self.api.post_event(snapshot.owner, event.type, event.reason, event.message)

@@ -26,14 +26,13 @@ import base64
 import concurrent.futures
 import json
 import logging
-import os
 import shutil
 import ssl
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Mapping
+from typing import Any, ClassVar, Final, Mapping
 
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
@@ -42,6 +41,7 @@ from model_poller_api import names
 
 from model_poller_operator import certs, inject, render
 from model_poller_operator.apply import Api
+from model_poller_operator.config import SettingsError, read_env, setting
 from model_poller_operator.informer import NamespaceWatch
 
 log = logging.getLogger(__name__)
@@ -58,21 +58,37 @@ MAX_REVIEW_BYTES: Final = 4 * 1024 * 1024
 class WebhookSettings:
     """Where the webhook listens and where its certificate comes from."""
 
-    # 0: no webhook (the default outside the chart).
-    port: int = 0
-    address: str = "0.0.0.0"
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
+
+    port: int = setting(
+        0, "HTTPS port of the admission webhook (the chart sets it); 0: no webhook", minimum=0, maximum=65535
+    )
+    address: str = setting("0.0.0.0", "address the webhook listens on")
     # Self-signed mode: the Secret NAMESPACE/NAME holding the CA and serving certificate,
     # the names the certificate is for, and the MutatingWebhookConfiguration whose caBundle
     # the operator keeps equal to that CA.
-    secret: str = ""
-    hosts: tuple[str, ...] = ()
-    configuration: str = ""
+    secret: str = setting(
+        "", "NAMESPACE/NAME of the Secret holding the webhook's self-signed CA and certificate (shared by every replica)"
+    )
+    hosts: tuple[str, ...] = setting(
+        (), "comma-separated names (or IPs) the certificate is for: the webhook Service's DNS names"
+    )
+    configuration: str = setting(
+        "", "the MutatingWebhookConfiguration whose caBundle the operator keeps equal to its CA"
+    )
     # Or: a folder with tls.crt and tls.key written by someone else (cert-manager).
-    cert_dir: str = ""
-    # How often the certificate (Secret or folder) and the caBundle are checked again.
-    check_interval: float = 60.0
-    # Each API lookup of an admission (the API server waits timeoutSeconds in all).
-    lookup_timeout: float = 2.0
+    cert_dir: str = setting(
+        "", f"instead of {ENV_PREFIX}SECRET: a folder with tls.crt and tls.key kept by someone else "
+        "(cert-manager); reloaded when they change"
+    )
+    check_interval: float = setting(
+        60.0,
+        "seconds between two checks of the certificate (renewal, another replica's write) and of the caBundle",
+        minimum=0.1,
+    )
+    lookup_timeout: float = setting(
+        2.0, "seconds each API lookup of an admission may take (the API server waits timeoutSeconds in all)", minimum=0.1
+    )
 
     @property
     def enabled(self) -> bool:
@@ -80,37 +96,24 @@ class WebhookSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookSettings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str:
-            return env.get(ENV_PREFIX + name, "").strip()
-
-        try:
-            settings = cls(
-                port=int(get("PORT") or 0),
-                address=get("ADDRESS") or cls.address,
-                secret=get("SECRET"),
-                hosts=tuple(h.strip() for h in get("HOSTS").split(",") if h.strip()),
-                configuration=get("CONFIGURATION"),
-                cert_dir=get("CERT_DIR"),
-                check_interval=float(get("CHECK_INTERVAL") or cls.check_interval),
-                lookup_timeout=float(get("LOOKUP_TIMEOUT") or cls.lookup_timeout),
-            )
-        except ValueError as error:
-            raise ValueError(f"{ENV_PREFIX}*: {error}") from None
+        """``MODEL_POLLER_OPERATOR_WEBHOOK_PORT=9443`` etc.; raises SettingsError naming the variable."""
+        settings = read_env(cls, environ)
         settings.check()
         return settings
 
     def check(self) -> None:
-        """Refuse settings that cannot work, naming the variable."""
+        """Refuse settings that cannot work together, naming the variables."""
         if not self.enabled:
             return
         if bool(self.secret) == bool(self.cert_dir):
-            raise ValueError(f"set exactly one of {ENV_PREFIX}SECRET (self-signed) or {ENV_PREFIX}CERT_DIR (cert-manager)")
+            raise SettingsError(
+                f"{ENV_PREFIX}PORT is set: set exactly one of {ENV_PREFIX}SECRET (self-signed) "
+                f"or {ENV_PREFIX}CERT_DIR (cert-manager)"
+            )
         if self.secret and (self.secret.count("/") != 1 or not all(self.secret.split("/"))):
-            raise ValueError(f"{ENV_PREFIX}SECRET={self.secret!r} must be NAMESPACE/NAME")
+            raise SettingsError(f"{ENV_PREFIX}SECRET={self.secret!r} must be NAMESPACE/NAME")
         if self.secret and not self.hosts:
-            raise ValueError(f"{ENV_PREFIX}HOSTS must name the webhook's Service (e.g. svc.ns.svc) for its certificate")
+            raise SettingsError(f"{ENV_PREFIX}HOSTS must name the webhook's Service (e.g. svc.ns.svc) for its certificate")
 
 
 # --- admission: lookups around the pure decision -----------------------------------------

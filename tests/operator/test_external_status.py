@@ -7,7 +7,7 @@ from typing import Any
 
 from model_poller_api import models, names
 from model_poller_api.conditions import find_condition
-from model_poller_operator import render
+from model_poller_operator import children, render
 from model_poller_operator import status as st
 from model_poller_operator.external import deployment_state
 
@@ -40,10 +40,10 @@ def selector() -> str:
 
 
 def test_external_mode_renders_only_the_pollers_identity() -> None:
-    kinds = [c["kind"] for c in render.render_children(OWNER, spec(replicas=3))]
+    kinds = [c["kind"] for c in children.render_children(OWNER, spec(replicas=3))]
     assert kinds == ["ServiceAccount", "Role", "RoleBinding"]
     operator_mode = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}})
-    assert len(render.render_children(OWNER, operator_mode)) == 5
+    assert len(children.render_children(OWNER, operator_mode)) == 5
 
 
 def test_selector_is_the_injection_label() -> None:

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from local_services import operator_kit as kit
 from model_poller_api import models, names
-from model_poller_operator import render
+from model_poller_operator import children, render
 from model_poller_operator.apply import Api, ApplyError
 
 pytestmark = pytest.mark.kube
@@ -39,7 +39,7 @@ def rendered(namespace: str, name: str = "victim") -> dict[str, dict[str, Any]]:
     """The children the operator would render for a ModelDeployment ``name`` (by kind)."""
     owner = render.Owner(name=name, namespace=namespace, uid=FAKE_UID)
     spec = models.ModelDeploymentSpec.from_object(name, {"source": {"uri": f"gs://bkt/{name}/"}})
-    return {child["kind"]: child for child in render.render_children(owner, spec)}
+    return {child["kind"]: child for child in children.render_children(owner, spec)}
 
 
 def refused_by_policy(call: Callable[[], Any], *words: str) -> str:
