@@ -52,3 +52,7 @@ demo: venv test-binaries
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache
+
+.PHONY: docs
+docs: venv  # docs/reference/ from the CRD schema, the poller's flags, the operator's settings
+	$(PY) hack/gen_reference.py docs/reference
