@@ -12,11 +12,14 @@ the variable, reported as one line with exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Final, Mapping, TypeVar
+from typing import Any, Callable, Final, Mapping, TypeVar
 
 ENV_PREFIX: Final = "MODEL_POLLER_OPERATOR_"
 # The exit code of a bad setting (as argparse's for a bad flag).
@@ -29,10 +32,64 @@ class SettingsError(ValueError):
     """A variable holds a value the operator cannot use; the message names it."""
 
 
-def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None) -> Any:
-    """A settings field: its default, what it means (for the reference), and for numbers
-    the range a value must be in."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum})
+# A check of a text setting: why the value cannot be used, or None.
+Check = Callable[[str], "str | None"]
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    check: Check | None = None,
+) -> Any:
+    """A settings field: its default, what it means (for the reference), and what a value
+    must be (for numbers, the range; for text, a ``check`` of each value or item)."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, "check": check})
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# kopf's namespace patterns: a name or a glob, "!" to exclude (kopf's references.match_namespace).
+_NAMESPACE_PATTERN = re.compile(r"!?[-a-z0-9*?\[\]]+")
+_HOST = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?")
+
+
+def object_name(value: str) -> str | None:
+    """A Kubernetes object name (DNS-1123 subdomain)."""
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        return "must be a Kubernetes object name (lower case letters, digits, '-' and '.')"
+    return None
+
+
+def namespace_pattern(value: str) -> str | None:
+    if not _NAMESPACE_PATTERN.fullmatch(value):
+        return "must be a namespace name or glob (lower case letters, digits, '-', '*', '?'; '!' to exclude)"
+    return None
+
+
+def host(value: str) -> str | None:
+    """A host name or an IP address."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    return None if _HOST.fullmatch(value) and len(value) <= 253 else "must be a host name or an IP address"
+
+
+def http_url(value: str) -> str | None:
+    """What kopf's liveness endpoint takes: http://HOST:PORT/PATH (or empty: none)."""
+    if not value:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "must be a URL like http://0.0.0.0:8080/healthz (the port is not a number from 0 to 65535)"
+    if parts.scheme != "http" or not parts.hostname or host(parts.hostname) is not None:
+        return "must be a URL like http://0.0.0.0:8080/healthz (plain http, a host, a port), or empty"
+    return None
 
 
 @dataclass(frozen=True)
@@ -82,14 +139,20 @@ class ConsoleSettings:
     ENV_PREFIX: typing.ClassVar[str] = ENV_PREFIX
 
     namespaces: tuple[str, ...] = setting(
-        (), "comma-separated namespaces to watch (globs like ml-* work) when no --namespace/-A is given; empty: all"
+        (),
+        "comma-separated namespaces to watch (globs like ml-* work) when no --namespace/-A is given; empty: all",
+        check=namespace_pattern,
     )
     liveness: str = setting(
-        "http://0.0.0.0:8080/healthz", "liveness endpoint URL (--liveness); empty disables it"
+        "http://0.0.0.0:8080/healthz",
+        "liveness endpoint URL (--liveness; the flag given empty, --liveness=, disables it)",
+        check=http_url,
     )
     peering: str = setting(
-        "", "kopf peering object name for several replicas in HA (--peering; needs kopf's peering CRDs); "
-        "empty: standalone"
+        "",
+        "kopf peering object name for several replicas in HA (--peering; needs kopf's peering CRDs); "
+        "empty: standalone",
+        check=object_name,
     )
 
     @classmethod
@@ -118,14 +181,26 @@ def read_env(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
 
 def _parse(variable: str, raw: str, kind: Any, metadata: Mapping[str, Any]) -> Any:
     if kind is str:
+        _check(variable, raw, raw, metadata)
         return raw
     if kind == tuple[str, ...]:
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
+        items = tuple(part.strip() for part in raw.split(",") if part.strip())
+        for item in items:
+            _check(variable, raw, item, metadata)
+        return items
     return _number(variable, raw, int if kind is int else float, metadata)
 
 
+def _check(variable: str, raw: str, value: str, metadata: Mapping[str, Any]) -> None:
+    check: Check | None = metadata.get("check")
+    problem = check(value) if check is not None else None
+    if problem:
+        item = f" ({value!r})" if value != raw else ""
+        raise SettingsError(f"{variable}={raw!r}{item} {problem}")
+
+
 def _number(variable: str, raw: str, kind: type[int] | type[float], metadata: Mapping[str, Any]) -> int | float:
-    what = "a whole number" if kind is int else "a number"
+    what = "a whole number" if kind is int else "a finite number"
     try:
         value = kind(raw)
     except ValueError:
@@ -133,5 +208,5 @@ def _number(variable: str, raw: str, kind: type[int] | type[float], metadata: Ma
     minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
     if not math.isfinite(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         bounds = [f">= {minimum:g}" if minimum is not None else "", f"<= {maximum:g}" if maximum is not None else ""]
-        raise SettingsError(f"{variable}={raw!r} must be a finite number {' and '.join(b for b in bounds if b)}".rstrip())
+        raise SettingsError(f"{variable}={raw!r} must be {what} {' and '.join(b for b in bounds if b)}".rstrip())
     return value

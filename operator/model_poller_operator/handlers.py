@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Final, Mapping
 
@@ -180,6 +181,9 @@ def read_settings(logger: Logger) -> tuple[OperatorConfig, WebhookSettings]:
         return OperatorConfig.from_env(), WebhookSettings.from_env()
     except SettingsError as error:
         logger.error("%s", error)
+        # kopf's tasks that never started would each warn "coroutine ... was never awaited":
+        # noise under the one line that matters.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         # SystemExit passes through kopf (it catches Exception) and ends `kopf run` with 2.
         raise SystemExit(EXIT_BAD_SETTING) from None
 

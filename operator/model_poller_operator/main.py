@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None, console: ConsoleSettings | Non
     parser.add_argument(
         "--liveness",
         default=console.liveness,
-        help="liveness endpoint URL (default %(default)s); empty disables it. "
+        help="liveness endpoint URL (default %(default)s); --liveness= (empty) disables it. "
         f"Env: {env_name(ConsoleSettings, 'liveness')}",
     )
     parser.add_argument(

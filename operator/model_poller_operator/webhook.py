@@ -41,7 +41,7 @@ from model_poller_api import names
 
 from model_poller_operator import certs, inject, render
 from model_poller_operator.apply import Api
-from model_poller_operator.config import SettingsError, read_env, setting
+from model_poller_operator.config import SettingsError, host, object_name, read_env, setting
 from model_poller_operator.informer import NamespaceWatch
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class WebhookSettings:
     port: int = setting(
         0, "HTTPS port of the admission webhook (the chart sets it); 0: no webhook", minimum=0, maximum=65535
     )
-    address: str = setting("0.0.0.0", "address the webhook listens on")
+    address: str = setting("0.0.0.0", "address the webhook listens on", check=host)
     # Self-signed mode: the Secret NAMESPACE/NAME holding the CA and serving certificate,
     # the names the certificate is for, and the MutatingWebhookConfiguration whose caBundle
     # the operator keeps equal to that CA.
@@ -71,10 +71,10 @@ class WebhookSettings:
         "", "NAMESPACE/NAME of the Secret holding the webhook's self-signed CA and certificate (shared by every replica)"
     )
     hosts: tuple[str, ...] = setting(
-        (), "comma-separated names (or IPs) the certificate is for: the webhook Service's DNS names"
+        (), "comma-separated names (or IPs) the certificate is for: the webhook Service's DNS names", check=host
     )
     configuration: str = setting(
-        "", "the MutatingWebhookConfiguration whose caBundle the operator keeps equal to its CA"
+        "", "the MutatingWebhookConfiguration whose caBundle the operator keeps equal to its CA", check=object_name
     )
     # Or: a folder with tls.crt and tls.key written by someone else (cert-manager).
     cert_dir: str = setting(
@@ -105,10 +105,14 @@ class WebhookSettings:
         """Refuse settings that cannot work together, naming the variables."""
         if not self.enabled:
             return
-        if bool(self.secret) == bool(self.cert_dir):
+        if self.secret and self.cert_dir:
             raise SettingsError(
-                f"{ENV_PREFIX}PORT is set: set exactly one of {ENV_PREFIX}SECRET (self-signed) "
-                f"or {ENV_PREFIX}CERT_DIR (cert-manager)"
+                f"{ENV_PREFIX}CERT_DIR and {ENV_PREFIX}SECRET are both set: set only one, "
+                "CERT_DIR (cert-manager) or SECRET (self-signed)"
+            )
+        if not self.secret and not self.cert_dir:
+            raise SettingsError(
+                f"{ENV_PREFIX}PORT is set: set {ENV_PREFIX}SECRET (self-signed) or {ENV_PREFIX}CERT_DIR (cert-manager) too"
             )
         if self.secret and (self.secret.count("/") != 1 or not all(self.secret.split("/"))):
             raise SettingsError(f"{ENV_PREFIX}SECRET={self.secret!r} must be NAMESPACE/NAME")

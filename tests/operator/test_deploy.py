@@ -13,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from local_services import operator_kit as kit
-from model_poller_operator import main
+from model_poller_operator import children, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,11 @@ def test_manifests_grant_what_the_operator_needs() -> None:
     assert verbs[("modelpoller.dev", "modeldeployments/status")] == {"get", "patch"}
     assert {"create", "patch"} <= verbs[("apps", "deployments")]
     assert verbs[("", "events")] == {"create", "list"}
-    assert "delete" not in set().union(*verbs.values()), "the operator never deletes: owner references do"
+    # Owner references delete the children; the operator itself deletes only an optional
+    # child that must no longer exist (children.py), so only those kinds get "delete".
+    optional = {(c.group, c.plural) for c in children.CHILDREN if c.optional}
+    deletable = {resource for resource, granted in verbs.items() if "delete" in granted}
+    assert deletable == optional, "delete is granted exactly on the optional child kinds"
     assert ("", "secrets") not in verbs, "the operator has no access to Secrets at all"
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
