@@ -17,6 +17,7 @@ import argparse
 import ast
 import dataclasses
 import importlib
+import json
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +46,11 @@ def code(value: object) -> str:
     fence = "``" if "`" in text else "`"
     pad = " " if fence == "``" else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def literal(value: object) -> str:
+    """A value as YAML and JSON spell it (true, not True), in inline code."""
+    return code(value if isinstance(value, str) else json.dumps(value))
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -106,7 +112,7 @@ def walk(path: str, schema: Schema, *, required: bool = False) -> Iterator[list[
     yield [
         code(path),
         schema_type(schema),
-        code(schema["default"]) if "default" in schema else "",
+        literal(schema["default"]) if "default" in schema else "",
         "; ".join(validations(schema, required=required)),
         schema.get("description", ""),
     ]
@@ -164,7 +170,7 @@ def flag_default(action: argparse.Action, help_text: str, required: set[str]) ->
     if action.dest in required:
         return "required"
     if action.default not in (None, argparse.SUPPRESS):
-        return code(action.default)
+        return literal(action.default)
     for pattern in _DEFAULT_IN_HELP:
         match = pattern.search(help_text)
         if match:
@@ -251,7 +257,7 @@ def _default(field: dataclasses.Field[Any]) -> str:
         return "(empty)"
     if isinstance(value, tuple):
         value = ",".join(str(v) for v in value)
-    return code(value)
+    return literal(value)
 
 
 def settings_classes() -> Iterator[tuple[str, str, type[Any]]]:
