@@ -4,8 +4,8 @@ recomputed from what was observed and written only when it changed.
 Called from the reconcile (with the outcome of applying the children), from the events of
 the ModelDeployment, its Deployment and its pods, and from one operator-wide periodic loop.
 While a pod waits to start and a credentials Secret is configured, the namespace's
-FailedMount Events are listed too (cached): that is how a missing Secret is seen, since
-the operator has no access to Secrets. Every write is a merge patch of ``status``
+FailedMount Events are listed too (:class:`PodEventsCache`): that is how a missing Secret
+is seen, since the operator has no access to Secrets. Every write is a merge patch of ``status``
 guarded by the resourceVersion it was computed from, so concurrent callers never undo each
 other: a loser of the race drops its result (the object's next event recomputes), except
 the reconcile, which re-reads and retries so its Synced outcome is never lost.
