@@ -12,6 +12,16 @@ from typing import Any
 import yaml
 
 from model_poller_api import models, names
+from model_poller_api.shape_schema import (
+    QUANTITY_PATTERN,
+    disruption_budget_schema,
+    operator_mode_only_rules,
+    pod_template_schema,
+    poller_schema,
+    service_account_schema,
+    serving_schema,
+    string_schema,
+)
 
 Schema = dict[str, Any]
 
@@ -21,31 +31,17 @@ TOPIC_PATTERN = r"^projects/[^/]+/topics/[^/]+$"
 SUBSCRIPTION_PATTERN = r"^projects/[^/]+/subscriptions/[^/]+$"
 
 
-def _string(description: str, **extra: Any) -> Schema:
-    return {"type": "string", "description": description, **extra}
-
-
-def _container(what: str, default_image: str) -> Schema:
-    return {
-        "type": "object",
-        "description": f"Overrides for the {what} container.",
-        "properties": {
-            "image": _string(f"Image of the {what} container (default {default_image}).", minLength=1),
-            "resources": {
-                "type": "object",
-                "description": "Compute resources (requests, limits) as in a Pod's container.",
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
-        },
-    }
-
-
 def spec_schema() -> Schema:
     return {
         "type": "object",
+        "description": (
+            "What you want: where the model versions live and which to keep, how many TF Serving replicas "
+            "serve them, and the shape of their pods."
+        ),
         "required": ["source"],
+        "x-kubernetes-validations": operator_mode_only_rules(),
         "properties": {
-            "modelName": _string(
+            "modelName": string_schema(
                 "TF Serving model name (--model_name); default: metadata.name.",
                 pattern=MODEL_NAME_PATTERN,
                 maxLength=253,
@@ -62,7 +58,7 @@ def spec_schema() -> Schema:
                 "description": "Where model versions live.",
                 "required": ["uri"],
                 "properties": {
-                    "uri": _string(
+                    "uri": string_schema(
                         "gs://bucket/prefix/ or file:///dir/; versions are <digits>.zip, "
                         "<digits>.tar.gz, <digits>.tgz or <digits>/ folders with a _READY marker.",
                         minLength=1,
@@ -85,11 +81,11 @@ def spec_schema() -> Schema:
                         "type": "object",
                         "description": "Notifications that wake the poller up; without it the poller only lists.",
                         "properties": {
-                            "topic": _string(
+                            "topic": string_schema(
                                 "Each replica makes its own subscription on this topic, so every replica hears of every version.",
                                 pattern=TOPIC_PATTERN,
                             ),
-                            "subscription": _string(
+                            "subscription": string_schema(
                                 "A shared subscription: one replica per message (the poll interval is then the safety net).",
                                 pattern=SUBSCRIPTION_PATTERN,
                             ),
@@ -101,7 +97,7 @@ def spec_schema() -> Schema:
                             }
                         ],
                     },
-                    "pollInterval": _string(
+                    "pollInterval": string_schema(
                         "How often to list the source as a safety net (e.g. 30s, 5m).",
                         pattern=models.DURATION_PATTERN,
                         default=models.DEFAULT_POLL_INTERVAL,
@@ -111,7 +107,7 @@ def spec_schema() -> Schema:
                             ]
                         },
                     ),
-                    "credentialsSecret": _string(
+                    "credentialsSecret": string_schema(
                         "Secret with a service-account key (key.json); default: ambient credentials.",
                         minLength=1,
                     ),
@@ -160,15 +156,18 @@ def spec_schema() -> Schema:
                     }
                 ],
             },
-            "serving": _container("tensorflow/serving", models.DEFAULT_SERVING_IMAGE),
-            "poller": _container("model-poller sidecar", models.DEFAULT_POLLER_IMAGE),
+            "serving": serving_schema(),
+            "poller": poller_schema(),
+            "podTemplate": pod_template_schema(),
+            "serviceAccount": service_account_schema(),
+            "disruptionBudget": disruption_budget_schema(),
             "storage": {
                 "type": "object",
                 "description": "The emptyDir shared by the poller and TF Serving.",
                 "properties": {
                     "sizeLimit": {
                         "x-kubernetes-int-or-string": True,
-                        "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+                        "pattern": QUANTITY_PATTERN,
                         "description": "Size limit of the emptyDir, e.g. 20Gi.",
                     },
                     "medium": {

@@ -66,6 +66,75 @@ class Container:
 
 
 @dataclass(frozen=True)
+class Serving(Container):
+    """spec.serving: the TF Serving container, with flags appended to the rendered ones."""
+
+    args: tuple[str, ...] = ()
+    # Render TF Serving's monitoring config: Prometheus metrics on the REST port.
+    monitoring: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerOverride:
+    """One item of spec.podTemplate.spec.containers, merged by name over a rendered container."""
+
+    name: str
+    args: tuple[str, ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
+    # Any other field the object holds (stored before the CRD refused it): the renderer
+    # refuses these by name instead of dropping them silently.
+    other: tuple[str, ...] = ()
+
+    @classmethod
+    def from_object(cls, item: Mapping[str, Any]) -> ContainerOverride:
+        known = ("name", "args", "env", "resources", "volumeMounts")
+        return cls(
+            name=str(item.get("name", "")),
+            args=tuple(str(a) for a in item.get("args") or ()),
+            env=tuple(item.get("env") or ()),
+            resources=item.get("resources") or {},
+            volume_mounts=tuple(item.get("volumeMounts") or ()),
+            other=tuple(sorted(k for k in item if k not in known)),
+        )
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    """spec.podTemplate: labels, annotations and pod fields over the operator's own pods."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    # The pod-level fields as given (nodeSelector, tolerations, affinity, volumes...).
+    pod: Mapping[str, Any] = field(default_factory=dict)
+    containers: tuple[ContainerOverride, ...] = ()
+
+    @classmethod
+    def from_object(cls, template: Mapping[str, Any]) -> PodTemplate:
+        metadata = template.get("metadata") or {}
+        pod = dict(template.get("spec") or {})
+        containers = pod.pop("containers", None) or ()
+        return cls(
+            labels=metadata.get("labels") or {},
+            annotations=metadata.get("annotations") or {},
+            pod=pod,
+            containers=tuple(ContainerOverride.from_object(c) for c in containers),
+        )
+
+    def container(self, name: str) -> ContainerOverride | None:
+        return next((c for c in self.containers if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class DisruptionBudget:
+    """spec.disruptionBudget: exactly one of minAvailable or maxUnavailable (int or "N%")."""
+
+    min_available: int | str | None = None
+    max_unavailable: int | str | None = None
+
+
+@dataclass(frozen=True)
 class Storage:
     size_limit: str | None = None
     medium: str | None = None
@@ -77,10 +146,14 @@ class ModelDeploymentSpec:
     replicas: int
     source: Source
     versions: VersionPolicy
-    serving: Container
+    serving: Serving
     poller: Container
     storage: Storage
     workload: str = DEFAULT_WORKLOAD
+    pod_template: PodTemplate = field(default_factory=PodTemplate)
+    # Annotations of the poller's ServiceAccount (e.g. iam.gke.io/gcp-service-account).
+    service_account_annotations: Mapping[str, str] = field(default_factory=dict)
+    disruption_budget: DisruptionBudget | None = None
 
     @property
     def external(self) -> bool:
@@ -111,9 +184,11 @@ class ModelDeploymentSpec:
             versions=VersionPolicy(keep=None, pinned=tuple(sorted(set(pinned))))
             if pinned
             else VersionPolicy(keep=int(versions.get("keep", DEFAULT_KEEP))),
-            serving=Container(
+            serving=Serving(
                 image=serving.get("image") or DEFAULT_SERVING_IMAGE,
                 resources=serving.get("resources") or {},
+                args=tuple(str(a) for a in serving.get("args") or ()),
+                monitoring=bool(serving.get("monitoring", False)),
             ),
             poller=Container(
                 image=poller.get("image") or DEFAULT_POLLER_IMAGE,
@@ -121,7 +196,16 @@ class ModelDeploymentSpec:
             ),
             storage=Storage(size_limit=_quantity(storage.get("sizeLimit")), medium=storage.get("medium")),
             workload=str(spec.get("workload") or DEFAULT_WORKLOAD),
+            pod_template=PodTemplate.from_object(spec.get("podTemplate") or {}),
+            service_account_annotations=(spec.get("serviceAccount") or {}).get("annotations") or {},
+            disruption_budget=_disruption_budget(spec.get("disruptionBudget")),
         )
+
+
+def _disruption_budget(budget: Mapping[str, Any] | None) -> DisruptionBudget | None:
+    if not budget:
+        return None
+    return DisruptionBudget(min_available=budget.get("minAvailable"), max_unavailable=budget.get("maxUnavailable"))
 
 
 def _quantity(value: Any) -> str | None:

@@ -59,6 +59,10 @@ class ApplyError(Exception):
 
     def __init__(self, obj: Mapping[str, Any], error: ApiException) -> None:
         self.status = int(error.status or 0)
+        self.kind = str(obj.get("kind"))
+        # The fields of the child the API server refused (its Status causes), e.g.
+        # spec.template.spec.affinity...: the reconcile names the spec field behind them.
+        self.fields = _api_fields(error)
         detail = _api_message(error)
         super().__init__(f"{obj.get('kind')} {obj['metadata'].get('name')}: {self.status} {error.reason}: {detail}")
 
@@ -68,6 +72,14 @@ def _api_message(error: ApiException) -> str:
         return str(json.loads(error.body or "{}").get("message") or error.body)
     except (ValueError, AttributeError):
         return str(error.body)
+
+
+def _api_fields(error: ApiException) -> tuple[str, ...]:
+    try:
+        causes = (json.loads(error.body or "{}").get("details") or {}).get("causes") or ()
+        return tuple(str(c["field"]) for c in causes if isinstance(c, dict) and c.get("field"))
+    except (ValueError, AttributeError, TypeError):
+        return ()
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:

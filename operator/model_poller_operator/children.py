@@ -72,8 +72,12 @@ CHILDREN: Final[tuple[ChildKind, ...]] = (
     ChildKind(_RBAC, "v1", "RoleBinding", "rolebindings", render.render_role_binding, render.poller_identity, external=True,
               depends_on=("ServiceAccount", "Role")),
     ChildKind("", "v1", "Service", "services", render.render_service, _model_deployment_name),
+    ChildKind("", "v1", "ConfigMap", "configmaps", render.render_monitoring_config, render.monitoring_config_name, optional=True),
+    # The pods mount the ConfigMap as TF Serving's monitoring config: never someone else's.
     ChildKind("apps", "v1", "Deployment", "deployments", render.render_deployment, _model_deployment_name,
-              depends_on=("ServiceAccount", "Role", "RoleBinding")),
+              depends_on=("ServiceAccount", "Role", "RoleBinding", "ConfigMap")),
+    ChildKind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", render.render_disruption_budget,
+              _model_deployment_name, optional=True),
 )
 # fmt: on
 

@@ -48,6 +48,7 @@ from model_poller_operator.apply import Api, ApplyError, Conflict, controller_of
 from model_poller_operator.children import ChildKind
 from model_poller_operator.config import EXIT_BAD_SETTING, OperatorConfig, SettingsError
 from model_poller_operator.external import ExternalPods, deployment_state
+from model_poller_operator.overrides import InvalidOverride
 from model_poller_operator.refresh import Logger, PodEventsCache, Snapshot, StatusWriter
 from model_poller_operator.webhook import Webhook, WebhookSettings
 
@@ -416,7 +417,10 @@ def _converge(state: State, key: Key, snapshot: Snapshot, logger: Logger) -> Rec
         # Retrying cannot help: a name cannot change. Say so in the status, and stop.
         return failed(st.REASON_INVALID_NAME, f"{problem}; delete it and create it again under a valid name")
     try:
-        desired = children.desired_children(snapshot.owner, models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec))
+        spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
+        desired = children.desired_children(snapshot.owner, spec)
+    except InvalidOverride as error:
+        return failed(st.REASON_INVALID_OVERRIDE, str(error))  # names the field; Degraded says it too
     except (ValueError, KeyError, TypeError) as error:
         # Something the CRD schema let through but the operator cannot render: say so, and
         # wait for the next spec change (retrying the same spec cannot help).
@@ -425,7 +429,8 @@ def _converge(state: State, key: Key, snapshot: Snapshot, logger: Logger) -> Rec
         with state.lock(key):
             outcome = state.api.converge_all(desired)
     except ApplyError as error:
-        return failed(st.REASON_APPLY_FAILED, str(error), retry=f"applying the children failed: {error}")
+        message = st.apply_failed_message(str(error), render.spec_fields(snapshot.owner, spec, error.kind, error.fields))
+        return failed(st.REASON_APPLY_FAILED, message, retry=f"applying the children failed: {error}")
     for change in outcome.changes:
         logger.info("%s %s %s", change.action, change.kind, change.name)
     if outcome.conflicts:
@@ -475,7 +480,10 @@ def _desired_child(child: ChildKind, snapshot: Snapshot, name: str) -> children.
     spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
     if child not in children.kinds_for(spec) or child.name(snapshot.owner) != name:
         return None
-    return children.render_one(child, snapshot.owner, spec)
+    try:
+        return children.render_one(child, snapshot.owner, spec)
+    except (ValueError, KeyError, TypeError):
+        return None  # a spec that cannot be rendered: the reconcile reports it, nothing to restore
 
 
 def _make_repair_handler(child: ChildKind) -> Any:

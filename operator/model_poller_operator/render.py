@@ -12,8 +12,6 @@ template and never restarts pods. ``spec.storage.sizeLimit`` reaches the poller 
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -21,7 +19,9 @@ from typing import Any, Final
 
 from kubernetes.utils import parse_quantity
 
-from model_poller_api import models, names
+from model_poller_api import models, names, workload
+
+from model_poller_operator import overrides
 
 Obj = dict[str, Any]
 
@@ -29,13 +29,14 @@ Obj = dict[str, Any]
 # identity gets a suffix so it never collides with a user's own ServiceAccount of that name.
 POLLER_SUFFIX: Final = "-poller"
 
-# Containers and volumes of the pod.
-SERVING_CONTAINER: Final = "serving"
-POLLER_CONTAINER: Final = "poller"
-MODELS_VOLUME: Final = "models"
-TMP_VOLUME: Final = "tmp"
-TOKEN_VOLUME: Final = "kube-api-access"
-CREDENTIALS_VOLUME: Final = "gcs-credentials"
+# Containers and volumes of the pod (model_poller_api.workload lists what the product owns).
+SERVING_CONTAINER: Final = workload.SERVING_CONTAINER
+POLLER_CONTAINER: Final = workload.POLLER_CONTAINER
+MODELS_VOLUME: Final = workload.MODELS_VOLUME
+TMP_VOLUME: Final = workload.TMP_VOLUME
+TOKEN_VOLUME: Final = workload.TOKEN_VOLUME
+CREDENTIALS_VOLUME: Final = workload.CREDENTIALS_VOLUME
+MONITORING_VOLUME: Final = workload.MONITORING_VOLUME
 
 # The credentials secret holds a service-account key under this key (see the CRD's text).
 CREDENTIALS_KEY: Final = "key.json"
@@ -52,9 +53,10 @@ SERVING_BINARY: Final = "/usr/bin/tensorflow_model_server"
 SERVING_URL: Final = f"http://localhost:{names.SERVING_REST_PORT}"
 POLLER_PORT_NAME: Final = "poller-http"
 
-# The poller's resources when spec.poller.resources is not given: it is I/O bound, and its
-# peak stays under 300 MiB for any upload, so whatever slips past its own limits is
-# OOM-killed in the poller's container instead of pressing on the node's other pods.
+# The poller's resources under spec.poller.resources (merged by resource name): it is I/O
+# bound, and its peak stays under 300 MiB for any upload, so whatever slips past its own
+# limits is OOM-killed in the poller's container instead of pressing on the node's other
+# pods. The memory limit stays unless the user sets one.
 DEFAULT_POLLER_RESOURCES: Final[Obj] = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
 
 
@@ -168,11 +170,6 @@ def restricted_security_context() -> Obj:
     }
 
 
-def _plain(value: Any) -> Any:
-    """A deep copy made of plain dicts and lists (the spec may hold read-only views)."""
-    return json.loads(json.dumps(value))
-
-
 def _env(name: str, value: str) -> Obj:
     return {"name": name, "value": value}
 
@@ -259,7 +256,8 @@ def poller_container(
     ]
     if spec.source.credentials_secret:
         mounts.append({"name": volumes.credentials, "mountPath": CREDENTIALS_DIR, "readOnly": True})
-    return {
+    override = spec.pod_template.container(POLLER_CONTAINER)
+    container: Obj = {
         "name": POLLER_CONTAINER,
         "image": spec.poller.image,
         # A native sidecar: started before, and kept running alongside, TF Serving.
@@ -271,15 +269,44 @@ def poller_container(
         # up to 2 s x 1800 = one hour for a first download of a large model.
         "startupProbe": _http_probe(names.PATH_READYZ, period=2, failures=1800),
         "livenessProbe": _http_probe(names.PATH_HEALTHZ, period=10, failures=3),
-        "resources": _plain(spec.poller.resources) or copy.deepcopy(DEFAULT_POLLER_RESOURCES),
+        "resources": poller_resources(spec),
         "securityContext": restricted_security_context(),
         "volumeMounts": mounts,
     }
+    return overrides.merge_container(container, override)
+
+
+def poller_resources(spec: models.ModelDeploymentSpec) -> Obj:
+    """The defaults, under spec.poller.resources, under the podTemplate's poller override."""
+    override = spec.pod_template.container(POLLER_CONTAINER)
+    user = overrides.merge_resources(spec.poller.resources, override.resources if override else {})
+    return overrides.with_defaults(DEFAULT_POLLER_RESOURCES, user)
 
 
 def serving_readiness_probe() -> Obj:
     """The serving container's readiness: the poller's /serving-ready (see serving_container)."""
     return _http_probe(names.PATH_SERVING_READY, period=2, failures=2)
+
+
+def serving_args(spec: models.ModelDeploymentSpec) -> list[str]:
+    """TF Serving's flags: the operator's, then the monitoring config, then spec.serving.args
+    (the podTemplate's come last, see merge_container). TF Serving takes the last value of a
+    flag given twice, so a user's flag overrides one of the operator's tuning flags; the flags
+    that wire the pod together are refused (model_poller_api.workload.OWNED_SERVING_FLAGS)."""
+    args = [
+        f"--port={names.SERVING_GRPC_PORT}",
+        f"--rest_api_port={names.SERVING_REST_PORT}",
+        f"--model_name={spec.model_name}",
+        f"--model_base_path={model_dir(spec)}",
+        "--file_system_poll_wait_seconds=1",
+        # The poller renames only complete, checksummed versions into the base path, so a
+        # load failure is the model's own and retrying it (TF Serving's default: 5 times,
+        # a minute apart) only delays the LoadFailed report; the old version serves meanwhile.
+        "--max_num_load_retries=0",
+    ]
+    if spec.serving.monitoring:
+        args.append(f"--monitoring_config_file={workload.MONITORING_DIR}/{workload.MONITORING_CONFIG_KEY}")
+    return [*args, *spec.serving.args]
 
 
 def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
@@ -289,17 +316,7 @@ def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
         # The stock image's entrypoint adds its own --model_name/--model_base_path from
         # environment variables: call the server directly so ours are the only ones.
         "command": [SERVING_BINARY],
-        "args": [
-            f"--port={names.SERVING_GRPC_PORT}",
-            f"--rest_api_port={names.SERVING_REST_PORT}",
-            f"--model_name={spec.model_name}",
-            f"--model_base_path={model_dir(spec)}",
-            "--file_system_poll_wait_seconds=1",
-            # The poller renames only complete, checksummed versions into the base path, so a
-            # load failure is the model's own and retrying it (TF Serving's default: 5 times,
-            # a minute apart) only delays the LoadFailed report; the old version serves meanwhile.
-            "--max_num_load_retries=0",
-        ],
+        "args": serving_args(spec),
         "ports": [
             {"name": "grpc", "containerPort": names.SERVING_GRPC_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": names.SERVING_REST_PORT, "protocol": "TCP"},
@@ -315,12 +332,18 @@ def serving_container(spec: models.ModelDeploymentSpec) -> Obj:
         "securityContext": restricted_security_context(),
         "volumeMounts": [
             {"name": MODELS_VOLUME, "mountPath": names.MODELS_MOUNT, "readOnly": True},
-            {"name": TMP_VOLUME, "mountPath": "/tmp", "subPath": SERVING_CONTAINER},
+            {"name": TMP_VOLUME, "mountPath": workload.TMP_MOUNT, "subPath": SERVING_CONTAINER},
         ],
     }
-    if spec.serving.resources:
-        container["resources"] = _plain(spec.serving.resources)
-    return container
+    if spec.serving.monitoring:
+        container["volumeMounts"].append(
+            {"name": MONITORING_VOLUME, "mountPath": workload.MONITORING_DIR, "readOnly": True}
+        )
+    override = spec.pod_template.container(SERVING_CONTAINER)
+    resources = overrides.merge_resources(spec.serving.resources, override.resources if override else {})
+    if resources:
+        container["resources"] = resources
+    return overrides.merge_container(container, override)
 
 
 def models_volume(spec: models.ModelDeploymentSpec, name: str = MODELS_VOLUME) -> Obj:
@@ -366,21 +389,40 @@ def credentials_volume(spec: models.ModelDeploymentSpec, name: str = CREDENTIALS
     return {"name": name, "secret": {"secretName": spec.source.credentials_secret, "defaultMode": 0o440}}
 
 
-def volumes(spec: models.ModelDeploymentSpec) -> list[Obj]:
+def monitoring_volume(owner: Owner) -> Obj:
+    """TF Serving's monitoring config (spec.serving.monitoring), from its ConfigMap."""
+    return {
+        "name": MONITORING_VOLUME,
+        "configMap": {
+            "name": monitoring_config_name(owner),
+            "items": [{"key": workload.MONITORING_CONFIG_KEY, "path": workload.MONITORING_CONFIG_KEY}],
+        },
+    }
+
+
+def volumes(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
+    """The operator's volumes, then the user's extra ones (spec.podTemplate.spec.volumes)."""
     result: list[Obj] = [models_volume(spec), tmp_volume(), token_volume()]
     credentials = credentials_volume(spec)
     if credentials is not None:
         result.append(credentials)
-    return result
+    if spec.serving.monitoring:
+        result.append(monitoring_volume(owner))
+    return result + overrides.extra_volumes(spec)
 
 
 def pod_template(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
+    """The pods: the operator's fields, with spec.podTemplate's labels, annotations and pod
+    fields added (raises InvalidOverride for an override of what the product owns)."""
+    overrides.check(spec)
+    template = spec.pod_template
     return {
         "metadata": {
-            "labels": labels(owner, SERVING_CONTAINER),
-            "annotations": {"kubectl.kubernetes.io/default-container": SERVING_CONTAINER},
+            "labels": {**template.labels, **labels(owner, SERVING_CONTAINER)},
+            "annotations": {**template.annotations, workload.DEFAULT_CONTAINER_ANNOTATION: SERVING_CONTAINER},
         },
         "spec": {
+            **overrides.pod_fields(spec),
             "serviceAccountName": poller_identity(owner),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
@@ -393,7 +435,7 @@ def pod_template(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
             },
             "initContainers": [poller_container(owner, spec)],
             "containers": [serving_container(spec)],
-            "volumes": volumes(spec),
+            "volumes": volumes(owner, spec),
         },
     }
 
@@ -430,16 +472,36 @@ def render_service(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
                     "appProtocol": "grpc",
                 },
                 {"name": "http", "port": names.SERVING_REST_PORT, "targetPort": "http", "protocol": "TCP"},
+                *_metrics_port(spec),
             ],
         },
     }
 
 
+def _metrics_port(spec: models.ModelDeploymentSpec) -> list[Obj]:
+    """TF Serving serves its Prometheus metrics on the REST port (spec.serving.monitoring):
+    a Service port of their own, by name, for Prometheus' service discovery."""
+    if not spec.serving.monitoring:
+        return []
+    return [
+        {
+            "name": workload.METRICS_PORT_NAME,
+            "port": workload.METRICS_SERVICE_PORT,
+            "targetPort": "http",
+            "protocol": "TCP",
+        }
+    ]
+
+
 def render_service_account(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
+    metadata = _metadata(owner, poller_identity(owner), POLLER_CONTAINER)
+    if spec.service_account_annotations:
+        # e.g. iam.gke.io/gcp-service-account: GKE Workload Identity's Google identity.
+        metadata["annotations"] = dict(spec.service_account_annotations)
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(owner, poller_identity(owner), POLLER_CONTAINER),
+        "metadata": metadata,
         # The token is projected into the poller container only (see volumes()).
         "automountServiceAccountToken": False,
     }
@@ -478,3 +540,89 @@ def render_role_binding(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": poller_identity(owner)},
         "subjects": [{"kind": "ServiceAccount", "name": poller_identity(owner), "namespace": owner.namespace}],
     }
+
+
+def monitoring_config_name(owner: Owner) -> str:
+    """Name of the ConfigMap holding TF Serving's monitoring config."""
+    return owner.name + workload.MONITORING_SUFFIX
+
+
+def monitoring_config() -> str:
+    """TF Serving's MonitoringConfig (text protobuf): Prometheus metrics on the REST port."""
+    return f'prometheus_config {{\n  enable: true,\n  path: "{workload.METRICS_PATH}"\n}}\n'
+
+
+def render_monitoring_config(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj | None:
+    """spec.serving.monitoring: true -> the ConfigMap TF Serving reads its monitoring config
+    from (--monitoring_config_file); None (must not exist) otherwise."""
+    if spec.external or not spec.serving.monitoring:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, monitoring_config_name(owner), SERVING_CONTAINER),
+        "data": {workload.MONITORING_CONFIG_KEY: monitoring_config()},
+    }
+
+
+def render_disruption_budget(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj | None:
+    """spec.disruptionBudget -> a PodDisruptionBudget of the pods; None (must not exist)
+    without one, and in external mode (the user's workload is theirs to budget)."""
+    budget = spec.disruption_budget
+    if spec.external or budget is None:
+        return None
+    pdb_spec: Obj = {"selector": {"matchLabels": selector_labels(owner)}}
+    if budget.min_available is not None:
+        pdb_spec["minAvailable"] = budget.min_available
+    else:
+        pdb_spec["maxUnavailable"] = budget.max_unavailable
+    # A pod that never became ready (a bad image, a model that does not load) serves nothing:
+    # let a node drain evict it instead of waiting on a budget it can never help meet.
+    pdb_spec["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, owner.name, SERVING_CONTAINER),
+        "spec": pdb_spec,
+    }
+
+
+# --- the spec field behind a rendered field ---------------------------------------------------
+
+_POD_PATH: Final = "spec.template.spec."
+_METADATA_PATH: Final = "spec.template.metadata."
+_INDEXED: Final = re.compile(r"^([A-Za-z]+)(?:\[(\d+)\])?(.*)$", re.DOTALL)
+
+
+def spec_field(owner: Owner, spec: models.ModelDeploymentSpec, kind: str, field: str) -> str | None:
+    """The ModelDeployment spec field behind ``field`` of the rendered ``kind``, as the API
+    server names it when it refuses the child (``spec.template.spec.affinity.nodeAffinity``
+    -> ``spec.podTemplate.spec.affinity.nodeAffinity``); None for a field the operator
+    renders itself. Pod fields the CRD keeps opaque (affinity, topology spread constraints,
+    volume sources) are validated only there."""
+    if kind != "Deployment":
+        return None
+    if field.startswith(_METADATA_PATH):
+        return "spec.podTemplate.metadata." + field[len(_METADATA_PATH) :]
+    match = _INDEXED.match(field[len(_POD_PATH) :]) if field.startswith(_POD_PATH) else None
+    if match is None:
+        return None
+    head, index, rest = match.group(1), match.group(2), match.group(3)
+    position = f"[{index}]" if index is not None else ""
+    if head in workload.POD_FIELDS:
+        return f"spec.podTemplate.spec.{head}{position}{rest}"
+    if head == "volumes" and index is not None:
+        own = len(volumes(owner, spec)) - len(overrides.extra_volumes(spec))
+        return f"spec.podTemplate.spec.volumes[{int(index) - own}]{rest}" if int(index) >= own else None
+    container = {"containers": SERVING_CONTAINER, "initContainers": POLLER_CONTAINER}.get(head)
+    if container is not None:
+        # Which item of a merged list (env, volumeMounts) is the user's is not worth guessing.
+        path = re.sub(r"\[\d+\]", "", rest).lstrip(".") or "fields"
+        return f"the {container} container's {path} (spec.{container} or spec.podTemplate.spec.containers[{container}])"
+    return None
+
+
+def spec_fields(owner: Owner, spec: models.ModelDeploymentSpec, kind: str, fields: tuple[str, ...]) -> list[str]:
+    """:func:`spec_field` of each, without repeats, in order."""
+    found = [f for f in (spec_field(owner, spec, kind, field) for field in fields) if f is not None]
+    return list(dict.fromkeys(found))

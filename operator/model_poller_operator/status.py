@@ -13,6 +13,8 @@ from typing import Any, Final, Literal, Mapping, Sequence
 from model_poller_api import models, names
 from model_poller_api.conditions import Condition, find_condition, set_condition
 
+from model_poller_operator import overrides
+
 # Reasons of the Ready condition.
 REASON_ALL_SERVING: Final = "AllReplicasServing"
 REASON_SCALED_TO_ZERO: Final = "ScaledToZero"
@@ -33,6 +35,10 @@ REASON_NAME_CONFLICT: Final = "NameConflict"
 # Reasons of the Degraded condition.
 REASON_AS_EXPECTED: Final = "AsExpected"
 REASON_SECRET_MISSING: Final = "CredentialsSecretMissing"
+# An override in spec.podTemplate (or spec.serving.args, resources...) of something the
+# product owns, that the CRD's CEL rules could not refuse (overrides.InvalidOverride): the
+# reconcile applies nothing until the spec is fixed (Synced=False, same reason).
+REASON_INVALID_OVERRIDE: Final = "InvalidOverride"
 # A poller's error: its typed reason (models.ReportReason: VersionRejected, LoadFailed,
 # SourceUnreachable, AccessDenied, SourceNotFound, PinnedVersionMissing, InstallFailed) is
 # the condition's reason as it is; an error without a known reason (a newer poller) is this.
@@ -345,7 +351,10 @@ def credentials_secret_problem(observed: Observed) -> str | None:
 
 def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> list[tuple[str, str]]:
     """(reason, message) of everything that needs a user's attention, most important first."""
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] = [
+        (REASON_INVALID_OVERRIDE, f"{problem}; the children stay as last applied until the spec is fixed")
+        for problem in overrides.problems(observed.spec)
+    ]
     secret_problem = credentials_secret_problem(observed)
     if secret_problem:
         found.append((REASON_SECRET_MISSING, secret_problem))
@@ -456,6 +465,14 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
     if external:
         see = f"get pods -l {names.LABEL_MODEL_DEPLOYMENT}={observed.name}"
     return Condition("Ready", "False", REASON_NOT_READY, f"{counts}; see kubectl -n {observed.namespace} {see}")
+
+
+def apply_failed_message(message: str, spec_fields: Sequence[str]) -> str:
+    """The ApplyFailed message, led by the spec fields behind the fields the API server
+    refused (spec.podTemplate.spec.affinity...: what the user wrote, not what was rendered)."""
+    if not spec_fields:
+        return message
+    return f"{', '.join(spec_fields)}: the API server refused the rendered value: {message}"
 
 
 def degraded_condition(found: Sequence[tuple[str, str]]) -> Condition:

@@ -17,7 +17,7 @@ from model_poller_operator import children, render
 
 NAMESPACE = "ml"
 UID = "00000000-0000-4000-8000-000000000000"
-CASES = ["minimal", "full", "pinned-subscription"]
+CASES = ["minimal", "full", "pinned-subscription", "gpu", "budget-percent", "external-identity"]
 
 
 def _owner(case: str) -> render.Owner:
@@ -54,8 +54,9 @@ def test_render_is_a_pure_function(case: str, cases: dict[str, dict[str, Any]]) 
     assert _render(case, spec) == first
 
 
-def test_every_child_is_owned_by_the_model_deployment(cases: dict[str, dict[str, Any]]) -> None:
-    for child in _render("full", cases["full"]):
+@pytest.mark.parametrize("case", ["full", "gpu"])
+def test_every_child_is_owned_by_the_model_deployment(case: str, cases: dict[str, dict[str, Any]]) -> None:
+    for child in _render(case, cases[case]):
         assert child["metadata"]["namespace"] == NAMESPACE
         assert child["metadata"]["ownerReferences"] == [
             {
@@ -68,9 +69,10 @@ def test_every_child_is_owned_by_the_model_deployment(cases: dict[str, dict[str,
             }
         ]
         assert child["metadata"]["labels"][names.LABEL_MANAGED_BY] == names.MANAGER
-    kinds = [c["kind"] for c in _render("full", cases["full"])]
-    # The poller's identity exists before the pods that run as it.
-    assert all(kinds.index(k) < kinds.index("Deployment") for k in ("ServiceAccount", "Role", "RoleBinding"))
+    kinds = [c["kind"] for c in _render(case, cases[case])]
+    # The poller's identity (and TF Serving's monitoring config) exists before the pods that use it.
+    before = ("ServiceAccount", "Role", "RoleBinding") + (("ConfigMap",) if case == "gpu" else ())
+    assert all(kinds.index(k) < kinds.index("Deployment") for k in before)
 
 
 def test_versions_change_leaves_the_pod_template_alone(cases: dict[str, dict[str, Any]]) -> None:
@@ -114,11 +116,29 @@ def test_a_size_limit_that_is_not_a_quantity_is_named() -> None:
         render.storage_limit(spec)
 
 
-def test_poller_has_a_memory_limit_unless_the_user_sets_its_resources(cases: dict[str, dict[str, Any]]) -> None:
+def test_poller_has_a_memory_limit_unless_the_user_sets_one(cases: dict[str, dict[str, Any]]) -> None:
     (poller,) = _render("minimal", cases["minimal"])[-1]["spec"]["template"]["spec"]["initContainers"]
     assert poller["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
     (poller,) = _render("full", cases["full"])[-1]["spec"]["template"]["spec"]["initContainers"]
     assert poller["resources"] == cases["full"]["poller"]["resources"]
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        # The leftover of issue 10: a cpu request alone used to drop the memory limit.
+        ({"requests": {"cpu": "200m"}}, {"requests": {"cpu": "200m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}),
+        # A memory request above the default limit takes the limit up with it (never invalid).
+        ({"requests": {"memory": "1Gi"}}, {"requests": {"cpu": "50m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}),
+        # A cpu limit below the default request takes the request down with it.
+        ({"limits": {"cpu": "20m"}}, {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "384Mi", "cpu": "20m"}}),
+        # The user's own memory limit wins.
+        ({"limits": {"memory": "2Gi"}}, {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "2Gi"}}),
+    ],
+)
+def test_poller_resources_merge_over_the_defaults(resources: dict[str, Any], expected: dict[str, Any]) -> None:
+    spec = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}, "poller": {"resources": resources}})
+    assert render.poller_resources(spec) == expected
 
 
 def test_secret_is_mounted_into_the_poller_only(cases: dict[str, dict[str, Any]]) -> None:

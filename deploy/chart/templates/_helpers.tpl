@@ -101,6 +101,15 @@ watches every namespace, in one Role per namespace when watch.namespaces is set.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch]
+# Optional children, deleted again when their field is unset: the PodDisruptionBudget
+# (spec.disruptionBudget) and TF Serving's monitoring ConfigMap (spec.serving.monitoring).
+# The admission policy narrows writes and deletes to the operator's own, in its shape.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch, delete]
 # The pods of the ModelDeployments (watched with a label selector): readiness, what the
 # kubelet says about them, and pruning status.pollers entries of pods that are gone.
 - apiGroups: [""]
