@@ -43,11 +43,11 @@ import stat
 import struct
 import tarfile
 import threading
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Protocol, cast
 
+from model_poller import inflate
 from model_poller.durable import Syncer, fsync_dir
 from model_poller.errors import Abandoned, Rejected
 from model_poller.versions import SAVED_MODEL_FILES, Kind
@@ -330,13 +330,17 @@ class FileSink:
             os.close(fd)
 
 
+# What reading a member of a corrupt archive raises.
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError) + inflate.GZIP_ERRORS
+
+
 def _copy(read: Callable[[int], bytes], sink: FileSink, what: str) -> None:
     """Copy from an archive member into ``sink``; read errors mean a corrupt archive."""
     try:
         while True:
             try:
                 chunk = read(CHUNK)
-            except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:
+            except _READ_ERRORS as exc:
                 raise Rejected("corrupt", f"{what}: {exc}") from exc
             if not chunk:
                 break
@@ -637,10 +641,10 @@ def _read_range_exactly(member: ArchiveRange, n: int, what: str) -> bytes:
 
 class _Members:
     """Zip members inflated by up to ``workers`` threads at once (in the calling thread
-    when ``workers`` is 1). Members are independent and zlib releases the GIL while it
-    inflates and computes CRC-32s, so members inflate on several cores while the next
-    ones download. One member more than ``workers`` is queued: its range is open, so the
-    download fetches its bytes while the others inflate.
+    when ``workers`` is 1). Members are independent and the inflater (``inflate``)
+    releases the GIL while it inflates and computes CRC-32s, so members inflate on
+    several cores while the next ones download. One member more than ``workers`` is
+    queued: its range is open, so the download fetches its bytes while the others inflate.
 
     A failed member cancels the members after it, never those before it: ``finish``
     raises the failure of the member first in the archive (``Abandoned`` if the poller
@@ -783,7 +787,7 @@ def _inflate_zip_member(member: ArchiveRange, entry: _ZipEntry, sink: FileSink, 
     try:
         left = entry.compressed
         # (an empty deflated entry may be written as zero bytes: nothing to inflate)
-        inflater = zlib.decompressobj(-15) if entry.method == _DEFLATED and left else None
+        inflater = inflate.raw_inflater() if entry.method == _DEFLATED and left else None
         crc = 0
         out = 0
         while left > 0:
@@ -794,17 +798,17 @@ def _inflate_zip_member(member: ArchiveRange, entry: _ZipEntry, sink: FileSink, 
                 raise Rejected("corrupt", f"{what}: truncated")
             left -= len(data)
             if inflater is None:
-                crc = zlib.crc32(data, crc)
+                crc = inflate.crc32(data, crc)
                 out += len(data)
                 sink.write(data)
                 continue
             while True:  # at most INFLATE_OUT bytes of output at a time
                 try:
                     piece = inflater.decompress(data, INFLATE_OUT)
-                except zlib.error as exc:
+                except inflate.DEFLATE_ERRORS as exc:
                     raise Rejected("corrupt", f"{what}: {exc}") from exc
                 if piece:
-                    crc = zlib.crc32(piece, crc)
+                    crc = inflate.crc32(piece, crc)
                     out += len(piece)
                     sink.write(piece)
                 data = inflater.unconsumed_tail
@@ -916,13 +920,13 @@ class _Inflated:
         return data
 
 
-_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError) + inflate.GZIP_ERRORS
 
 
 def _extract_tar(archive: BinaryIO, unpacker: Unpacker) -> None:
     # Our own GzipFile (not tarfile's "r|gz") so the gzip trailer's CRC and length are
     # verified: the stream is read to its very end after the last member.
-    with gzip.GzipFile(fileobj=archive, mode="rb") as gz:
+    with inflate.open_gzip(archive) as gz:
         inflated = _Inflated(gz, unpacker)
         try:
             tf = _BoundedTarFile.open(fileobj=cast(IO[bytes], inflated), mode="r|", tarinfo=_BoundedTarInfo)
@@ -933,7 +937,7 @@ def _extract_tar(archive: BinaryIO, unpacker: Unpacker) -> None:
         try:
             while inflated.read(CHUNK):
                 pass
-        except (OSError, EOFError, zlib.error) as exc:
+        except _READ_ERRORS as exc:
             raise Rejected("corrupt", f"tar.gz stream: {exc}") from exc
 
 
