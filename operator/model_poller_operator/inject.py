@@ -22,7 +22,7 @@ from typing import Any, Final, Mapping
 
 from model_poller_api import models, names
 
-from model_poller_operator import render
+from model_poller_operator import overrides, render
 
 Obj = dict[str, Any]
 
@@ -109,6 +109,7 @@ def target_of(md: Mapping[str, Any] | None, namespace: str, name: str) -> Target
     try:
         spec = models.ModelDeploymentSpec.from_object(name, md.get("spec") or {})
         render.storage_limit(spec)
+        overrides.check(spec)  # e.g. a poller resource quantity stored before it had a schema
     except (ValueError, KeyError, TypeError) as error:
         raise Refused(
             RefusalReason.INVALID_MODEL_DEPLOYMENT,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from model_poller_api import models, names, workload
-from model_poller_operator import children, overrides, render
+from model_poller_operator import children, inject, overrides, render
 from model_poller_operator import status as st
 
 OWNER = render.Owner("faster-rcnn", "ml", "00000000-0000-4000-8000-000000000000")
@@ -270,6 +270,12 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
         "-model_base_path",
     ),
     (
+        "extra-volume-size-lots",
+        _with_template({"volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "lots"}}]}),
+        "spec.podTemplate.spec.volumes[0].emptyDir.sizeLimit",
+        "not a quantity",
+    ),
+    (
         "cpu-lots",
         {"source": SOURCE, "serving": {"resources": {"limits": {"cpu": "lots"}}}},
         "spec.serving.resources.limits.cpu",
@@ -349,3 +355,28 @@ def test_a_refused_rendered_field_is_named_by_its_spec_field(field: str, expecte
     spec = _spec(_with_template({"volumes": [{"name": "extra", "configMap": {"name": "c"}}]}))
     assert render.spec_field(OWNER, spec, "Deployment", field) == expected
     assert render.spec_field(OWNER, spec, "Service", field) is None
+
+
+def _external_md(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid},
+        "spec": {"workload": names.WORKLOAD_EXTERNAL, "source": SOURCE, **spec},
+    }
+
+
+def test_the_injected_poller_keeps_its_memory_limit_under_a_cpu_override() -> None:
+    """External mode renders the poller with the same function: the merge applies there too."""
+    target = inject.target_of(_external_md(poller={"resources": {"requests": {"cpu": "200m"}}}), OWNER.namespace, OWNER.name)
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "serving", "image": "tensorflow/serving:2.19.0"}]}}
+    (poller,) = inject.inject(pod, target)["spec"]["initContainers"]
+    assert poller["resources"] == {"requests": {"cpu": "200m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
+
+
+def test_injection_refuses_a_model_deployment_whose_poller_resources_are_no_quantity() -> None:
+    """Stored before resources had a schema: the webhook refuses the pod naming the field."""
+    with pytest.raises(inject.Refused) as caught:
+        inject.target_of(_external_md(poller={"resources": {"limits": {"memory": "lots"}}}), OWNER.namespace, OWNER.name)
+    assert caught.value.reason == inject.RefusalReason.INVALID_MODEL_DEPLOYMENT
+    assert "spec.poller.resources.limits.memory: 'lots' is not a quantity" in str(caught.value)
