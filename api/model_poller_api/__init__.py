@@ -5,6 +5,7 @@ This package is the bottom layer: it imports nothing from ``model_poller`` or
 contract between the operator and the poller (env vars, ports, paths) live here only.
 """
 
+from model_poller_api.defaults import RELEASE
 from model_poller_api.names import (
     API_VERSION,
     GROUP,
@@ -15,4 +16,8 @@ from model_poller_api.names import (
     VERSION,
 )
 
-__all__ = ["API_VERSION", "GROUP", "KIND", "PLURAL", "SHORT_NAMES", "SINGULAR", "VERSION"]
+# The release (pyproject.toml's version, read from the installed distribution); the poller
+# and the operator re-export it.
+__version__ = RELEASE
+
+__all__ = ["__version__", "API_VERSION", "GROUP", "KIND", "PLURAL", "SHORT_NAMES", "SINGULAR", "VERSION"]

@@ -9,29 +9,40 @@ import os
 import sys
 from typing import Mapping, Sequence
 
-from model_poller_api.names import POLLER_HTTP_PORT, env_name
+from model_poller_api.defaults import DEFAULT_KEEP
+from model_poller_api.names import POLLER_HTTP_PORT, SCHEME_FILE, SCHEME_GCS, env_name
 
-from model_poller.config import DEFAULT_FALLBACK_POLL_INTERVAL, build_settings
+from model_poller.config import (
+    DEFAULT_FALLBACK_POLL_INTERVAL,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_POLL_INTERVAL,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MAX_STREAMS,
+    MIN_HEARTBEAT,
+    build_settings,
+)
 from model_poller.errors import ConfigError
 from model_poller.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO
 from model_poller.logs import configure_logging
-from model_poller.policy import DEFAULT_KEEP
-from model_poller.status_writer import DEFAULT_HEARTBEAT, MIN_HEARTBEAT
-from model_poller.server import EXIT_CONFIG, Poller
-from model_poller.sources.base import DEFAULT_READ_TIMEOUT, DEFAULT_SLICE, DEFAULT_STREAMS
+from model_poller.runner import EXIT_CONFIG, Poller
+from model_poller.stores.base import DEFAULT_READ_TIMEOUT, DEFAULT_SLICE, DEFAULT_STREAMS
 
 log = logging.getLogger("model_poller")
 
 # flag -> (metavar, help). Every flag also reads env_name(flag), e.g. MODEL_POLLER_SOURCE.
 FLAGS: dict[str, tuple[str | None, str]] = {
-    "--source": ("URI", "where versions live: gs://bucket/prefix/ or file:///dir/"),
+    "--source": ("URI", f"where versions live: {SCHEME_GCS}bucket/prefix/ or {SCHEME_FILE}dir/"),
     "--model-dir": ("DIR", "TF Serving's model base path; versions appear as DIR/<version>/ (PoC: SAVE_DIR)"),
     "--keep": ("N", f"keep the newest N valid versions (default {DEFAULT_KEEP})"),
     "--pinned": ("V[,V...]", "keep exactly these versions (rollback); exclusive with --keep"),
     "--subscription": ("projects/P/subscriptions/S", "shared Pub/Sub subscription (PoC: SUBSCRIPTION with PROJECT_ID)"),
     "--topic": ("projects/P/topics/T", "Pub/Sub topic; this replica creates (and on exit deletes) its own subscription"),
     "--project": ("PROJECT", "Google Cloud project for short subscription/topic names (PoC: PROJECT_ID)"),
-    "--poll-interval": ("SECONDS", "list the source this often as a safety net (default 60; 90s, 5m work too)"),
+    "--poll-interval": (
+        "SECONDS",
+        f"list the source this often as a safety net (default {DEFAULT_POLL_INTERVAL:g}; 90s, 5m work too)",
+    ),
     "--fallback-poll-interval": (
         "SECONDS",
         f"while Pub/Sub notifications are down (stream lost, topic or subscription missing), list this often "
@@ -63,12 +74,12 @@ FLAGS: dict[str, tuple[str | None, str]] = {
     "--max-files": ("N", f"most entries in one version (default {DEFAULT_MAX_FILES})"),
     "--download-streams": (
         "N",
-        f"gs:// sources: connections used at once, for the objects of a folder version or the slices of "
-        f"one archive (default {DEFAULT_STREAMS}; 1: one stream)",
+        f"{SCHEME_GCS} sources: connections used at once, for the objects of a folder version or the slices of "
+        f"one archive (default {DEFAULT_STREAMS}; 1 to {MAX_STREAMS})",
     ),
     "--download-slice": (
         "BYTES",
-        f"gs:// sources: bytes per ranged request (default {DEFAULT_SLICE >> 20}Mi); an archive is downloaded "
+        f"{SCHEME_GCS} sources: bytes per ranged request (default {DEFAULT_SLICE >> 20}Mi); an archive is downloaded "
         "at most STREAMS x SLICE ahead of its unpacking",
     ),
     "--read-timeout": (
@@ -77,8 +88,8 @@ FLAGS: dict[str, tuple[str | None, str]] = {
         f"(default {DEFAULT_READ_TIMEOUT:g})",
     ),
     "--max-ratio": ("RATIO", f"largest compression ratio of an archive (default {DEFAULT_MAX_RATIO:g})"),
-    "--log-format": ("text|json", "log format (default text), one line per event"),
-    "--log-level": ("LEVEL", "DEBUG, INFO (default), WARNING, ERROR"),
+    "--log-format": ("|".join(LOG_FORMATS), "log format (default text), one line per event"),
+    "--log-level": ("LEVEL", f"{', '.join(LOG_LEVELS)} (default INFO)"),
 }
 
 # The proof of concept's environment: still honoured when the new names are not set.
@@ -90,7 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
         prog="model-poller",
         description="Keep a TF Serving model dir in sync with versions at a GCS bucket or a local dir.",
         epilog="Every flag has an environment variable MODEL_POLLER_<FLAG>, e.g. MODEL_POLLER_POLL_INTERVAL. "
-        "Exit codes with --once: 0 in sync, 1 not in sync (one-line reason on stderr), 2 bad flags.",
+        "Exit codes: 2 for a bad flag (one line naming it on stderr); with --once, 0 in sync, 1 not in sync "
+        "(a one-line reason on stderr).",
     )
     for flag, (metavar, help_text) in FLAGS.items():
         help_text = f"{help_text} [{env_name(flag)}]"

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from model_poller_api.formats import rfc3339
+
 from model_poller.durable import Syncer, fsync_dir, remove_tree
 from model_poller.errors import Abandoned, ModelDirError, Rejected, SourceError
 from model_poller.extract import FileSink, Limits, Unpacker, extract, find_model_root
-from model_poller.install_verify import Verifier
-from model_poller.sources.base import Source
+from model_poller.stores.base import Store
 from model_poller.streaming import GrowingReader, Staged, zip_tail
 from model_poller.transfer import Fetcher, ObjectWriter
 from model_poller.versions import Artifact, Kind, parse_version
@@ -187,7 +188,7 @@ class ModelDir:
                 "directory": directory,
                 "generation": artifact.generation,
                 "object": artifact.name,
-                "installedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "installedAt": rfc3339(),
             }
         ).encode()
         self.records.mkdir(parents=True, exist_ok=True)  # created with the first record
@@ -228,67 +229,40 @@ class ModelDir:
         return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.path))
 
 
-def install(
-    source: Source,
-    artifact: Artifact,
-    model_dir: ModelDir,
-    limits: Limits,
-    stop: threading.Event,
-) -> InstallResult:
+def install(store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limits, stop: threading.Event) -> InstallResult:
     """Install ``artifact`` as ``<model-dir>/<version>``, or raise and leave no trace.
 
     Raises ``Rejected`` (never valid at this generation: bad data, or names or a layout
     the file system refuses), ``SourceError`` (try again later), ``Abandoned`` (stop
     requested), ``ModelDirError`` or ``OSError`` (the model dir's trouble: try again later).
     """
-    started = time.monotonic()
-    staging = model_dir.staging()
-    try:
-        root, unpacker, received = _unpack(source, artifact, staging / "unpacked", limits, stop)
-        log.debug("version %d: on disk at %.2fs", artifact.version, time.monotonic() - started)
-        final = model_dir.path / str(artifact.version)
-        if os.path.lexists(final):  # (a version dir would have been seen: a file, or a race)
-            raise ModelDirError(f"{final} is in the way: remove it (or is another poller using this dir?)")
-        model_dir.write_record(artifact, final.name)
-        try:
-            os.rename(root, final)
-        except OSError as exc:
-            model_dir.forget(artifact.version)
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise ModelDirError(f"{final} appeared while installing (another poller on this dir?)") from None
-            raise
-        fsync_dir(model_dir.path)
-        done = time.monotonic()
-        log.debug(
-            "version %d: last byte received at %.3fs, in place at %.3fs (%.3fs after the last byte)",
-            artifact.version, received.last_at - started, done - started, done - received.last_at,
-        )
-        return InstallResult(
-            version=artifact.version,
-            generation=artifact.generation,
-            downloaded_bytes=received.bytes,
-            unpacked_bytes=unpacker.bytes_written,
-            files=unpacker.files,
-            seconds=time.monotonic() - started,
-        )
-    finally:
-        remove_tree(staging)
+    return _in_staging(store, artifact, model_dir, limits, stop, put_in_place=True)
 
 
-def validate(
-    source: Source,
-    artifact: Artifact,
-    model_dir: ModelDir,
-    limits: Limits,
-    stop: threading.Event,
-) -> InstallResult:
+def validate(store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limits, stop: threading.Event) -> InstallResult:
     """Download, verify and unpack ``artifact`` in staging exactly as ``install`` does,
     then discard it: proves the upload valid (or raises as ``install`` does) without
     putting anything where TF Serving looks. Used for the newest upload while pinned."""
+    return _in_staging(store, artifact, model_dir, limits, stop, put_in_place=False)
+
+
+def _in_staging(
+    store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limits, stop: threading.Event, *, put_in_place: bool
+) -> InstallResult:
+    """Unpack ``artifact`` in a staging dir of its own, then rename it into place (or not);
+    the staging dir is removed whatever happens."""
     started = time.monotonic()
     staging = model_dir.staging()
     try:
-        _root, unpacker, received = _unpack(source, artifact, staging / "unpacked", limits, stop)
+        root, unpacker, received = _unpack(store, artifact, staging / "unpacked", limits, stop)
+        if put_in_place:
+            log.debug("version %d: on disk at %.2fs", artifact.version, time.monotonic() - started)
+            _rename_into_place(model_dir, artifact, root)
+            done = time.monotonic()
+            log.debug(
+                "version %d: last byte received at %.3fs, in place at %.3fs (%.3fs after the last byte)",
+                artifact.version, received.last_at - started, done - started, done - received.last_at,
+            )
         return InstallResult(
             version=artifact.version,
             generation=artifact.generation,
@@ -301,8 +275,24 @@ def validate(
         remove_tree(staging)
 
 
+def _rename_into_place(model_dir: ModelDir, artifact: Artifact, root: Path) -> None:
+    """Record the upload, then make ``root`` appear as ``<model-dir>/<version>`` by one rename."""
+    final = model_dir.path / str(artifact.version)
+    if os.path.lexists(final):  # (a version dir would have been seen: a file, or a race)
+        raise ModelDirError(f"{final} is in the way: remove it (or is another poller using this dir?)")
+    model_dir.write_record(artifact, final.name)
+    try:
+        os.rename(root, final)
+    except OSError as exc:
+        model_dir.forget(artifact.version)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise ModelDirError(f"{final} appeared while installing (another poller on this dir?)") from None
+        raise
+    fsync_dir(model_dir.path)
+
+
 def _unpack(
-    source: Source, artifact: Artifact, unpacked: Path, limits: Limits, stop: threading.Event
+    store: Store, artifact: Artifact, unpacked: Path, limits: Limits, stop: threading.Event
 ) -> tuple[Path, Unpacker, Received]:
     """Download and unpack into ``unpacked``, everything fsynced; returns the SavedModel
     root, the unpacker (for its counts) and what was received.
@@ -315,11 +305,11 @@ def _unpack(
             unpacked.mkdir()
             if artifact.kind is Kind.FOLDER:
                 unpacker = Unpacker(unpacked, limits, syncer, stop)
-                received = _download_folder(source, artifact, unpacker, stop)
+                received = _download_folder(store, artifact, unpacker, stop)
             else:
                 archive = unpacked.parent / ("archive.zip" if artifact.kind is Kind.ZIP else "archive.tar.gz")
                 unpacker = Unpacker(unpacked, limits, syncer, stop, archive_size=artifact.size)
-                received = _download_and_extract(source, artifact, archive, unpacker, stop)
+                received = _download_and_extract(store, artifact, archive, unpacker, stop)
                 archive.unlink()
             root = find_model_root(unpacked)
             unpacker.sync_dirs()
@@ -370,13 +360,13 @@ def _is_inside(filename: object, folder: Path) -> bool:
 
 
 def _download_and_extract(
-    source: Source, artifact: Artifact, archive: Path, unpacker: Unpacker, stop: threading.Event
+    store: Store, artifact: Artifact, archive: Path, unpacker: Unpacker, stop: threading.Event
 ) -> Received:
     """Download ``artifact`` into ``archive`` and unpack it while the bytes arrive; the
     checksum of the whole object is verified before this returns."""
     obj = artifact.objects[0]
-    tail, tail_start = zip_tail(source, obj) if artifact.kind is Kind.ZIP else (b"", obj.size)
-    staged = Staged(source, obj, archive, stop, keep_from=tail_start)
+    tail, tail_start = zip_tail(store, obj) if artifact.kind is Kind.ZIP else (b"", obj.size)
+    staged = Staged(store, obj, archive, stop, keep_from=tail_start)
     try:
         if tail:
             staged.demand(tail_start, obj.size)  # what finish() compares with the tail
@@ -415,15 +405,15 @@ class _FolderFile:
             self._sink.discard()
 
 
-def _download_folder(source: Source, artifact: Artifact, unpacker: Unpacker, stop: threading.Event) -> Received:
+def _download_folder(store: Store, artifact: Artifact, unpacker: Unpacker, stop: threading.Event) -> Received:
     """Fetch a folder version's objects into the unpacked tree, several at once (see
     ``transfer.Fetcher``), each checked against its checksum."""
     jobs = []
     for obj in artifact.objects:
         file = _FolderFile(unpacker, obj.name[len(artifact.name) :])
         jobs.append((obj, ObjectWriter(file.open, file.close, file.discard)))
-    fetcher = Fetcher(source, jobs, stop, where=lambda obj: f"{source.uri}{obj.name}")
+    fetcher = Fetcher(store, jobs, stop, where=lambda obj: f"{store.uri}{obj.name}")
     return Received(fetcher.run(), fetcher.last_byte_at)
 
 
-__all__ = ["Abandoned", "BOOKKEEPING_DIR", "InstallResult", "ModelDir", "install", "STAGING_PREFIX", "Verifier"]
+__all__ = ["Abandoned", "BOOKKEEPING_DIR", "InstallResult", "ModelDir", "install", "STAGING_PREFIX", "validate"]

@@ -10,7 +10,6 @@ Every failure becomes one of three typed errors, so callers decide by type, not 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import kubernetes
@@ -19,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from model_poller_api import names
 
 from model_poller import __version__
+from model_poller.config import Target
 from model_poller.errors import ConfigError
 
 REQUEST_TIMEOUT = 10.0
@@ -57,24 +57,6 @@ class KubeRejected(KubeError):
 
 class ResourceExpired(KubeError):
     """410: the watch's resourceVersion is too old; list (get) again."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """The ModelDeployment a poller reports into (``--report-to NAMESPACE/NAME``)."""
-
-    namespace: str
-    name: str
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        namespace, sep, name = text.partition("/")
-        if not sep or not namespace or not name or "/" in name:
-            raise ConfigError(f"--report-to {text!r}: use NAMESPACE/NAME of the ModelDeployment")
-        return cls(namespace, name)
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 def _error(exc: Exception, what: str) -> KubeError:

@@ -53,3 +53,26 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
             "loggers": {"model_poller": {"level": level.upper()}},
         }
     )
+
+
+class RareLog:
+    """Logs a failure at ERROR when it is new or changed, and a repeat at most every
+    ``every`` seconds (a retry every few seconds must not flood the log)."""
+
+    def __init__(self, logger: logging.Logger, every: float) -> None:
+        self._log = logger
+        self.every = every
+        self._last: str | None = None
+        self._at = 0.0
+
+    def error(self, what: str, detail: str = "") -> None:
+        """``what`` decides whether it is a repeat; ``detail`` (a retry delay) does not."""
+        now = time.monotonic()
+        if what != self._last or now - self._at >= self.every:
+            self._log.error("%s%s", what, detail)
+            self._last, self._at = what, now
+        else:
+            self._log.debug("%s%s", what, detail)
+
+    def reset(self) -> None:
+        self._last = None

@@ -26,11 +26,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from model_poller.errors import NotificationError
+from model_poller.backoff import Backoff
+from model_poller.errors import NotificationError, PollerError
+from model_poller.logs import RareLog
 from model_poller.text import one_line
 from model_poller.versions import parse_version
 
 log = logging.getLogger(__name__)
+
+# Resubscribing is retried after 1, 2, 4... seconds, up to the fallback poll interval: once
+# an administrator recreates a topic, notifications are back within that long.
+RESUBSCRIBE_START = 1.0
+# A notification failure that repeats unchanged is logged at most this often.
+NOTIFY_LOG_EVERY = 600.0
 
 SUBSCRIPTION_TTL_SECONDS = 24 * 3600  # the minimum Pub/Sub allows
 ACK_DEADLINE_SECONDS = 60
@@ -284,6 +292,71 @@ class Notifications:
         except Exception:  # noqa: BLE001
             pass
         self._client = None
+
+
+class Listener:
+    """Keeps notifications flowing for the run loop: subscribes, notices when they are down
+    (not subscribed, the stream ended, the connection to Pub/Sub lost), resubscribes with
+    backoff, and says when a listing is due because of it: within the fallback interval
+    when they go down, at once when the stream ends (what the lost subscription held is
+    gone) and when they are back (to catch up on what happened meanwhile)."""
+
+    def __init__(self, notifications: Notifications, fallback: float) -> None:
+        self.notifications = notifications
+        self._fallback = fallback
+        self._listening = False
+        self._subscribed_once = False
+        self._was_down = False
+        self._retry_at = 0.0
+        self._backoff = Backoff(start=RESUBSCRIBE_START, cap=max(RESUBSCRIBE_START, fallback))
+        self._log = RareLog(log, NOTIFY_LOG_EVERY)
+
+    @property
+    def down(self) -> bool:
+        """Nothing would be heard: not listening, or not connected to Pub/Sub."""
+        return self._stream_gone() or not self.notifications.connected
+
+    def _stream_gone(self) -> bool:
+        """Not listening, or the stream died: (re)subscribing is due."""
+        return not self._listening or self.notifications.failed
+
+    def tend(self, now: float) -> float | None:
+        """Resubscribe when it is time; returns when a listing is due because of what
+        happened to the notifications (None: nothing happened)."""
+        due = None
+        down = self.down
+        if down and not self._was_down:
+            due = now + self._fallback  # not a poll interval away
+        self._was_down = down
+        if not self._stream_gone():
+            return due
+        if self._listening:  # the stream just ended: list now, then every fallback interval
+            self._listening = False
+            due = now
+        if now >= self._retry_at and self._subscribe(now):
+            due = now
+        return due
+
+    def _subscribe(self, now: float) -> bool:
+        """Start listening; True when notifications are back after an interruption."""
+        try:
+            self.notifications.start()
+        except PollerError as exc:
+            delay = self._backoff.fail()
+            self._retry_at = now + delay
+            self._log.error(f"{exc}", f" (retrying in {delay:.0f}s; listing every {self._fallback:g}s meanwhile)")
+            return False
+        self._listening = True
+        self._backoff.reset()
+        self._log.reset()
+        back, self._subscribed_once = self._subscribed_once, True
+        if back:
+            log.info("notifications are back; listing once to catch up on what happened meanwhile")
+        return back
+
+    def wake_at(self) -> float:
+        """When ``tend`` has something to do next (a resubscription); inf for nothing."""
+        return self._retry_at if self._stream_gone() else float("inf")
 
 
 def _left(deadline: float) -> float:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import AbstractSet, Iterable
 
-DEFAULT_KEEP = 2
+from model_poller_api.defaults import DEFAULT_KEEP
 
 
 @dataclass(frozen=True)

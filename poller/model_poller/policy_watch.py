@@ -9,13 +9,14 @@ and after "resource version too old" (410: get again, then watch from there).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any, Callable, Mapping
 
 from model_poller_api import models
+from model_poller_api.defaults import DEFAULT_KEEP
 
+from model_poller.backoff import Backoff
 from model_poller.kube import Kube, KubeError, KubeForbidden, KubeNotFound, ResourceExpired
 from model_poller.policy import Policy
 
@@ -35,7 +36,7 @@ def policy_of(obj: Mapping[str, Any]) -> Policy:
     versions = spec.versions
     if versions.pinned:
         return Policy(keep=None, pinned=frozenset(versions.pinned))
-    return Policy(keep=versions.keep if versions.keep is not None else models.DEFAULT_KEEP)
+    return Policy(keep=versions.keep if versions.keep is not None else DEFAULT_KEEP)
 
 
 class PolicyWatcher:
@@ -77,44 +78,48 @@ class PolicyWatcher:
         self.first.set()
 
     def _run(self) -> None:
-        delay = 0.0
+        # Slowing to one a minute after a 403/404: an API server that is starting can
+        # answer 403 for a moment, and a fixed Role or a re-created object must still be
+        # picked up.
+        backoff = Backoff(start=RETRY_START, cap=RETRY_MAX, jitter=0.5)
         while not self._stop.is_set():
             try:
-                obj = self.kube.get()
-                self._apply(obj)
-                resource_version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-                delay = 0.0
-                while not self._stop.is_set():
-                    for kind, event_obj in self.kube.watch(resource_version):
-                        if self._stop.is_set():
-                            return
-                        resource_version = str((event_obj.get("metadata") or {}).get("resourceVersion") or
-                                               resource_version)
-                        if kind in ("ADDED", "MODIFIED"):
-                            self._apply(event_obj)
-                        elif kind == "DELETED":
-                            log.warning("ModelDeployment %s was deleted; keeping %s", self.kube.target,
-                                        self._policy.describe() if self._policy else "the flags' policy")
+                self._follow(backoff)
             except ResourceExpired:
                 self._stop.wait(RETRY_START)  # get again, then watch from the fresh resourceVersion
             except (KubeForbidden, KubeNotFound) as exc:
-                # Slowing to one a minute: an API server that is starting can answer 403 for
-                # a moment, a fixed Role or a re-created object must still be picked up.
-                delay = min(SLOW_RETRY, delay * 2 if delay else RETRY_START)
+                delay = backoff.fail(cap=SLOW_RETRY)
                 self._on_error("forbidden" if isinstance(exc, KubeForbidden) else "not_found")
-                if delay > RETRY_START and time.monotonic() - self._logged_at >= LOG_EVERY:
+                if backoff.failures > 1 and time.monotonic() - self._logged_at >= LOG_EVERY:
                     self._logged_at = time.monotonic()
                     log.error("cannot follow spec.versions of %s: %s (the poller's ServiceAccount needs get and "
                               "watch on modeldeployments, resourceNames [%s]); retrying", self.kube.target, exc,
                               self.kube.target.name)
-                self._stop.wait(delay * random.uniform(0.5, 1.0))
+                self._stop.wait(delay)
             except KubeError as exc:
-                delay = min(RETRY_MAX, delay * 2 if delay else RETRY_START)
+                delay = backoff.fail()
                 self._on_error("retry")
                 log.warning("watch of %s interrupted (%s); again in about %.1fs", self.kube.target, exc, delay)
-                self._stop.wait(delay * random.uniform(0.5, 1.0))
+                self._stop.wait(delay)
             except Exception:  # noqa: BLE001 - the live policy must outlive any one bad answer
-                delay = min(SLOW_RETRY, delay * 2 if delay else RETRY_START)
+                delay = backoff.fail(cap=SLOW_RETRY)
                 log.exception("following spec.versions of %s failed unexpectedly (a bug: please report it)",
                               self.kube.target)
                 self._stop.wait(delay)
+
+    def _follow(self, backoff: Backoff) -> None:
+        """Get the ModelDeployment, then watch it from there until stopped or an error."""
+        obj = self.kube.get()
+        self._apply(obj)
+        resource_version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        backoff.reset()
+        while not self._stop.is_set():
+            for kind, event_obj in self.kube.watch(resource_version):
+                if self._stop.is_set():
+                    return
+                resource_version = str((event_obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+                if kind in ("ADDED", "MODIFIED"):
+                    self._apply(event_obj)
+                elif kind == "DELETED":
+                    log.warning("ModelDeployment %s was deleted; keeping %s", self.kube.target,
+                                self._policy.describe() if self._policy else "the flags' policy")

@@ -1,6 +1,5 @@
-"""What the poller says about itself: typed problems, the report of its pod's
-``status.pollers`` entry (a pure function of the last sync and of TF Serving's answer),
-and the gate that lets versions outside the policy go.
+"""What the poller says about itself: typed problems, and the report of its pod's
+``status.pollers`` entry (a pure function of the last sync and of TF Serving's answer).
 
 The report's ``reason`` comes from the problem's type (set where the exception was
 caught), never from its message: the operator maps it to a condition without parsing text.
@@ -9,9 +8,9 @@ caught), never from its message: the operator maps it to a condition without par
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import AbstractSet, Protocol, Sequence
 
+from model_poller_api.formats import rfc3339
 from model_poller_api.models import REPORT_REASON_PRIORITY, PollerReport, ReportReason
 
 from model_poller.errors import SourceAccessDenied, SourceError, SourceNotFound
@@ -39,10 +38,6 @@ def first_problem(problems: Sequence[Problem]) -> Problem | None:
     if not problems:
         return None
     return min(problems, key=lambda p: REPORT_REASON_PRIORITY.index(p.reason))
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_report(
@@ -78,42 +73,17 @@ def build_report(
     )
 
 
-class Reporter(Protocol):
-    def report(self, report: PollerReport) -> None:
+class EntryWriter(Protocol):
+    """Where the pod's ``status.pollers`` entry goes (``status_writer.StatusWriter`` with
+    ``--report-to``)."""
+
+    def write_entry(self, report: PollerReport) -> None:
         """Called after every sync and every change TF Serving reports; must not raise."""
         ...
 
 
-class NullReporter:
-    def report(self, report: PollerReport) -> None:
+class NoEntryWriter:
+    """Without ``--report-to``: the entry goes nowhere."""
+
+    def write_entry(self, report: PollerReport) -> None:
         pass
-
-
-class RemovalGate(Protocol):
-    """Decides whether versions older than the policy's may be removed now (see
-    ``policy.removable``)."""
-
-    def allows_removal(self, in_place: frozenset[int]) -> bool: ...
-
-
-class AlwaysAllow:
-    """Without ``--serving-url``: a version inside the policy on disk is enough."""
-
-    def allows_removal(self, in_place: frozenset[int]) -> bool:
-        return True
-
-
-class ServingGate:
-    """With ``--serving-url``: only once TF Serving reports a version inside the policy
-    AVAILABLE (SPEC "On disk")."""
-
-    def __init__(self, current: "CurrentStatus") -> None:
-        self._current = current
-
-    def allows_removal(self, in_place: frozenset[int]) -> bool:
-        status = self._current()
-        return status is not None and bool(status.available() & in_place)
-
-
-class CurrentStatus(Protocol):
-    def __call__(self) -> ServingStatus | None: ...

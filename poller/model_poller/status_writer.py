@@ -23,12 +23,12 @@ from typing import Callable
 
 from model_poller_api.models import PollerReport
 
+from model_poller.backoff import Backoff
+from model_poller.config import DEFAULT_HEARTBEAT
 from model_poller.kube import Kube, KubeError, KubeForbidden, KubeNotFound, KubeRejected
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT = 3600.0
-MIN_HEARTBEAT = 300.0
 RETRY_START = 0.5
 RETRY_MAX = 5.0
 # After a 403 or 404, retry this often (a fixed Role or a re-created object is picked up).
@@ -63,9 +63,11 @@ class StatusWriter:
         self._written: PollerReport | None = None
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
         self._last_logged: dict[type, float] = {}
+        self._backoff = Backoff(start=RETRY_START, cap=RETRY_MAX, jitter=0.5)
+        self._last_kind: type | None = None  # of the failures counted in the backoff
         self.writes = 0
 
-    def report(self, report: PollerReport) -> None:
+    def write_entry(self, report: PollerReport) -> None:
         """Hand over the current state; never blocks, never raises."""
         with self._lock:
             self._desired = report
@@ -90,78 +92,81 @@ class StatusWriter:
         return desired is not None and (written is None or _content(desired) != _content(written))
 
     def _run(self) -> None:
-        failures = 0
-        last_kind: type | None = None
         next_heartbeat = float("inf")
         while not self._stop.is_set():
             with self._lock:
                 desired, written = self._desired, self._written
             now = time.monotonic()
             changed = desired is not None and (written is None or _content(desired) != _content(written))
-            if desired is not None and (changed or now >= next_heartbeat):
-                try:
-                    self.kube.patch_entry(self.pod, desired.to_status())
-                except Exception as exc:  # noqa: BLE001 - KubeError, or a bug: never the thread's end
-                    exc = exc if isinstance(exc, KubeError) else KubeRejected(0, f"unexpected: {exc!r}")
-                    # Count failures of one kind in a row: an outage (many "unreachable")
-                    # followed by the API server's start-up 403 restarts the short retries.
-                    failures = failures + 1 if type(exc) is last_kind else 1
-                    last_kind = type(exc)
-                    # Wait on stop, not on wake: new reports during an outage only replace
-                    # the state to write; they must not turn the backoff into a busy retry.
-                    self._stop.wait(self._failed(exc, failures))
-                    continue
-                self.writes += 1
-                self._on_write("ok")
-                if failures:
-                    log.info("status.pollers.%s of %s written again", self.pod, self.kube.target)
-                failures, last_kind = 0, None
-                with self._lock:
-                    self._written = desired
+            if desired is None or not (changed or now >= next_heartbeat):
+                self._wake.wait(max(0.0, next_heartbeat - now) if next_heartbeat != float("inf") else None)
+                self._wake.clear()
+                continue
+            delay = self._write(desired)
+            if delay is None:
                 # Jittered: pods started together (a rollout) must not all beat at once.
                 next_heartbeat = time.monotonic() + self.heartbeat * random.uniform(0.9, 1.1)
-                continue
-            self._wake.wait(max(0.0, next_heartbeat - now) if next_heartbeat != float("inf") else None)
-            self._wake.clear()
+            else:
+                # Wait on stop, not on wake: new reports during an outage only replace the
+                # state to write; they must not turn the backoff into a busy retry.
+                self._stop.wait(delay)
 
-    def _failed(self, exc: KubeError, failures: int) -> float:
+    def _write(self, desired: PollerReport) -> float | None:
+        """Write ``desired``; None once written, else the delay before the next attempt."""
+        try:
+            self.kube.patch_entry(self.pod, desired.to_status())
+        except Exception as exc:  # noqa: BLE001 - KubeError, or a bug: never the thread's end
+            return self._failed(exc if isinstance(exc, KubeError) else KubeRejected(0, f"unexpected: {exc!r}"))
+        self.writes += 1
+        self._on_write("ok")
+        if self._backoff.backing_off:
+            log.info("status.pollers.%s of %s written again", self.pod, self.kube.target)
+        self._backoff.reset()
+        self._last_kind = None
+        with self._lock:
+            self._written = desired
+        return None
+
+    def _failed(self, exc: KubeError) -> float:
         """Count and log a failed write; the delay before the next attempt.
 
         Exponential with jitter from RETRY_START: capped at RETRY_MAX while the API server
         is away (so the status is right within seconds of its return), at SLOW_RETRY for
         401/403/404 (a fixed Role or a re-created object is picked up; an API server that
         is starting can answer 403 for a moment, hence the short first retries)."""
-        base = RETRY_START * (1 << min(failures - 1, 16))
+        # Count failures of one kind in a row: an outage (many "unreachable") followed by
+        # the API server's start-up 403 restarts the short retries.
+        if type(exc) is not self._last_kind:
+            self._backoff.reset()
+        self._last_kind = type(exc)
+        outcome, message = self._describe(exc)
+        self._on_write(outcome)
+        if outcome == "retry":
+            delay = self._backoff.fail(cap=RETRY_MAX)
+            failures = self._backoff.failures
+            if failures == 1 or failures % 20 == 0:
+                log.warning("status write for %s failed (%d attempts so far), retrying in %.1fs: %s",
+                            self.kube.target, failures, delay, exc)
+            return delay
+        # A 403/404 at the first attempt may be the API server's start-up blip: said once it persists.
+        if self._backoff.failures >= 1 or isinstance(exc, KubeRejected):
+            self._log_rarely(type(exc), message)
+        return self._backoff.fail(cap=SLOW_RETRY)
+
+    def _describe(self, exc: KubeError) -> tuple[str, str]:
+        """(the write's metric outcome, the log line) for a failed write."""
+        where = f"status.pollers.{self.pod} of {self.kube.target}"
         if isinstance(exc, KubeForbidden):
-            self._on_write("forbidden")
-            if failures > 1:  # not the API server's start-up blip: it persists
-                self._log_rarely(
-                    KubeForbidden,
-                    f"cannot write status.pollers.{self.pod} of {self.kube.target}: {exc} (the poller's "
-                    f"ServiceAccount needs patch on modeldeployments/status of {self.kube.target}; syncing goes on)",
-                )
-            return min(SLOW_RETRY, base) * random.uniform(0.5, 1.0)
+            return "forbidden", (f"cannot write {where}: {exc} (the poller's ServiceAccount needs patch on "
+                                 f"modeldeployments/status of {self.kube.target}; syncing goes on)")
         if isinstance(exc, KubeNotFound):
-            self._on_write("not_found")
-            if failures > 1:
-                self._log_rarely(
-                    KubeNotFound,
-                    f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is gone ({exc}); "
-                    "syncing goes on",
-                )
-            return min(SLOW_RETRY, base) * random.uniform(0.5, 1.0)
+            return "not_found", (f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is "
+                                 f"gone ({exc}); syncing goes on")
         if isinstance(exc, KubeRejected):
             # The API server refused the entry itself (e.g. a field this CRD version does not
             # know): the same entry will be refused again; a new one may not be.
-            self._on_write("rejected")
-            self._log_rarely(KubeRejected, f"status.pollers.{self.pod} of {self.kube.target} refused: {exc}")
-            return min(SLOW_RETRY, base) * random.uniform(0.5, 1.0)
-        self._on_write("retry")
-        delay = min(RETRY_MAX, base) * random.uniform(0.5, 1.0)
-        if failures == 1 or failures % 20 == 0:
-            log.warning("status write for %s failed (%d attempts so far), retrying in %.1fs: %s",
-                        self.kube.target, failures, delay, exc)
-        return delay
+            return "rejected", f"{where} refused: {exc}"
+        return "retry", ""
 
     def _log_rarely(self, kind: type, message: str) -> None:
         now = time.monotonic()

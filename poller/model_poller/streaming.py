@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 from model_poller.errors import Abandoned, SourceError
 from model_poller.extract import ArchiveRange, Cancelled
-from model_poller.sources.base import Halt, RangedSource, Source, Transfer
-from model_poller.transfer import Checksums, Piece, fetch, join_all, plan, pwrite_all
+from model_poller.checksums import PieceChecksums
+from model_poller.stores.base import Halt, RangedStore, Store, Transfer
+from model_poller.transfer import Piece, fetch, join_all, plan, pwrite_all
 from model_poller.versions import SourceObject
 
 MAX_TAIL = 64 << 20  # a bigger central directory is read from the finished download
@@ -60,14 +61,14 @@ _EOCD = b"PK\x05\x06"
 _ZIP64_LOCATOR = b"PK\x06\x07"
 
 
-def zip_tail(source: Source, obj: SourceObject) -> tuple[bytes, int]:
+def zip_tail(store: Store, obj: SourceObject) -> tuple[bytes, int]:
     """(bytes, offset) covering the zip's central directory through the end of the object,
     or (b"", size) when it cannot be located cheaply (then nothing is read ahead)."""
     size = obj.size
     first = min(size, 65536 + 22)
     if first < 22:
         return b"", size
-    tail = source.read_range(obj, size - first, size)
+    tail = store.read_range(obj, size - first, size)
     start = size - first
     at = tail.rfind(_EOCD)
     if at < 0 or at + 22 > len(tail):
@@ -81,7 +82,7 @@ def zip_tail(source: Source, obj: SourceObject) -> tuple[bytes, int]:
         if eocd64 < start:
             if size - eocd64 > MAX_TAIL:
                 return b"", size
-            tail, start = source.read_range(obj, eocd64, size), eocd64
+            tail, start = store.read_range(obj, eocd64, size), eocd64
         rel = eocd64 - start
         if tail[rel : rel + 4] != b"PK\x06\x06" or rel + 56 > len(tail):  # (cut short: the unpacker says so)
             return b"", size
@@ -91,7 +92,7 @@ def zip_tail(source: Source, obj: SourceObject) -> tuple[bytes, int]:
     if cd_offset < start:
         if size - cd_offset > MAX_TAIL:
             return b"", size
-        extra = source.read_range(obj, cd_offset, start)
+        extra = store.read_range(obj, cd_offset, start)
         tail, start = extra + tail, cd_offset
     return tail, start
 
@@ -117,20 +118,20 @@ class Staged:
     """
 
     def __init__(
-        self, source: Source, obj: SourceObject, path: Path, stop: threading.Event, keep_from: int | None = None
+        self, store: Store, obj: SourceObject, path: Path, stop: threading.Event, keep_from: int | None = None
     ) -> None:
-        self.source = source
+        self.store = store
         self.obj = obj
         self.path = path
         self.stop = stop
         # Bytes from here on are never freed: finish() compares them with the tail read ahead.
         self.keep_from = obj.size if keep_from is None else keep_from
-        self.where = f"{source.uri}{obj.name}"
-        ranged = isinstance(source, RangedSource)
-        self.transfer = source.transfer if isinstance(source, RangedSource) else Transfer(streams=1)
+        self.where = f"{store.uri}{obj.name}"
+        ranged = isinstance(store, RangedStore)
+        self.transfer = store.transfer if isinstance(store, RangedStore) else Transfer(streams=1)
         self.pieces = plan(obj, self.transfer, ranged)
         self._step = self.pieces[0].length or 1  # every piece but the last is this long
-        self.checks = Checksums(obj, len(self.pieces))
+        self.checks = PieceChecksums(obj, len(self.pieces))
         self.received = 0
         self.last_byte_at = time.monotonic()
         self.error: BaseException | None = None
@@ -229,14 +230,14 @@ class Staged:
             if self._halt.is_set():
                 raise Abandoned()
             pwrite_all(fd, chunk, piece.start + piece.filled)
-            self.checks.update(piece, chunk)
+            self.checks.update(piece.index, chunk)
             with self._lock:
                 piece.filled += len(chunk)
                 self.received += len(chunk)
                 self.last_byte_at = time.monotonic()
                 self._arrived.notify_all()
 
-        fetch(self.source, self.obj, piece, sink, self._halt, self.where)
+        fetch(self.store, self.obj, piece, sink, self._halt, self.where)
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:

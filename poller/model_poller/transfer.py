@@ -5,10 +5,10 @@ An object is cut into pieces of at most ``Transfer.slice_bytes``; up to
 ``pwrite``. A connection that breaks (reset, stalled past the read timeout, a 5xx) is
 resumed at the first byte not received, at the same generation; only a generation that
 is gone (``SourceChanged``: a new upload) abandons the object. Every piece is checked:
-the object's CRC32C is combined from the pieces' (see ``crc32c``), or, for an object
-whose store reports only an MD5, the object is one piece hashed in order.
+the object's CRC32C is combined from the pieces' (see ``checksums.PieceChecksums``), or,
+for an object whose store reports only an MD5, the object is one piece hashed in order.
 
-A source that cannot read ranges (``file://``) gets one piece per object, read whole.
+A store that cannot read ranges (``file://``) gets one piece per object, read whole.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from model_poller import crc32c
-from model_poller.errors import Abandoned, Rejected, SourceError
-from model_poller.install_verify import Verifier
-from model_poller.sources.base import Halt, RangedSource, Source, SourceInterrupted, Transfer
+from model_poller.backoff import Backoff
+from model_poller.checksums import PieceChecksums
+from model_poller.errors import Abandoned, SourceError
+from model_poller.stores.base import Halt, RangedStore, Store, SourceInterrupted, Transfer
 from model_poller.versions import SourceObject
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Piece:
 
 
 def plan(obj: SourceObject, transfer: Transfer, ranged: bool) -> list[Piece]:
-    """The pieces ``obj`` is fetched in: slices for a ranged source whose CRC32C is known
+    """The pieces ``obj`` is fetched in: slices for a ranged store whose CRC32C is known
     (or that reports no checksum at all), else the whole object as one piece."""
     size = obj.size
     if not ranged or size <= transfer.slice_bytes or (obj.crc32c is None and obj.md5 is not None):
@@ -71,67 +71,31 @@ def plan(obj: SourceObject, transfer: Transfer, ranged: bool) -> list[Piece]:
     return [Piece(at, min(at + step, size), i) for i, at in enumerate(range(0, size, step))]
 
 
-class Checksums:
-    """What the store reported, checked against pieces that arrive in any order."""
-
-    def __init__(self, obj: SourceObject, pieces: int) -> None:
-        self._obj = obj
-        self._slices = [crc32c.Slice() for _ in range(pieces)] if obj.crc32c else None
-        self._verifier = None if obj.crc32c else Verifier(obj)
-        if self._verifier is not None and pieces != 1:
-            raise ValueError("an object without a CRC32C is checked in one piece")
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def update(self, piece: Piece, chunk: bytes) -> None:
-        """Account ``chunk``, the next bytes of ``piece`` (called by one thread per piece)."""
-        if self._slices is not None:
-            self._slices[piece.index].update(chunk)
-        else:
-            assert self._verifier is not None
-            self._verifier.update(chunk)
-        with self._lock:
-            self._size += len(chunk)
-
-    def check(self, where: str) -> None:
-        obj = self._obj
-        if self._slices is None:
-            assert self._verifier is not None
-            self._verifier.check(where)
-            return
-        if self._size != obj.size:
-            raise SourceError(f"{where}: got {self._size} bytes, the store reports {obj.size} (truncated transfer)")
-        got = crc32c.combined(self._slices)
-        if got != obj.crc32c:
-            raise Rejected("checksum_mismatch", f"{where}: CRC32C {got} but the store reports {obj.crc32c}")
-
-
 def fetch(
-    source: Source, obj: SourceObject, piece: Piece, write: Callable[[bytes], None], halt: Halt, where: str
+    store: Store, obj: SourceObject, piece: Piece, write: Callable[[bytes], None], halt: Halt, where: str
 ) -> None:
     """Fetch the rest of ``piece`` (from ``piece.start + piece.filled``) into ``write``,
     which must advance ``piece.filled``. A broken connection is resumed, never restarted."""
-    if not isinstance(source, RangedSource):
+    if not isinstance(store, RangedStore):
         if piece.filled:
             raise SourceError(f"{where}: the transfer broke off at byte {piece.filled} and cannot be resumed")
-        source.download(obj, write, halt)
+        store.download(obj, write, halt)
         return
-    fruitless = 0
+    fruitless = Backoff(start=FIRST_BACKOFF, cap=float("inf"))
     while piece.filled < piece.length:
         at = piece.start + piece.filled
         try:
-            source.stream_range(obj, at, piece.end, write, halt)
+            store.stream_range(obj, at, piece.end, write, halt)
         except SourceInterrupted as exc:
             if halt.is_set():
                 raise Abandoned() from None
             if piece.start + piece.filled > at:
-                fruitless = 0
+                fruitless.reset()
                 log.info("%s; resuming at byte %d", exc, piece.start + piece.filled)
                 continue
-            fruitless += 1
-            if fruitless > FRUITLESS_RETRIES:
+            delay = fruitless.fail()
+            if fruitless.failures > FRUITLESS_RETRIES:
                 raise SourceError(f"{exc} (given up after {FRUITLESS_RETRIES} retries without a byte)") from None
-            delay = FIRST_BACKOFF * 2 ** (fruitless - 1)
             log.info("%s; retrying in %.2fs", exc, delay)
             if halt.wait(delay):
                 raise Abandoned() from None
@@ -167,7 +131,7 @@ class _File:
     """One object being fetched: where its pieces go, and what checks them."""
 
     obj: SourceObject
-    checks: Checksums
+    checks: PieceChecksums
     pieces_left: int
     writer: ObjectWriter
     write: Callable[[int, bytes], None] | None = None
@@ -182,7 +146,7 @@ class Fetcher:
     piece lands. ``run()`` returns the bytes received; it raises the first failure
     (``Abandoned`` once ``stop`` is set), after every connection has ended."""
 
-    source: Source
+    store: Store
     jobs: list[tuple[SourceObject, ObjectWriter]]
     stop: threading.Event
     where: Callable[[SourceObject], str]
@@ -196,11 +160,11 @@ class Fetcher:
     _files: list[_File] = field(default_factory=list)
 
     def run(self) -> int:
-        ranged = isinstance(self.source, RangedSource)
-        transfer = self.source.transfer if isinstance(self.source, RangedSource) else Transfer()
+        ranged = isinstance(self.store, RangedStore)
+        transfer = self.store.transfer if isinstance(self.store, RangedStore) else Transfer()
         for obj, writer in sorted(self.jobs, key=lambda job: -job[0].size):
             pieces = plan(obj, transfer, ranged)
-            file = _File(obj, Checksums(obj, len(pieces)), len(pieces), writer)
+            file = _File(obj, PieceChecksums(obj, len(pieces)), len(pieces), writer)
             self._files.append(file)
             self._tasks.extend(_Task(obj, piece, file) for piece in pieces)
         threads = [
@@ -256,13 +220,13 @@ class Fetcher:
             if self._halt.is_set():
                 raise Abandoned()
             write(piece.start + piece.filled, chunk)
-            file.checks.update(piece, chunk)
+            file.checks.update(piece.index, chunk)
             piece.filled += len(chunk)
             with self._lock:
                 self.received += len(chunk)
                 self.last_byte_at = time.monotonic()
 
-        fetch(self.source, task.obj, piece, sink, self._halt, self.where(task.obj))
+        fetch(self.store, task.obj, piece, sink, self._halt, self.where(task.obj))
         with self._lock:
             file.pieces_left -= 1
             last = file.pieces_left == 0

@@ -107,20 +107,51 @@ def parse_archive_name(name: str) -> tuple[int, Kind] | None:
     return version, kind
 
 
-def _archive_skip_reason(name: str) -> str:
-    """Why ``name`` (no ``/``) is not a version archive, for the log line."""
+@dataclass(frozen=True)
+class ObjectName:
+    """What an object's name (relative to the source prefix) says about its version.
+
+    ``top`` is the archive's name (``0002.zip``) or the folder's with its slash
+    (``0002/``); ``rest`` is the path inside a folder version ("" for an archive, and for
+    a folder's placeholder object).
+    """
+
+    version: int
+    kind: Kind
+    top: str
+    rest: str = ""
+
+    @property
+    def is_marker(self) -> bool:
+        """The ``_READY`` object that makes a folder version complete."""
+        return self.kind is Kind.FOLDER and self.rest == READY_MARKER
+
+
+def parse_object_name(name: str) -> ObjectName | None:
+    """The one reading of an object name, for the listing and for notifications alike:
+    ``0002.tgz`` -> version 2, an archive; ``0002/variables/x`` -> version 2, a folder's
+    file; None for any name that belongs to no version (``skip_reason`` says why)."""
+    head, sep, rest = name.partition("/")
+    if sep:
+        version = parse_version(head)
+        return ObjectName(version, Kind.FOLDER, head + sep, rest) if version is not None else None
+    parsed = parse_archive_name(name)
+    return ObjectName(parsed[0], parsed[1], name) if parsed is not None else None
+
+
+def skip_reason(name: str) -> str:
+    """Why ``name`` (for which ``parse_object_name`` is None) is not a version, for the log."""
+    head, sep, _ = name.partition("/")
+    if sep:
+        if _ASCII_DIGITS.fullmatch(head):
+            return f"folder version number {head} is beyond int64 (TF Serving could not load it)"
+        return "folder name is not a version number (ASCII digits 0-9)"
     match = _ARCHIVE.fullmatch(name)
     if match and _ASCII_DIGITS.fullmatch(match.group(1)):
         return f"version number {match.group(1)} is beyond int64 (TF Serving could not load it)"
     if match:
         return f"{match.group(1)!r} is not ASCII digits 0-9"
     return "not <digits>.zip, <digits>.tar.gz or <digits>.tgz"
-
-
-def _folder_skip_reason(head: str) -> str:
-    if _ASCII_DIGITS.fullmatch(head):
-        return f"folder version number {head} is beyond int64 (TF Serving could not load it)"
-    return "folder name is not a version number (ASCII digits 0-9)"
 
 
 def parse_listing(objects: Iterable[SourceObject]) -> tuple[dict[int, Artifact], list[Skipped]]:
@@ -131,40 +162,34 @@ def parse_listing(objects: Iterable[SourceObject]) -> tuple[dict[int, Artifact],
     """
     candidates: dict[int, list[Artifact]] = {}
     skipped: list[Skipped] = []
-    folders: dict[tuple[str, int], list[SourceObject]] = {}
+    folders: dict[tuple[str, int], list[SourceObject]] = {}  # (top, version) -> its files
     ignored_tops: dict[str, str] = {}
 
     for obj in objects:
-        head, sep, rest = obj.name.partition("/")
-        if not sep:
-            parsed = parse_archive_name(obj.name)
-            if parsed is None:
-                skipped.append(Skipped(obj.name, _archive_skip_reason(obj.name)))
-                continue
-            version, kind = parsed
-            candidates.setdefault(version, []).append(
-                Artifact(version=version, kind=kind, objects=(obj,), name=obj.name)
+        parsed = parse_object_name(obj.name)
+        if parsed is None:
+            if "/" in obj.name:  # one line per folder, not one per file in it
+                ignored_tops.setdefault(obj.name.partition("/")[0] + "/", skip_reason(obj.name))
+            else:
+                skipped.append(Skipped(obj.name, skip_reason(obj.name)))
+        elif parsed.kind is not Kind.FOLDER:
+            candidates.setdefault(parsed.version, []).append(
+                Artifact(version=parsed.version, kind=parsed.kind, objects=(obj,), name=obj.name)
             )
-            continue
-        folder_version = parse_version(head)
-        if folder_version is None:
-            ignored_tops.setdefault(head + "/", _folder_skip_reason(head))
-            continue
-        if not rest or rest.endswith("/"):
-            continue  # a zero-byte "directory" placeholder object
-        folders.setdefault((head, folder_version), []).append(obj)
+        elif parsed.rest and not parsed.rest.endswith("/"):  # not a zero-byte "directory" placeholder
+            folders.setdefault((parsed.top, parsed.version), []).append(obj)
 
     skipped.extend(Skipped(name, reason) for name, reason in sorted(ignored_tops.items()))
 
-    for (head, version), members in sorted(folders.items()):
-        marker_name = f"{head}/{READY_MARKER}"
+    for (top, version), members in sorted(folders.items()):
+        marker_name = top + READY_MARKER
         marker = next((m for m in members if m.name == marker_name), None)
         if marker is None:
-            skipped.append(Skipped(head + "/", f"folder has no {READY_MARKER} marker yet"))
+            skipped.append(Skipped(top, f"folder has no {READY_MARKER} marker yet"))
             continue
         files = tuple(sorted((m for m in members if m.name != marker_name), key=lambda m: m.name))
         candidates.setdefault(version, []).append(
-            Artifact(version=version, kind=Kind.FOLDER, objects=files, marker=marker, name=head + "/")
+            Artifact(version=version, kind=Kind.FOLDER, objects=files, marker=marker, name=top)
         )
 
     artifacts: dict[int, Artifact] = {}

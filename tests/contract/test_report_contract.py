@@ -21,7 +21,7 @@ from model_poller.errors import SourceError
 from model_poller.policy import Policy
 from model_poller.report import build_report, source_problem
 from model_poller.serving import ServingStatus, parse_status
-from model_poller.sources import open_source
+from model_poller.stores import open_store
 from model_poller.sync import SyncOutcome
 from model_poller_api import models
 from model_poller_api.conditions import find_condition
@@ -144,7 +144,7 @@ def test_a_missing_source_is_source_not_found(dirs: Dirs, make_engine: EngineFac
     (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
     engine = make_engine(Policy(keep=2))
     good = engine.sync()
-    engine.source = open_source(f"file://{dirs.root}/nowhere/")
+    engine.store = open_store(f"file://{dirs.root}/nowhere/")
     with pytest.raises(SourceError) as raised:
         engine.sync()
     entry = entry_of(good, tf_serving((1, "AVAILABLE", "OK", "")), problems=[source_problem(raised.value)])

@@ -13,7 +13,7 @@ from model_poller.extract import Limits
 from model_poller.install import ModelDir
 from model_poller.metrics import Metrics
 from model_poller.policy import Policy
-from model_poller.sources import Source, open_source
+from model_poller.stores import Store, open_store
 from model_poller.sync import Engine
 from tests.poller.kit import Dirs, EngineFactory, run_cli
 
@@ -30,13 +30,13 @@ def make_engine(dirs: Dirs) -> EngineFactory:
     def make(
         policy: Policy | None = None,
         limits: Limits | None = None,
-        source: Source | None = None,
+        store: Store | None = None,
         uri: str | None = None,
     ) -> Engine:
         model_dir = ModelDir(dirs.models)
         model_dir.prepare()
         return Engine(
-            source or open_source(uri or dirs.uri),
+            store or open_store(uri or dirs.uri),
             model_dir,
             policy or Policy(keep=2),
             limits or Limits(),

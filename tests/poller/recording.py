@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from model_poller.sources.base import Halt, Sink, Transfer
-from model_poller.sources.gcs import GcsSource
+from model_poller.stores.base import Halt, Sink, Transfer
+from model_poller.stores.gcs import GcsStore
 from model_poller.versions import SourceObject
 
 
-class RecordingSource(GcsSource):
+class RecordingStore(GcsStore):
     """The real GCS source; it also notes every ranged request, how many ran at once and
     every byte the network delivered. ``before(n)`` runs before the n-th request."""
 
@@ -44,6 +44,6 @@ class RecordingSource(GcsSource):
                 self.in_flight -= 1
 
 
-def recording_source(fake_gcs: Any, bucket: Any, transfer: Transfer, **kwargs: Any) -> RecordingSource:
+def recording_store(fake_gcs: Any, bucket: Any, transfer: Transfer, **kwargs: Any) -> RecordingStore:
     """A recording source for ``gs://<bucket>/m/`` on fake-gcs-server."""
-    return RecordingSource(f"gs://{bucket.name}/m/", bucket.name, "m/", fake_gcs.client(), transfer, **kwargs)
+    return RecordingStore(f"gs://{bucket.name}/m/", bucket.name, "m/", fake_gcs.client(), transfer, **kwargs)

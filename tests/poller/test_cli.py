@@ -12,7 +12,8 @@ from local_services.archives import model_files, zip_bytes
 from tests.poller.kit import Dirs
 
 from model_poller.cli import FLAGS, make_parser, resolve
-from model_poller.config import build_settings, parse_interval, parse_size
+from model_poller.config import build_settings
+from model_poller.parsers import parse_interval, parse_size
 from model_poller.errors import ConfigError
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]

@@ -22,11 +22,11 @@ import google_crc32c
 import pytest
 from local_services.archives import installed_files, model_files
 from tests.poller.kit import Dirs, EngineFactory
-from tests.poller.recording import RecordingSource
+from tests.poller.recording import RecordingStore
 from local_services.toxiproxy import Proxy
 
 from model_poller.errors import Abandoned
-from model_poller.sources.base import Transfer
+from model_poller.stores.base import Transfer
 from model_poller.sync import Engine
 
 MiB = 1 << 20
@@ -87,14 +87,14 @@ def installed_digests(version_dir: Path) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in installed_files(version_dir).items()}
 
 
-def proxied_source(fake_gcs: Any, proxy: Proxy, bucket: Any, transfer: Transfer) -> RecordingSource:
+def proxied_source(fake_gcs: Any, proxy: Proxy, bucket: Any, transfer: Transfer) -> RecordingStore:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     client = storage.Client(
         project=fake_gcs.project, credentials=AnonymousCredentials(), client_options={"api_endpoint": proxy.url}
     )
-    return RecordingSource(f"gs://{bucket.name}/m/", bucket.name, "m/", client, transfer)
+    return RecordingStore(f"gs://{bucket.name}/m/", bucket.name, "m/", client, transfer)
 
 
 def sync_in_background(engine: Engine) -> tuple[threading.Thread, list[Any]]:
@@ -111,7 +111,7 @@ def sync_in_background(engine: Engine) -> tuple[threading.Thread, list[Any]]:
     return thread, results
 
 
-def wait_for_bytes(source: RecordingSource, at_least: int, thread: threading.Thread, timeout: float = 60) -> None:
+def wait_for_bytes(source: RecordingStore, at_least: int, thread: threading.Thread, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while source.received < at_least:
         assert thread.is_alive(), "the sync ended before the bytes came"
@@ -132,7 +132,7 @@ def test_connection_resets_at_random_points_resume_where_they_stopped(
     transfer = Transfer(streams=4, slice_bytes=8 * MiB, read_timeout=10)
     source = proxied_source(fake_gcs, proxied_gcs, bucket, transfer)
     proxied_gcs.bandwidth(8_000)  # 8 MB/s per connection: about 8 s for the whole object
-    engine = make_engine(source=source)
+    engine = make_engine(store=source)
     points = sorted(random.Random(12).sample(range(size // 20, size * 19 // 20), 20))
     with caplog.at_level(logging.INFO, logger="model_poller"):
         thread, results = sync_in_background(engine)
@@ -165,7 +165,7 @@ def test_a_stalled_connection_is_dropped_within_the_read_timeout(
     source = proxied_source(fake_gcs, proxied_gcs, bucket, Transfer(streams=2, slice_bytes=8 * MiB,
                                                                        read_timeout=read_timeout))
     proxied_gcs.bandwidth(8_000)
-    engine = make_engine(source=source)
+    engine = make_engine(store=source)
     with caplog.at_level(logging.INFO, logger="model_poller"):
         thread, results = sync_in_background(engine)
         wait_for_bytes(source, size // 4, thread)
@@ -194,7 +194,7 @@ def test_stop_cuts_a_stalled_download_short(
     seed_object(fake_gcs, bucket, "m/3.zip", path)
     source = proxied_source(fake_gcs, proxied_gcs, bucket, Transfer(streams=4, slice_bytes=8 * MiB, read_timeout=60))
     proxied_gcs.bandwidth(8_000)
-    engine = make_engine(source=source)
+    engine = make_engine(store=source)
     thread, results = sync_in_background(engine)
     wait_for_bytes(source, 8 * MiB, thread)
     proxied_gcs.timeout(0)

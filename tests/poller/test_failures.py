@@ -29,9 +29,9 @@ from model_poller.errors import Rejected
 from model_poller.install import content_rejection, local_cause
 from model_poller.metrics import Metrics
 from model_poller.policy import Policy
-from model_poller.server import Poller
-from model_poller.sources.base import Sink
-from model_poller.sources.file import FileSource
+from model_poller.runner import Poller
+from model_poller.stores.base import Sink
+from model_poller.stores.file import FileStore
 from model_poller.versions import SourceObject
 from local_services.process import wait_for
 
@@ -206,7 +206,7 @@ def test_full_disk_backs_off_up_to_the_poll_interval_then_recovers(
 # -- a bug costs one version, never the process ---------------------------------------------
 
 
-class BrokenDownloads(FileSource):
+class BrokenDownloads(FileStore):
     """A real file source whose downloads of the names in ``broken`` hit a "bug"."""
 
     broken: frozenset[str] = frozenset()
@@ -225,7 +225,7 @@ def test_an_unexpected_error_fails_that_version_only(
     source = BrokenDownloads.from_uri(dirs.uri)
     assert isinstance(source, BrokenDownloads)
     source.broken = frozenset({"2.zip"})
-    engine = make_engine(source=source)
+    engine = make_engine(store=source)
     with caplog.at_level(logging.INFO, logger="model_poller"):
         first = engine.sync()
         second = engine.sync()
@@ -311,7 +311,7 @@ def test_an_unexpected_error_in_a_sync_is_logged_once_and_retried(
     (dirs.src / "2.zip").write_bytes(zip_bytes(model_files(2)))
     settings = Settings(source=dirs.uri, model_dir=dirs.models, policy=Policy(keep=1), poll_interval=0.5, http_port=0)
     gate = FlakyGate()
-    poller = Poller(settings, gate=gate)
+    poller = Poller(settings, removal=gate)
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(poller.run()))
     with caplog.at_level(logging.INFO, logger="model_poller"):

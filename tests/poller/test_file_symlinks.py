@@ -20,7 +20,7 @@ from local_services.archives import installed_files, model_files, write_folder, 
 from tests.poller.kit import Dirs
 
 from model_poller.errors import SourceError
-from model_poller.sources.file import FileSource
+from model_poller.stores.file import FileStore
 from model_poller.versions import SourceObject
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -76,8 +76,8 @@ def test_once_skips_linked_files_archives_and_folders(dirs: Dirs, cli: Cli, secr
 def test_each_link_is_logged_once(dirs: Dirs, secret: bytes, caplog: pytest.LogCaptureFixture) -> None:
     version = write_folder(dirs.src, 3, model_files(3))
     (version / "variables" / "secret").symlink_to(dirs.root / "outside" / "token")
-    source = FileSource.from_uri(dirs.uri)
-    with caplog.at_level(logging.INFO, logger="model_poller.sources.file"):
+    source = FileStore.from_uri(dirs.uri)
+    with caplog.at_level(logging.INFO, logger="model_poller.stores.file"):
         for _ in range(3):
             names = {obj.name for obj in source.list_objects()}
             assert "0003/variables/secret" not in names
@@ -86,11 +86,11 @@ def test_each_link_is_logged_once(dirs: Dirs, secret: bytes, caplog: pytest.LogC
     assert len(skipped) == 1
 
 
-def _listed(source: FileSource, name: str) -> SourceObject:
+def _listed(source: FileStore, name: str) -> SourceObject:
     return next(obj for obj in source.list_objects() if obj.name == name)
 
 
-def _read_all(source: FileSource, obj: SourceObject) -> bytes:
+def _read_all(source: FileStore, obj: SourceObject) -> bytes:
     chunks: list[bytes] = []
     source.download(obj, chunks.append, threading.Event())
     return b"".join(chunks)
@@ -108,7 +108,7 @@ def test_file_swapped_for_a_link_after_listing_is_not_read(dirs: Dirs, secret: b
     write_folder(dirs.src, 3, model_files(3))
     index = dirs.src / "0003" / "variables" / "variables.index"
     _same_mtime(index, token)
-    source = FileSource.from_uri(dirs.uri)
+    source = FileStore.from_uri(dirs.uri)
     obj = _listed(source, "0003/variables/variables.index")
     assert _read_all(source, obj) == model_files(3)["variables/variables.index"]
 
@@ -126,7 +126,7 @@ def test_folder_swapped_for_a_link_after_listing_is_not_read(dirs: Dirs, secret:
     write_folder(dirs.src, 3, model_files(3))
     index = dirs.src / "0003" / "variables" / "variables.index"
     _same_mtime(index, token)
-    source = FileSource.from_uri(dirs.uri)
+    source = FileStore.from_uri(dirs.uri)
     obj = _listed(source, "0003/variables/variables.index")
 
     decoy = dirs.root / "outside" / "variables"
@@ -144,7 +144,7 @@ def test_folder_swapped_for_a_link_after_listing_is_not_read(dirs: Dirs, secret:
 def test_file_swapped_for_a_fifo_fails_without_blocking(dirs: Dirs) -> None:
     write_folder(dirs.src, 3, model_files(3))
     index = dirs.src / "0003" / "variables" / "variables.index"
-    source = FileSource.from_uri(dirs.uri)
+    source = FileStore.from_uri(dirs.uri)
     obj = _listed(source, "0003/variables/variables.index")
     before = index.stat()
     index.unlink()
@@ -159,7 +159,7 @@ def test_linked_root_is_followed(dirs: Dirs) -> None:
     write_folder(dirs.src, 3, model_files(3))
     link = dirs.root / "src-link"
     link.symlink_to(dirs.src)
-    source = FileSource.from_uri(f"file://{link}/")
+    source = FileStore.from_uri(f"file://{link}/")
     obj = _listed(source, "0003/saved_model.pb")
     assert _read_all(source, obj) == model_files(3)["saved_model.pb"]
     assert source.read_range(obj, 0, 5) == b"saved"

@@ -22,9 +22,9 @@ from tests.poller.kit import Dirs, EngineFactory
 from model_poller.durable import Syncer
 from model_poller.errors import Rejected
 from model_poller.extract import MAX_DEPTH, Limits, Unpacker, _BoundedTarInfo, extract, safe_parts
-from model_poller.install import Verifier
+from model_poller.checksums import Verifier
 from model_poller.policy import Policy
-from model_poller.sources.file import FileSource
+from model_poller.stores.file import FileStore
 from model_poller.sync import Engine
 from model_poller.versions import Kind, SourceObject
 
@@ -199,7 +199,7 @@ def test_hostile_folder_version_names(dirs: Dirs, make_engine: EngineFactory) ->
     assert not outcome.complete and list(dirs.models.iterdir()) == []
 
 
-class TamperedSource(FileSource):
+class TamperedStore(FileStore):
     """A store that reports the CRC32C of what was uploaded but serves altered bytes."""
 
     def list_objects(self) -> list[SourceObject]:
@@ -212,7 +212,7 @@ class TamperedSource(FileSource):
 
 def test_checksum_mismatch_rejected(dirs: Dirs, make_engine: EngineFactory) -> None:
     (dirs.src / "5.zip").write_bytes(a.zip_bytes(a.model_files(5)))
-    engine = make_engine(source=TamperedSource(dirs.uri, dirs.src))
+    engine = make_engine(store=TamperedStore(dirs.uri, dirs.src))
     outcome = engine.sync()
     assert rejection_reasons(engine) == ["checksum_mismatch"]
     assert not outcome.complete and list(dirs.models.iterdir()) == []

@@ -19,12 +19,12 @@ import pytest
 from local_services.archives import model_files, zip_bytes
 from local_services.process import free_port
 
-import model_poller.server as server_module
+import model_poller.runner as runner_module
 from model_poller.config import build_settings
 from model_poller.errors import Abandoned
-from model_poller.server import Poller
-from model_poller.sources import Source, Transfer
-from model_poller.sources.base import Sink
+from model_poller.runner import Poller
+from model_poller.stores import Store, Transfer
+from model_poller.stores.base import Sink
 from model_poller.versions import SourceObject
 from local_services.process import wait_for
 
@@ -34,10 +34,10 @@ ACK_DEADLINE = 10  # the minimum Pub/Sub accepts
 DOWNLOAD_SECONDS = ACK_DEADLINE + 8
 
 
-class SlowSource:
+class SlowStore:
     """The real GCS source, but every full download first stalls past the ack deadline."""
 
-    def __init__(self, inner: Source) -> None:
+    def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.uri = inner.uri
         self.downloads: list[str] = []
@@ -83,15 +83,15 @@ def test_download_longer_than_ack_deadline_installs_once(
     )
     assert subscriber.get_subscription(request={"subscription": subscription}).ack_deadline_seconds == ACK_DEADLINE
 
-    sources: list[SlowSource] = []
-    real_open = server_module.open_source
+    sources: list[SlowStore] = []
+    real_open = runner_module.open_store
 
-    def open_slow(uri: str, project: str | None = None, transfer: Transfer | None = None) -> Source:
-        source = SlowSource(real_open(uri, project, transfer))
+    def open_slow(uri: str, project: str | None = None, transfer: Transfer | None = None) -> Store:
+        source = SlowStore(real_open(uri, project, transfer))
         sources.append(source)
         return source
 
-    monkeypatch.setattr(server_module, "open_source", open_slow)
+    monkeypatch.setattr(runner_module, "open_store", open_slow)
     models = tmp_path / "models"
     settings = build_settings(
         {

@@ -17,8 +17,10 @@ import threading
 from typing import Any, NoReturn
 from urllib.parse import quote
 
+from model_poller_api.names import SCHEME_GCS
+
 from model_poller.errors import Abandoned, SourceAccessDenied, SourceError, SourceNotFound
-from model_poller.sources.base import Halt, Sink, SourceChanged, SourceInterrupted, Transfer
+from model_poller.stores.base import Halt, Sink, SourceChanged, SourceInterrupted, Transfer
 from model_poller.text import one_line
 from model_poller.versions import SourceObject
 
@@ -31,14 +33,14 @@ _LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash),nextPageToken,prefixe
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:
     """``gs://b/models/x`` -> ("b", "models/x/"); ``gs://b`` -> ("b", "")."""
-    rest = uri[len("gs://") :]
+    rest = uri[len(SCHEME_GCS) :]
     bucket, _, prefix = rest.partition("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return bucket, prefix
 
 
-class GcsSource:
+class GcsStore:
     def __init__(self, uri: str, bucket: str, prefix: str, client: Any, transfer: Transfer | None = None) -> None:
         self.uri = uri
         self.bucket = bucket
@@ -48,7 +50,7 @@ class GcsSource:
         _size_connection_pool(client, self.transfer.streams)
 
     @classmethod
-    def from_uri(cls, uri: str, project: str | None = None, transfer: Transfer | None = None) -> GcsSource:
+    def from_uri(cls, uri: str, project: str | None = None, transfer: Transfer | None = None) -> GcsStore:
         bucket, prefix = parse_gs_uri(uri)
         try:
             from google.cloud import storage
@@ -81,7 +83,7 @@ class GcsSource:
         self._get(obj, parts.append, Halt(), (start, end))
         data = b"".join(parts)
         if len(data) != end - start:
-            raise SourceError(f"gs://{self.bucket}/{self.prefix}{obj.name}: short range read")
+            raise SourceError(f"{SCHEME_GCS}{self.bucket}/{self.prefix}{obj.name}: short range read")
         return data
 
     def download(self, obj: SourceObject, sink: Sink, stop: threading.Event) -> None:
@@ -96,7 +98,7 @@ class GcsSource:
             f"{self._client.api_endpoint}/download/storage/v1/b/{quote(self.bucket, safe='')}"
             f"/o/{quote(name, safe='')}?alt=media&generation={obj.generation}"
         )
-        where = f"gs://{self.bucket}/{name}"
+        where = f"{SCHEME_GCS}{self.bucket}/{name}"
         # "gzip", not "identity": asked for identity, GCS (and fake-gcs-server) inflate an
         # object stored with Content-Encoding: gzip on the fly ("decompressive
         # transcoding"), ignoring Range, and the bytes no longer match the CRC32C of the

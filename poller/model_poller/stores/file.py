@@ -1,4 +1,4 @@
-"""``file:///dir/``: a local directory as a source (laptops, demos, tests).
+"""``file:///dir/``: a local directory as a store (laptops, demos, tests).
 
 Symbolic links under the directory are never followed: a link in a version folder
 (``variables/x -> /var/run/secrets/...``) would otherwise copy its target, a file the
@@ -17,8 +17,10 @@ import stat
 import threading
 from pathlib import Path
 
+from model_poller_api.names import SCHEME_FILE
+
 from model_poller.errors import Abandoned, SourceError, SourceNotFound
-from model_poller.sources.base import Sink
+from model_poller.stores.base import Sink
 from model_poller.versions import SourceObject
 
 CHUNK = 1 << 20
@@ -30,7 +32,7 @@ _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 log = logging.getLogger(__name__)
 
 
-class FileSource:
+class FileStore:
     """Files under a directory; a file's generation is its modification time in ns."""
 
     def __init__(self, uri: str, root: Path) -> None:
@@ -40,8 +42,8 @@ class FileSource:
         self._skipped: set[str] = set()
 
     @classmethod
-    def from_uri(cls, uri: str) -> FileSource:
-        path = uri[len("file://") :]
+    def from_uri(cls, uri: str) -> FileStore:
+        path = uri[len(SCHEME_FILE) - 1 :]  # (the third slash starts the absolute path)
         if not path.startswith("/"):
             raise SourceError(f"source {uri!r}: use file:///absolute/dir/")
         return cls(uri, Path(path))

@@ -1,6 +1,7 @@
 """The interface every store implements: list objects under a prefix, stream one.
 
-A store that can also stream any byte range of an object (``RangedSource``) gets sliced,
+A store serves the objects under the ``--source`` URI (``Store``). A store that can also
+stream any byte range of an object (``RangedStore``) gets sliced,
 resumable downloads: several connections on one object, and a broken connection resumed
 where it stopped instead of restarted.
 """
@@ -91,15 +92,15 @@ def _quietly(interrupt: Callable[[], None]) -> None:
         pass  # the connection is already gone: nothing left to cut
 
 
-class Source(Protocol):
-    """A place versions live. A new store (S3, ...) is one module implementing this.
+class Store(Protocol):
+    """Where versions live, seen as objects. A new store (S3, ...) is one module implementing this.
 
     Methods raise ``SourceError`` with a one-line message on failure; ``download`` raises
     ``Abandoned`` when ``stop`` is set, and passes every chunk of the object's stored
     bytes to ``sink`` in order.
     """
 
-    uri: str
+    uri: str  # the --source URI
 
     def list_objects(self) -> list[SourceObject]:
         """Every object under the prefix, names relative to it."""
@@ -117,8 +118,8 @@ class Source(Protocol):
 
 
 @runtime_checkable
-class RangedSource(Source, Protocol):
-    """A source that streams any byte range of an object at its listed generation."""
+class RangedStore(Store, Protocol):
+    """A store that streams any byte range of an object at its listed generation."""
 
     transfer: Transfer
 

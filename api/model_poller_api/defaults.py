@@ -1,0 +1,33 @@
+"""Defaults and the release, shared by the CRD, the operator and the poller.
+
+Each fact is written here once: the CRD's defaults, the operator's rendering and the
+poller's flags read these names, so an omitted field and an omitted flag mean the same.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Final
+
+# The distribution every package of this repository ships in (pyproject's [project] name).
+DISTRIBUTION: Final = "model-poller"
+
+
+def _release() -> str:
+    """The installed distribution's version: pyproject.toml's, the one place it is written."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        # A source tree imported without `pip install -e .`: the version is not known.
+        return "unknown"
+
+
+RELEASE: Final = _release()
+
+# spec.versions.keep / --keep: the newest N valid versions on disk.
+DEFAULT_KEEP: Final = 2
+# spec.source.pollInterval / --poll-interval: the listing's safety net (a duration).
+DEFAULT_POLL_INTERVAL: Final = "60s"
+# spec.poller.image: the sidecar image of this very release.
+POLLER_IMAGE_REPOSITORY: Final = "ghcr.io/model-poller/model-poller"
+DEFAULT_POLLER_IMAGE: Final = f"{POLLER_IMAGE_REPOSITORY}:{RELEASE}"
