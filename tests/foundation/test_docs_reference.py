@@ -76,6 +76,18 @@ def test_troubleshooting_has_a_section_for_every_reason() -> None:
     assert not missing, f"docs/troubleshooting.md has no section for {missing}: add one (what the user sees, what to do)"
 
 
+def test_troubleshooting_names_only_reasons_the_code_has() -> None:
+    """A section under Ready, Synced or Degraded is a reason some condition can carry."""
+    section, named = "", set()
+    for line in TROUBLESHOOTING.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("### ") and section in ("Ready", "Synced", "Degraded"):
+            named |= set(re.findall(r"`([A-Za-z]+)`", line))
+    unknown = sorted(named - condition_reasons())
+    assert not unknown, f"docs/troubleshooting.md describes reasons the code never sets: {unknown}"
+
+
 # [text](target) where target is a relative path (optionally with #anchor), not a URL.
 _LINK = re.compile(r"\]\((?!https?://|mailto:|#)([^)#\s]+)(?:#[^)\s]*)?\)")
 # Code is not prose: a regex in a code span or a shell line may look like a link.
