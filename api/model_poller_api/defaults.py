@@ -6,15 +6,28 @@ poller's flags read these names, so an omitted field and an omitted flag mean th
 
 from __future__ import annotations
 
-import importlib.metadata
+import functools
 from typing import Final
 
 # The distribution every package of this repository ships in (pyproject's [project] name).
 DISTRIBUTION: Final = "model-poller"
 
+# spec.versions.keep / --keep: the newest N valid versions on disk.
+DEFAULT_KEEP: Final = 2
+# spec.source.pollInterval / --poll-interval: the listing's safety net (a duration).
+DEFAULT_POLL_INTERVAL: Final = "60s"
+# spec.poller.image: the sidecar image of this very release (``default_poller_image()``).
+POLLER_IMAGE_REPOSITORY: Final = "ghcr.io/model-poller/model-poller"
 
-def _release() -> str:
-    """The installed distribution's version: pyproject.toml's, the one place it is written."""
+
+@functools.cache
+def release() -> str:
+    """The installed distribution's version: pyproject.toml's, the one place it is written.
+
+    Read on first use, not at import: importlib.metadata costs 50 ms of a process start
+    (it imports the email package), which ``model-poller --once`` never needs."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -22,12 +35,5 @@ def _release() -> str:
         return "unknown"
 
 
-RELEASE: Final = _release()
-
-# spec.versions.keep / --keep: the newest N valid versions on disk.
-DEFAULT_KEEP: Final = 2
-# spec.source.pollInterval / --poll-interval: the listing's safety net (a duration).
-DEFAULT_POLL_INTERVAL: Final = "60s"
-# spec.poller.image: the sidecar image of this very release.
-POLLER_IMAGE_REPOSITORY: Final = "ghcr.io/model-poller/model-poller"
-DEFAULT_POLLER_IMAGE: Final = f"{POLLER_IMAGE_REPOSITORY}:{RELEASE}"
+def default_poller_image() -> str:
+    return f"{POLLER_IMAGE_REPOSITORY}:{release()}"

@@ -6,6 +6,13 @@ processes; ``install`` and ``stores`` do the I/O; ``sync`` ties them into one sy
 names every module.
 """
 
-from model_poller_api import __version__
+from model_poller_api.defaults import release
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``: the release, as ``model_poller_api.__version__`` (read on first use)."""
+    if name == "__version__":
+        return release()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

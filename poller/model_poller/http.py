@@ -30,10 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Callable
-
 from model_poller_api.names import PATH_HEALTHZ, PATH_METRICS, PATH_READYZ, PATH_SERVING_READY
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from model_poller.probes import Probes
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,6 @@ _REFUSED = (
     b"Content-Length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n"
     b"Connection: close\r\n\r\n" + _REFUSED_BODY
 )
-
-
-class Probes:
-    """What the endpoints answer; set by the poller's loop, read by the HTTP threads."""
-
-    def __init__(self, metrics: Callable[[], bytes]) -> None:
-        self.ready = threading.Event()
-        self.serving = threading.Event()
-        self.metrics = metrics
-        # Why /readyz or /serving-ready answers 503 (one line, set by the loop).
-        self.not_ready_because = "initial sync not done"
-        self.not_serving_because = "no version inside the policy yet"
 
 
 @dataclass(eq=False)

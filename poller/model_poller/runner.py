@@ -29,10 +29,10 @@ from model_poller.config import Settings
 from model_poller.errors import Abandoned, ConfigError, PollerError, SourceError
 from model_poller.feedback import Feedback
 from model_poller.hints import HintInbox
-from model_poller.http import HttpServer, Probes
 from model_poller.install import ModelDir
 from model_poller.metrics import Metrics
 from model_poller.notifications import Hint, Listener, Notifications
+from model_poller.probes import Probes
 from model_poller.removal import RemovalPolicy
 from model_poller.report import EntryWriter, Problem, source_problem
 from model_poller.stores import Store, open_store
@@ -160,6 +160,10 @@ class Poller:
         except ConfigError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
+        # Imported here: --once serves no endpoint, and asyncio and http.server cost a
+        # process start tens of milliseconds.
+        from model_poller.http import HttpServer
+
         http = HttpServer(self.settings.http_port, self.probes)
         http.start()
         if (self.settings.topic or self.settings.subscription) and not self.settings.notifications:

@@ -19,7 +19,8 @@ from tests.poller.kit import Dirs
 from tests.poller.procs import PollerProcess
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from model_poller.http import HANDLER_THREADS, MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer, Probes
+from model_poller.http import HANDLER_THREADS, MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
+from model_poller.probes import Probes
 from local_services.process import wait_for
 
 

@@ -38,8 +38,10 @@ class FileStore:
     def __init__(self, uri: str, root: Path) -> None:
         self.uri = uri
         self.root = root
-        # Each skipped link is logged once, not at every poll interval.
+        # Each skipped link is logged once while it stays, not at every poll interval:
+        # the links of the last listing (only those: a sidecar runs for months).
         self._skipped: set[str] = set()
+        self._listing_links: set[str] = set()
 
     @classmethod
     def from_uri(cls, uri: str) -> FileStore:
@@ -55,6 +57,8 @@ class FileStore:
 
         def fail(exc: OSError) -> None:
             raise SourceError(f"cannot list {self.root}: {exc.strerror or exc}")
+
+        self._listing_links = set()
 
         for dirpath, dirnames, filenames in os.walk(self.root, onerror=fail, followlinks=False):
             base = Path(dirpath)
@@ -72,6 +76,7 @@ class FileStore:
                 if not stat.S_ISREG(st.st_mode):
                     continue  # FIFOs, sockets, devices: not objects
                 objects.append(SourceObject(name=self._name(path), size=st.st_size, generation=st.st_mtime_ns))
+        self._skipped = self._listing_links
         return objects
 
     def download(self, obj: SourceObject, sink: Sink, stop: threading.Event) -> None:
@@ -111,8 +116,8 @@ class FileStore:
 
     def _skip_link(self, path: Path) -> None:
         name = self._name(path)
+        self._listing_links.add(name)
         if name not in self._skipped:
-            self._skipped.add(name)
             log.warning("skipping %s%s: a symbolic link (a file:// source never follows links)", self.uri, name)
 
     def _open(self, obj: SourceObject) -> int:
