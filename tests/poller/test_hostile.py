@@ -21,7 +21,8 @@ from tests.poller.kit import Dirs, EngineFactory
 
 from model_poller.durable import Syncer
 from model_poller.errors import Rejected
-from model_poller.extract import MAX_DEPTH, Limits, Unpacker, _BoundedTarInfo, extract, safe_parts
+from model_poller.extract import MAX_DEPTH, Limits, Unpacker, extract, safe_parts
+from model_poller.extract.untar import _BoundedTarInfo
 from model_poller.checksums import Verifier
 from model_poller.policy import Policy
 from model_poller.stores.file import FileStore
