@@ -2,7 +2,7 @@
 
 - ``reconcile`` (create/update/resume): render the children, apply what differs (delete an
   optional child that must no longer exist), then write the outcome into the status once
-  (observedGeneration, Synced, and the aggregate).
+  (observedGeneration, Synced, and the aggregate); the work itself is ``reconcile.py``.
 - status refresh: on every event of a ModelDeployment (a poller reported), of its
   Deployment and of its pods, and in one operator-wide loop every few seconds. All in
   memory from the indexes (plus, while a pod waits to start and a credentials Secret is
@@ -17,8 +17,10 @@
   (``webhook.py``, its own thread) injects the poller into the user's labelled pods, which
   ``external.py`` watches for the status (kopf's pod watch selects the operator's label only).
 
-There are no per-object timers or daemons, hence no finalizer on ModelDeployments:
-owner references delete the children, and a stopped operator never blocks a deletion.
+What the handlers share (clients, settings, kopf's indexes, locks) is one ``state.State``
+in kopf's memo. There are no per-object timers or daemons, hence no finalizer on
+ModelDeployments: owner references delete the children, and a stopped operator never
+blocks a deletion.
 
 Run it with ``kopf run -m model_poller_operator.handlers --all-namespaces`` (or
 ``--namespace NS``), or with the ``model-poller-operator`` console script. Settings are
@@ -30,26 +32,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import threading
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Final, Mapping
+from typing import Any, Final
 
 import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from model_poller_api import models, names
-from model_poller_operator import children, render
+from model_poller_api import names
+from model_poller_operator import children
 from model_poller_operator import status as st
-from model_poller_operator.apply import Api, ApplyError, Conflict, controller_of, in_sync, is_model_deployment_ref
+from model_poller_operator.apply import Api
 from model_poller_operator.children import ChildKind
+from model_poller_operator.compare import controller_of, in_sync, is_model_deployment_ref
 from model_poller_operator.config import EXIT_BAD_SETTING, OperatorConfig, SettingsError
-from model_poller_operator.external import ExternalPods, deployment_state
-from model_poller_operator.overrides import InvalidOverride
+from model_poller_operator.external import ExternalPods
+from model_poller_operator.reconcile import backoff, converge, desired_child, owner_snapshot, restore
 from model_poller_operator.refresh import Logger, PodEventsCache, Snapshot, StatusWriter
+from model_poller_operator.state import (
+    Indexes,
+    Key,
+    MDIndex,
+    Observation,
+    PodIndex,
+    State,
+    WorkloadIndex,
+    plain,
+    resource_handler_state,
+    spec_external,
+)
 from model_poller_operator.webhook import Webhook, WebhookSettings
 
 MD: Final = (names.GROUP, names.VERSION, names.PLURAL)
@@ -59,86 +71,6 @@ MANAGED: Final = {names.LABEL_MANAGED_BY: names.MANAGER}
 # Everything watched besides the ModelDeployments is filtered by label on the server side.
 _LABELLED: Final = {(c.group, c.plural) for c in children.CHILDREN} | {("", "pods")}
 
-Key = tuple[str | None, str]
-MDIndex = kopf.Index[Key, Snapshot]
-PodIndex = kopf.Index[Key, st.PodState]
-WorkloadIndex = kopf.Index[Key, st.DeploymentState]
-Observation = tuple[list[st.PodState], st.DeploymentState | None]
-
-
-@dataclass(frozen=True)
-class Indexes:
-    """kopf's in-memory views of the watched objects (see the ``@kopf.index`` functions).
-
-    kopf keeps one Index object per index for the operator's lifetime, so the startup
-    handler's are the ones every handler would get: kept here, not passed around."""
-
-    model_deployments: MDIndex
-    pods: PodIndex
-    workloads: WorkloadIndex
-
-    def snapshot(self, key: Key) -> Snapshot | None:
-        snapshot: Snapshot | None = _first(self.model_deployments, key)
-        return snapshot
-
-    def snapshots(self) -> list[Snapshot]:
-        """Every ModelDeployment (taken in the event loop's thread: the indexes are its)."""
-        return [snapshot for _, store in list(self.model_deployments.items()) for snapshot in list(store)[:1]]
-
-    def own_pods(self, key: Key) -> Observation:
-        """The operator's own pods and Deployment state of a ModelDeployment."""
-        return list(self.pods.get(key, [])), _first(self.workloads, key)
-
-
-@dataclass
-class State:
-    """The operator-wide objects, kept in kopf's root memo (shared by every object's memo)."""
-
-    api: Api
-    config: OperatorConfig
-    status: StatusWriter
-    indexes: Indexes
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # Its own thread and event loop: it answers whatever kopf's handlers are doing.
-    webhook: Webhook | None = None
-    # The labelled pods of external-mode ModelDeployments (kopf's pod watch selects ours only).
-    external: ExternalPods | None = None
-    # Whether every index has done its first full list (see resource_handler_state).
-    indexes_listed: bool = False
-    _locks: dict[Key, threading.Lock] = field(default_factory=dict)
-    _locks_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def lock(self, key: Key) -> threading.Lock:
-        """One lock per ModelDeployment: its reconcile and the repairs of its children take
-        turns, so two of them never both see the same drift and both write the fix."""
-        with self._locks_lock:
-            return self._locks.setdefault(key, threading.Lock())
-
-    def observe(self, key: Key, snapshot: Snapshot, wait: float = 0.0) -> Observation | None:
-        """The pods and Deployment state a status is computed from: the operator's own
-        (kopf's indexes), or in external mode the labelled pods (None until they are listed,
-        waiting up to ``wait`` seconds)."""
-        if not spec_external(snapshot.spec):
-            return self.indexes.own_pods(key)
-        if self.external is None:
-            return None
-        self.external.ensure(snapshot.namespace)
-        pods = self.external.pods(snapshot.namespace, snapshot.name, wait=wait)
-        return None if pods is None else (pods, deployment_state(pods))
-
-
-def resource_handler_state(memo: Any) -> State:
-    """The State, from a resource handler (an event, create, update or resume handler).
-
-    kopf calls resource handlers only once every index has done its first full list. So
-    the first call of one is the moment the indexes are complete: it is recorded here, and
-    the periodic status loop waits for it (a half-listed pods index would make it prune
-    status.pollers entries of pods that exist)."""
-    state = memo["state"]
-    assert isinstance(state, State)
-    state.indexes_listed = True
-    return state
-
 
 def _ns(namespace: str | None) -> str:
     if namespace is None:
@@ -146,20 +78,8 @@ def _ns(namespace: str | None) -> str:
     return namespace
 
 
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-def _first(index: kopf.Index[Key, Any], key: Key) -> Any:
-    return next(iter(index.get(key, [])), None)
-
-
 def _is_labelled_resource(resource: kopf.Resource) -> bool:
     return (resource.group, resource.plural) in _LABELLED
-
-
-def spec_external(spec: Mapping[str, Any]) -> bool:
-    return bool(spec.get("workload") == names.WORKLOAD_EXTERNAL)
 
 
 class _QuietSuccess(logging.Filter):
@@ -268,7 +188,7 @@ def probe(model_deployments: MDIndex, **_: Any) -> int:
 
 @kopf.index(*MD)
 def model_deployments(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Snapshot]:
-    return {(namespace, name): Snapshot.from_object(_plain(dict(body)))}
+    return {(namespace, name): Snapshot.from_object(plain(dict(body)))}
 
 
 @kopf.index("v1", "pods", labels={**MANAGED, names.LABEL_INSTANCE: kopf.PRESENT})
@@ -282,7 +202,7 @@ def model_workloads(
 ) -> dict[Key, st.DeploymentState]:
     # Only a Deployment controlled by a ModelDeployment of its name feeds that one's
     # status: a look-alike with our label but another owner is not ours to report.
-    ref = controller_of(_plain(dict(body)))
+    ref = controller_of(plain(dict(body)))
     if ref is None or not is_model_deployment_ref(ref) or ref.get("name") != name:
         return {}
     return {(namespace, name): st.DeploymentState.from_object(status)}
@@ -369,24 +289,12 @@ def on_pod_event(namespace: str | None, labels: kopf.Labels, memo: Any, logger: 
 def on_deployment_event(namespace: str | None, meta: kopf.Meta, memo: Any, logger: Logger, **_: Any) -> None:
     """The Deployment's status (replicas, readiness, failures) feeds the aggregate."""
     state = resource_handler_state(memo)
-    snapshot = _owner_snapshot(state, namespace, meta)
+    snapshot = owner_snapshot(state, namespace, meta)
     if snapshot is not None:
         _refresh(state, (namespace, snapshot.name), logger, snapshot=snapshot)
 
 
 # --- reconcile ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    """The outcome of one reconcile, computed once and then written once (the status) by
-    :func:`reconcile`: Flux's deferred summarize-and-patch."""
-
-    synced: st.Synced
-    # Retry with backoff after the status write (kopf.TemporaryError with this message).
-    retry: str | None = None
-    # Log it as an error: only a new spec (or name) can help.
-    error: bool = False
 
 
 @kopf.on.resume(*MD)
@@ -395,95 +303,17 @@ class Reconciled:
 def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: Any, retry: int, logger: Logger, **_: Any) -> None:
     """Apply the rendered children (only those that differ), then record the outcome."""
     state = resource_handler_state(memo)
-    snapshot = Snapshot.from_object(_plain(dict(body)))
+    snapshot = Snapshot.from_object(plain(dict(body)))
     key = (_ns(namespace), name)
-    outcome = _converge(state, key, snapshot, logger)
+    outcome = converge(state, key, snapshot, logger)
     _refresh(state, key, logger, snapshot=snapshot, synced=outcome.synced)
     if outcome.error:
         logger.error(outcome.synced.message)
     if outcome.retry is not None:
-        raise kopf.TemporaryError(outcome.retry, delay=_backoff(state, retry))
-
-
-def _converge(state: State, key: Key, snapshot: Snapshot, logger: Logger) -> Reconciled:
-    """Render and apply the children; what happened, as the Synced condition says it."""
-    generation = snapshot.generation
-
-    def failed(reason: str, message: str, *, retry: str | None = None) -> Reconciled:
-        return Reconciled(st.Synced(generation, False, reason, message), retry=retry, error=retry is None)
-
-    problem = render.name_problem(snapshot.name)
-    if problem:
-        # Retrying cannot help: a name cannot change. Say so in the status, and stop.
-        return failed(st.REASON_INVALID_NAME, f"{problem}; delete it and create it again under a valid name")
-    try:
-        spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
-        desired = children.desired_children(snapshot.owner, spec)
-    except InvalidOverride as error:
-        return failed(st.REASON_INVALID_OVERRIDE, str(error))  # names the field; Degraded says it too
-    except (ValueError, KeyError, TypeError) as error:
-        # Something the CRD schema let through but the operator cannot render: say so, and
-        # wait for the next spec change (retrying the same spec cannot help).
-        return failed(st.REASON_INVALID_SPEC, f"spec cannot be rendered: {error}")
-    try:
-        with state.lock(key):
-            outcome = state.api.converge_all(desired)
-    except ApplyError as error:
-        message = st.apply_failed_message(str(error), render.spec_fields(snapshot.owner, spec, error.kind, error.fields))
-        return failed(st.REASON_APPLY_FAILED, message, retry=f"applying the children failed: {error}")
-    for change in outcome.changes:
-        logger.info("%s %s %s", change.action, change.kind, change.name)
-    if outcome.conflicts:
-        # Someone else's objects hold our children's names: report, never overwrite, and
-        # look again later (their deletion makes no event the operator watches).
-        message = outcome.conflict_message(key[0] or "")
-        return failed(st.REASON_NAME_CONFLICT, message, retry=f"name conflict: {message}")
-    return Reconciled(st.Synced(generation, True, st.REASON_APPLIED, _applied_message(snapshot, desired)))
-
-
-def _applied_message(snapshot: Snapshot, desired: list[children.Desired]) -> str:
-    kinds = [d.child.kind for d in reversed(desired) if d.obj is not None]
-    listed = ", ".join(kinds[:-1]) + f" and {kinds[-1]}" if len(kinds) > 1 else "".join(kinds)
-    message = f"{listed} match generation {snapshot.generation}"
-    if spec_external(snapshot.spec):
-        message += (
-            f" (spec.workload: external: pods labelled {names.LABEL_MODEL_DEPLOYMENT}={snapshot.name} "
-            "get the poller injected)"
-        )
-    return message
-
-
-def _backoff(state: State, retry: int) -> float:
-    return float(min(300.0, state.config.retry_delay * 2 ** min(retry, 5)))
+        raise kopf.TemporaryError(outcome.retry, delay=backoff(state, retry))
 
 
 # --- drift repair ----------------------------------------------------------------------
-
-
-def _owner_snapshot(state: State, namespace: str | None, meta: kopf.Meta) -> Snapshot | None:
-    """The live ModelDeployment that controls a child (by uid), unless it is going away."""
-    ref = controller_of({"metadata": _plain(dict(meta))})
-    if ref is None or not is_model_deployment_ref(ref):
-        return None
-    snapshot = state.indexes.snapshot((namespace, str(ref["name"])))
-    if snapshot is None or snapshot.uid != ref.get("uid") or snapshot.deleting:
-        return None  # the owner is gone or going: garbage collection takes the child
-    return snapshot
-
-
-def _desired_child(child: ChildKind, snapshot: Snapshot, name: str) -> children.Desired | None:
-    """What the child ``name`` of kind ``child`` should be, rendered alone; None when
-    this ModelDeployment renders no such child (another mode, another name, or a name
-    that cannot name children)."""
-    if render.name_problem(snapshot.name):
-        return None
-    spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
-    if child not in children.kinds_for(spec) or child.name(snapshot.owner) != name:
-        return None
-    try:
-        return children.render_one(child, snapshot.owner, spec)
-    except (ValueError, KeyError, TypeError):
-        return None  # a spec that cannot be rendered: the reconcile reports it, nothing to restore
 
 
 def _make_repair_handler(child: ChildKind) -> Any:
@@ -500,34 +330,16 @@ def _make_repair_handler(child: ChildKind) -> Any:
         """A child changed or went away: if it no longer matches its render, put it back.
         (An optional child that must not exist is the reconcile's to delete.)"""
         state = resource_handler_state(memo)
-        snapshot = _owner_snapshot(state, namespace, meta)
-        desired = _desired_child(child, snapshot, name) if snapshot is not None else None
+        snapshot = owner_snapshot(state, namespace, meta)
+        desired = desired_child(child, snapshot, name) if snapshot is not None else None
         if snapshot is None or desired is None or desired.obj is None:
             return
-        if event.get("type") != "DELETED" and in_sync(desired.obj, _plain(dict(body))):
+        if event.get("type") != "DELETED" and in_sync(desired.obj, plain(dict(body))):
             return
-        _restore(state, snapshot, desired.obj, logger)
+        restore(state, snapshot, desired.obj, logger)
 
     repair_child.__name__ = f"repair_{child.kind.lower()}"
     return repair_child
-
-
-def _restore(state: State, snapshot: Snapshot, desired: Mapping[str, Any], logger: Logger) -> None:
-    kind, name = desired["kind"], desired["metadata"]["name"]
-    try:
-        with state.lock((snapshot.namespace, snapshot.name)):
-            change = state.api.converge(desired)
-    except ApplyError as error:
-        logger.warning("could not repair %s %s: %s", kind, name, error)
-        raise kopf.TemporaryError(str(error), delay=state.config.retry_delay) from error
-    if isinstance(change, Conflict):
-        # Deleted, and the name taken by someone else meanwhile: the reconcile's retry
-        # reports it; nothing is written here.
-        logger.warning("not repairing %s: its name is now held by %s", name, change.describe())
-        return
-    if change is not None:
-        what = "recreated" if change.created else "restored"
-        logger.info("%s %s %s of ModelDeployment %s", what, kind, name, snapshot.name)
 
 
 for _child in children.CHILDREN:

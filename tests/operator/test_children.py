@@ -18,8 +18,9 @@ from kubernetes import client
 from local_services import operator_kit as kit
 from model_poller_api import models, names
 from model_poller_operator import children, render
-from model_poller_operator.apply import Api, Change
+from model_poller_operator.apply import Api
 from model_poller_operator.children import ChildKind, Desired
+from model_poller_operator.compare import Change
 
 OWNER = render.Owner("m", "ml", "00000000-0000-4000-8000-000000000000")
 

@@ -24,7 +24,7 @@ from local_services import operator_kit as kit
 from local_services import webhook_kit as wk
 from model_poller_api import models, names
 from model_poller_operator import inject, render
-from model_poller_operator.apply import is_subset
+from model_poller_operator.compare import is_subset
 
 pytestmark = pytest.mark.kube
 
