@@ -19,8 +19,8 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from model_poller.config import Settings
-from model_poller.install import BOOKKEEPING_DIR
 from model_poller.metrics import Metrics
+from model_poller.model_dir import BOOKKEEPING_DIR
 from model_poller.policy import Policy, policy_from_json, policy_to_json
 from model_poller.removal import RemovalPolicy, RemoveWhenOnDisk, RemoveWhenServing
 from model_poller.report import EntryWriter, NoEntryWriter, Problem, build_report

@@ -29,8 +29,8 @@ from model_poller.config import Settings
 from model_poller.errors import Abandoned, ConfigError, PollerError, SourceError
 from model_poller.feedback import Feedback
 from model_poller.hints import HintInbox
-from model_poller.install import ModelDir
 from model_poller.metrics import Metrics
+from model_poller.model_dir import ModelDir
 from model_poller.notifications import Hint, Listener, Notifications
 from model_poller.probes import Probes
 from model_poller.removal import RemovalPolicy

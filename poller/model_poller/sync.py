@@ -19,9 +19,10 @@ from model_poller_api.models import ReportReason
 
 from model_poller.errors import Abandoned, ModelDirError, Rejected, SourceError
 from model_poller.extract import Limits
-from model_poller.install import InstallResult, ModelDir, validate
+from model_poller.install import InstallResult, validate
 from model_poller.install import install as install_version
 from model_poller.metrics import Metrics
+from model_poller.model_dir import ModelDir
 from model_poller.policy import Policy, install_order, removable, version_bytes_bound
 from model_poller.removal import RemovalPolicy, RemoveWhenOnDisk
 from model_poller.report import Problem, source_problem

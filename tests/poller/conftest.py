@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 
 from model_poller.extract import Limits
-from model_poller.install import ModelDir
 from model_poller.metrics import Metrics
+from model_poller.model_dir import ModelDir
 from model_poller.policy import Policy
 from model_poller.stores import Store, open_store
 from model_poller.sync import Engine

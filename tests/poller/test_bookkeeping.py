@@ -12,7 +12,7 @@ from model_poller_api.models import ReportReason
 from local_services.archives import model_files, targz_bytes, tree, write_folder, zip_bytes
 from tests.poller.kit import Dirs, EngineFactory
 
-from model_poller.install import BOOKKEEPING_DIR, WORK_PREFIX, ModelDir
+from model_poller.model_dir import BOOKKEEPING_DIR, WORK_PREFIX, ModelDir
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -25,7 +25,7 @@ from tests.poller.kit import run_cli
 from tests.poller.procs import PollerProcess
 from local_services.kube import KubeControlPlane
 
-from model_poller.install import ModelDir
+from model_poller.model_dir import ModelDir
 from local_services.process import wait_for
 
 POD = "m-abc12"

@@ -9,7 +9,7 @@ import pytest
 from local_services.archives import installed_files, model_files, targz_bytes, write_folder, zip_bytes
 from tests.poller.kit import Dirs, EngineFactory
 
-from model_poller.install import BOOKKEEPING_DIR
+from model_poller.model_dir import BOOKKEEPING_DIR
 from model_poller.policy import Policy
 
 LAYOUTS = {

@@ -1,4 +1,4 @@
-"""The long-running poller: probes, metrics, polling, SIGTERM."""
+"""The long-running poller (runner.py): probes, metrics, polling, SIGTERM."""
 
 from __future__ import annotations
 
