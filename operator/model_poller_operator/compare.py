@@ -56,28 +56,31 @@ def is_subset(desired: Any, live: Any) -> bool:
     may hold extra items only if every desired item finds its namesake.
     """
     if isinstance(desired, Mapping):
-        if not isinstance(live, Mapping):
-            return False
-        for key, value in desired.items():
-            if live.get(key) is None:
-                if isinstance(value, (dict, list)) and not value:
-                    continue  # an empty map or list is the same as an absent one
-                return False
-            if not is_subset(value, live[key]):
-                return False
-        return True
+        return isinstance(live, Mapping) and _map_subset(desired, live)
     if isinstance(desired, list):
-        if not isinstance(live, list):
-            return False
-        if len(desired) == len(live):
-            return all(is_subset(d, lv) for d, lv in zip(desired, live))
-        if all(isinstance(d, Mapping) and "name" in d for d in desired) and all(
-            isinstance(lv, Mapping) for lv in live
-        ):
-            by_name = {lv.get("name"): lv for lv in live}
-            return all(d["name"] in by_name and is_subset(d, by_name[d["name"]]) for d in desired)
-        return False
+        return isinstance(live, list) and _list_subset(desired, live)
     return _same_scalar(desired, live)
+
+
+def _map_subset(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    for key, value in desired.items():
+        if live.get(key) is None:
+            if isinstance(value, (dict, list)) and not value:
+                continue  # an empty map or list is the same as an absent one
+            return False
+        if not is_subset(value, live[key]):
+            return False
+    return True
+
+
+def _list_subset(desired: list[Any], live: list[Any]) -> bool:
+    if len(desired) == len(live):
+        return all(is_subset(d, lv) for d, lv in zip(desired, live))
+    named = all(isinstance(d, Mapping) and "name" in d for d in desired) and all(isinstance(lv, Mapping) for lv in live)
+    if not named:
+        return False
+    by_name = {lv.get("name"): lv for lv in live}
+    return all(d["name"] in by_name and is_subset(d, by_name[d["name"]]) for d in desired)
 
 
 def in_sync(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:

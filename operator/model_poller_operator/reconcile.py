@@ -26,7 +26,7 @@ from model_poller_operator.state import Key, State, plain, spec_external
 @dataclass(frozen=True)
 class Reconciled:
     """The outcome of one reconcile, computed once and then written once (the status) by
-    :func:`reconcile`: Flux's deferred summarize-and-patch."""
+    the reconcile handler (``handlers.reconcile``): Flux's deferred summarize-and-patch."""
 
     synced: st.Synced
     # Retry with backoff after the status write (kopf.TemporaryError with this message).
