@@ -53,9 +53,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_STREAMS = 64
 # Ranged requests smaller than this spend more on the request than on the bytes.
 MIN_SLICE = 1 << 20
-# Notifications remembered as handled (a redelivery of one is acked without work). Pub/Sub
-# redelivers within its retention (10 minutes for our own subscriptions): 10,000 covers
-# far more uploads than any prefix receives in that time, at about 2 MB.
+# Notifications remembered as handled, so a redelivery is acked without work (oldest
+# forgotten first). A redelivery follows its first delivery by minutes (a lost ack, a
+# lease that ran out while the message waited); 10,000 notifications is far more than one
+# prefix receives meanwhile, and costs a few MB. Not a flag: no user should need to tune it.
 HINT_MEMORY = 10_000
 _TOPIC = re.compile(TOPIC_PATTERN)
 _SUBSCRIPTION = re.compile(SUBSCRIPTION_PATTERN)
