@@ -106,19 +106,21 @@ class Settings:
 
 
 def full_subscription(name: str, project: str | None) -> str:
-    if _SUBSCRIPTION.match(name):
-        return name
-    if "/" not in name and project:
-        return f"projects/{project}/subscriptions/{name}"
-    raise ConfigError(f"--subscription {name!r}: use projects/P/subscriptions/S (or set --project / PROJECT_ID)")
+    return _full_name("--subscription", "subscriptions", name, project, _SUBSCRIPTION)
 
 
 def full_topic(name: str, project: str | None) -> str:
-    if _TOPIC.match(name):
+    return _full_name("--topic", "topics", name, project, _TOPIC)
+
+
+def _full_name(flag: str, collection: str, name: str, project: str | None, pattern: re.Pattern[str]) -> str:
+    """``projects/P/<collection>/N`` from a full name, or a short one and ``--project``."""
+    if pattern.match(name):
         return name
     if "/" not in name and project:
-        return f"projects/{project}/topics/{name}"
-    raise ConfigError(f"--topic {name!r}: use projects/P/topics/T (or set --project / PROJECT_ID)")
+        return f"projects/{project}/{collection}/{name}"
+    example = f"projects/P/{collection}/{collection[0].upper()}"
+    raise ConfigError(f"{flag} {name!r}: use {example} (or set --project / PROJECT_ID)")
 
 
 def pod_name(env: Mapping[str, str]) -> str:

@@ -17,6 +17,7 @@ from model_poller.extract.zip_records import (
     LOCAL_MAGIC,
     ZipEntry,
     check_zip_entry,
+    read_exactly,
     zip_directory,
     zip_entries,
 )
@@ -90,16 +91,6 @@ class _SharedRange:
 
     def close(self) -> None:
         pass
-
-
-def _read_range_exactly(member: ArchiveRange, n: int, what: str) -> bytes:
-    try:
-        data = member.read(n)
-    except (OSError, EOFError) as exc:
-        raise Rejected("corrupt", f"{what}: {exc}") from exc
-    if len(data) != n:
-        raise Rejected("corrupt", f"{what}: truncated")
-    return data
 
 
 class _Members:
@@ -229,18 +220,18 @@ def extract_zip(archive: BinaryIO, unpacker: Unpacker, parts: ArchiveParts | Non
 def _open_zip_member(member: ArchiveRange, entry: ZipEntry, limit: int, unpacker: Unpacker) -> FileSink:
     """Check one member's local header (``member`` is left at its data); open its file."""
     what = f"entry {short_name(entry.name)}"
-    header = _read_range_exactly(member, LOCAL_HEADER.size, what)
+    header = read_exactly(member, LOCAL_HEADER.size, what)
     if header[:4] != LOCAL_MAGIC:
         raise Rejected("corrupt", f"{what}: bad local file header")
     fields = LOCAL_HEADER.unpack(header)
     name_len, extra_len = fields[9], fields[10]
-    raw_name = _read_range_exactly(member, name_len, what)
+    raw_name = read_exactly(member, name_len, what)
     if raw_name != entry.raw_name:
         raise Rejected("corrupt", f"{what}: local header names {raw_name[:80]!r}")
     start = entry.offset + LOCAL_HEADER.size + name_len + extra_len
     if start + entry.compressed > limit:
         raise Rejected("corrupt", f"{what}: overlaps the next entry")
-    _read_range_exactly(member, extra_len, what)  # (at most 64 KiB: a 16-bit length)
+    read_exactly(member, extra_len, what)  # (at most 64 KiB: a 16-bit length)
     return unpacker.open_file(entry.name, compressed_size=entry.compressed)
 
 

@@ -13,7 +13,7 @@ import io
 import stat
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from model_poller.errors import Rejected
 from model_poller.extract.limits import MAX_PATH_BYTES, Limits, short_name
@@ -67,9 +67,14 @@ class ZipEntry:
         return self.name.endswith("/")
 
 
-def _read_exactly(archive: BinaryIO, n: int, what: str) -> bytes:
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+def read_exactly(source: Readable, n: int, what: str) -> bytes:
+    """The next ``n`` bytes of an archive (or of one member's range); ``corrupt`` if fewer."""
     try:
-        data = archive.read(n)
+        data = source.read(n)
     except (OSError, EOFError) as exc:
         raise Rejected("corrupt", f"{what}: {exc}") from exc
     if len(data) != n:
@@ -109,11 +114,11 @@ def _end_record(archive: BinaryIO) -> _End:
         # the most an end record and its comment can span.
         tail_start = max(0, size - _END.size)
         archive.seek(tail_start)
-        tail = _read_exactly(archive, size - tail_start, "not a readable zip archive")
+        tail = read_exactly(archive, size - tail_start, "not a readable zip archive")
         if not (tail.startswith(_END_MAGIC) and tail.endswith(b"\0\0")):
             tail_start = max(0, size - _END.size - 0xFFFF)
             archive.seek(tail_start)
-            tail = _read_exactly(archive, size - tail_start, "not a readable zip archive")
+            tail = read_exactly(archive, size - tail_start, "not a readable zip archive")
     except (OSError, EOFError) as exc:
         raise Rejected("corrupt", f"not a readable zip archive: {exc}") from exc
     at = len(tail)
@@ -132,7 +137,7 @@ def _zip64_end(archive: BinaryIO, end: _End) -> _End:
     if end.records < _END64.size + _END64_LOCATOR.size:
         return end
     archive.seek(end.records - _END64.size - _END64_LOCATOR.size)
-    z64 = _read_exactly(archive, _END64.size + _END64_LOCATOR.size, "zip64 end record")
+    z64 = read_exactly(archive, _END64.size + _END64_LOCATOR.size, "zip64 end record")
     locator = _END64_LOCATOR.unpack_from(z64, _END64.size)
     end64 = _END64.unpack_from(z64)
     # (zipfile, too, expects the zip64 record right before its locator)
@@ -173,7 +178,7 @@ def zip_entries(archive: BinaryIO, directory: ZipDirectory) -> list[ZipEntry]:
     consumed = 0
     for index in range(directory.entries):
         what = f"central directory record {index}"
-        record = _CENTRAL.unpack(_read_exactly(archive, _CENTRAL.size, what))
+        record = _CENTRAL.unpack(read_exactly(archive, _CENTRAL.size, what))
         if record[0] != _CENTRAL_MAGIC:
             raise Rejected("corrupt", f"{what}: bad signature")
         flags, method, crc, compressed, size = record[5], record[6], record[9], record[10], record[11]
@@ -189,9 +194,9 @@ def zip_entries(archive: BinaryIO, directory: ZipDirectory) -> list[ZipEntry]:
         consumed += _CENTRAL.size + name_len + extra_len + comment_len
         if consumed > directory.size:
             raise Rejected("corrupt", f"{what} runs past the central directory's {directory.size} bytes")
-        raw_name = _read_exactly(archive, name_len, what)
-        extra = _read_exactly(archive, extra_len, what)
-        _read_exactly(archive, comment_len, what)
+        raw_name = read_exactly(archive, name_len, what)
+        extra = read_exactly(archive, extra_len, what)
+        read_exactly(archive, comment_len, what)
         try:
             name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
         except UnicodeDecodeError:
