@@ -1,7 +1,7 @@
 """The poller's two feedback links, built from the settings and run beside the sync loop:
 
 - to its ModelDeployment (``--report-to``): the live version policy from ``spec.versions``
-  (``PolicyWatcher``) and the pod's ``status.pollers`` entry (``StatusWriter``);
+  (``PolicyWatcher``) and the pod's ``status.pollers`` entry (``PodEntryWriter``);
 - to TF Serving (``--serving-url``): what it actually serves (``ServingWatcher``).
 
 Each runs in a thread of its own and only wakes the sync loop; the loop alone installs,
@@ -30,7 +30,7 @@ from model_poller.sync import SyncOutcome
 if TYPE_CHECKING:
     from model_poller.kube import Kube
     from model_poller.policy_watch import PolicyWatcher
-    from model_poller.status_writer import StatusWriter
+    from model_poller.entry_writer import PodEntryWriter
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Feedback:
         self._serving_changed = False
         self.kube: Kube | None = None
         self.policy_watcher: PolicyWatcher | None = None
-        self.writer: StatusWriter | None = None
+        self.writer: PodEntryWriter | None = None
         self.entry_writer: EntryWriter = entry_writer or NoEntryWriter()
         if settings.report_to is not None:
             self._follow_model_deployment(settings, metrics, write_entry=entry_writer is None)
@@ -74,7 +74,7 @@ class Feedback:
         """``--report-to``: watch the ModelDeployment's spec.versions, write the pod's entry."""
         from model_poller.kube import Kube
         from model_poller.policy_watch import PolicyWatcher
-        from model_poller.status_writer import StatusWriter
+        from model_poller.entry_writer import PodEntryWriter
 
         assert settings.report_to is not None
         self.kube = Kube.from_environment(settings.report_to)
@@ -82,7 +82,7 @@ class Feedback:
             self.kube, self._on_policy, lambda outcome: metrics.policy_watch_errors.labels(outcome=outcome).inc()
         )
         if write_entry:
-            self.writer = StatusWriter(
+            self.writer = PodEntryWriter(
                 self.kube,
                 settings.pod_name,
                 heartbeat=settings.status_heartbeat,

@@ -74,7 +74,7 @@ def build_report(
 
 
 class EntryWriter(Protocol):
-    """Where the pod's ``status.pollers`` entry goes (``status_writer.StatusWriter`` with
+    """Where the pod's ``status.pollers`` entry goes (``entry_writer.PodEntryWriter`` with
     ``--report-to``)."""
 
     def write_entry(self, report: PollerReport) -> None:

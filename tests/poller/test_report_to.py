@@ -314,7 +314,7 @@ MAX_RETRIES_IN_WINDOW = 8
 @pytest.mark.parametrize("cause", ["forbidden", "gone", "unreachable"])
 def test_failed_status_writes_back_off_instead_of_retrying_after_every_sync(setup: Setup, cause: str) -> None:
     """A failed write is retried with backoff (unreachable, 5xx) or after SLOW_RETRY (403:
-    no RoleBinding; 404: no ModelDeployment), as status_writer.py says: not again after
+    no RoleBinding; 404: no ModelDeployment), as entry_writer.py says: not again after
     every sync, which makes every pod of a broken deployment hit the API server (and its
     own log) once per poll interval."""
     proc = setup.start()

@@ -43,7 +43,7 @@ def _content(report: PollerReport) -> PollerReport:
     return replace(report, last_sync=None)
 
 
-class StatusWriter:
+class PodEntryWriter:
     def __init__(
         self,
         kube: Kube,
@@ -61,7 +61,7 @@ class StatusWriter:
         self._stop = threading.Event()
         self._desired: PollerReport | None = None
         self._written: PollerReport | None = None
-        self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="entry-writer", daemon=True)
         self._last_logged: dict[type, float] = {}
         self._backoff = Backoff(start=RETRY_START, cap=RETRY_MAX, jitter=0.5)
         self._last_kind: type | None = None  # of the failures counted in the backoff
