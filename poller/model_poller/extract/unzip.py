@@ -26,8 +26,9 @@ from model_poller.extract.zip_records import (
 # zipfile.ZipExtFile: that one re-slices and concatenates its buffers for every read and
 # cost about as much CPU as the inflate itself (profiled with py-spy on a 1 GiB archive).
 ZIP_READ = 1 << 20
-# Upper bound of one inflate step's output: memory stays bounded even for a bomb.
-INFLATE_OUT = 4 << 20
+# Upper bound of one inflate step's output: memory stays bounded even for a bomb. (Its
+# size suits the implementation: see inflate.MAX_STEP.)
+INFLATE_OUT = inflate.MAX_STEP
 
 class Cancelled(Exception):
     """A member given up because a member before it failed (never reported)."""
