@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from model_poller.durable import Syncer, fsync_dir, remove_tree
-from model_poller.errors import Abandoned, ModelDirError, Rejected, SourceError
+from model_poller.errors import Abandoned, ModelDirError, Rejected
 from model_poller.extract import FileSink, Limits, Unpacker, extract, find_model_root
 from model_poller.model_dir import ModelDir
 from model_poller.stores.base import Store
