@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from model_poller_api import models, names
+from model_poller_api import defaults, models, names
+from model_poller_api.formats import MODEL_NAME_PATTERN, SUBSCRIPTION_PATTERN, TOPIC_PATTERN
 from model_poller_api.shape_schema import (
     QUANTITY_PATTERN,
     disruption_budget_schema,
@@ -26,9 +27,6 @@ from model_poller_api.shape_schema import (
 Schema = dict[str, Any]
 
 # A TF Serving model name becomes a path segment and a URL segment.
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-TOPIC_PATTERN = r"^projects/[^/]+/topics/[^/]+$"
-SUBSCRIPTION_PATTERN = r"^projects/[^/]+/subscriptions/[^/]+$"
 
 
 def spec_schema() -> Schema:
@@ -65,12 +63,12 @@ def spec_schema() -> Schema:
                         **{
                             "x-kubernetes-validations": [
                                 {
-                                    "rule": "self.startsWith('gs://') || self.startsWith('file:///')",
-                                    "message": "source.uri must start with gs:// or file:///",
+                                    "rule": f"self.startsWith('{names.SCHEME_GCS}') || self.startsWith('{names.SCHEME_FILE}')",
+                                    "message": f"source.uri must start with {names.SCHEME_GCS} or {names.SCHEME_FILE}",
                                     "reason": "FieldValueInvalid",
                                 },
                                 {
-                                    "rule": "!self.startsWith('gs://') || self.matches('^gs://[a-z0-9][a-z0-9._-]*[a-z0-9](/.*)?$')",
+                                    "rule": f"!self.startsWith('{names.SCHEME_GCS}') || self.matches('^{names.SCHEME_GCS}[a-z0-9][a-z0-9._-]*[a-z0-9](/.*)?$')",
                                     "message": "source.uri must name a bucket: gs://<bucket>/<prefix>/",
                                     "reason": "FieldValueInvalid",
                                 },
@@ -100,7 +98,7 @@ def spec_schema() -> Schema:
                     "pollInterval": string_schema(
                         "How often to list the source as a safety net (e.g. 30s, 5m).",
                         pattern=models.DURATION_PATTERN,
-                        default=models.DEFAULT_POLL_INTERVAL,
+                        default=defaults.DEFAULT_POLL_INTERVAL,
                         **{
                             "x-kubernetes-validations": [
                                 {"rule": "self != ''", "message": "source.pollInterval must not be empty"}
@@ -121,7 +119,7 @@ def spec_schema() -> Schema:
                         "type": "integer",
                         "format": "int32",
                         "minimum": 1,
-                        "description": f"Keep the newest N valid versions (default {models.DEFAULT_KEEP}).",
+                        "description": f"Keep the newest N valid versions (default {defaults.DEFAULT_KEEP}).",
                     },
                     "pinned": {
                         "type": "array",

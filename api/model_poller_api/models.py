@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from model_poller_api import names
+from model_poller_api.defaults import DEFAULT_KEEP, DEFAULT_POLL_INTERVAL, default_poller_image
 
-DEFAULT_KEEP = 2
-DEFAULT_POLL_INTERVAL = "60s"
 DEFAULT_SERVING_IMAGE = "tensorflow/serving:2.19.0"
-DEFAULT_POLLER_IMAGE = "ghcr.io/model-poller/model-poller:0.1.0"
 DEFAULT_REPLICAS = 1
 # Who runs the tensorflow/serving pods: the operator (its own Deployment), or the user
 # (their own pods, labelled, get the poller injected by the admission webhook).
@@ -191,7 +189,7 @@ class ModelDeploymentSpec:
                 monitoring=bool(serving.get("monitoring", False)),
             ),
             poller=Container(
-                image=poller.get("image") or DEFAULT_POLLER_IMAGE,
+                image=poller.get("image") or default_poller_image(),
                 resources=poller.get("resources") or {},
             ),
             storage=Storage(size_limit=_quantity(storage.get("sizeLimit")), medium=storage.get("medium")),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_poller_api import models, names, workload
+from model_poller_api.defaults import default_poller_image
 
 Schema = dict[str, Any]
 
@@ -161,7 +162,7 @@ def serving_schema() -> Schema:
 def poller_schema() -> Schema:
     return _container(
         "model-poller sidecar",
-        models.DEFAULT_POLLER_IMAGE,
+        default_poller_image(),
         resources=resources(
             "poller",
             " Unset amounts keep their defaults (requests cpu 50m, memory 64Mi; limits memory 384Mi, raised to "

@@ -8,4 +8,7 @@ reconcile does and ``handlers`` wires it into kopf; ``config`` holds the setting
 ("Layout") lists every module.
 """
 
-__version__ = "0.1.0"
+from model_poller_api.defaults import release
+
+# The release: pyproject.toml's version, read from the installed distribution.
+__version__ = release()

@@ -18,7 +18,6 @@ references do).
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import socket
@@ -32,6 +31,7 @@ from model_poller_api import names
 from model_poller_operator import __version__
 from model_poller_operator.children import BY_KIND, Desired
 from model_poller_operator.compare import Change, Conflict, Outcome, controlled_by, in_sync, with_hash
+from model_poller_api.formats import rfc3339
 
 Obj = dict[str, Any]
 
@@ -194,7 +194,7 @@ class Api:
 
     def post_event(self, owner: Any, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the ModelDeployment ``owner`` (a render.Owner); failures only logged."""
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339()
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
 
 from model_poller_operator.apply import Api
+from model_poller_api.formats import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def problem(bundle: Bundle | None, hosts: Sequence[str], now: dt.datetime) -> st
         return f"the certificate does not name {', '.join(missing)}"
     for what, item in (("CA", ca), ("serving certificate", cert)):
         if item.not_valid_after_utc - now < RENEW_BEFORE:
-            return f"the {what} expires at {item.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+            return f"the {what} expires at {rfc3339(item.not_valid_after_utc)}"
     return None
 
 

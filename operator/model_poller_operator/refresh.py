@@ -13,7 +13,6 @@ the reconcile, which re-reads and retries so its Synced outcome is never lost.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from model_poller_api.conditions import find_condition
 from model_poller_operator import render
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api, StatusConflict
+from model_poller_api.formats import rfc3339
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -62,7 +62,7 @@ class Snapshot:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339()
 
 
 @dataclass
