@@ -43,6 +43,8 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy api/model_poller_api poller/model_poller operator/model_poller_operator
 	$(VENV)/bin/hadolint Dockerfile.poller Dockerfile.operator
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: venv test-binaries lint
 	MODEL_POLLER_TEST_BIN="$$(bash hack/build-test-binaries.sh)" $(PY) -m pytest $(PYTEST_ARGS)

@@ -33,11 +33,11 @@ from typing import Any
 
 import yaml
 from kubernetes import client
+from model_poller_api import names
+
 from local_services.kube import KubeControlPlane
 from local_services.kubelet import PodLayout, container_env
 from local_services.process import free_port
-
-from model_poller_api import names
 
 POLLER = "poller"
 DROPPED = (names.env_name("--serving-url"), "GOOGLE_APPLICATION_CREDENTIALS")
@@ -117,7 +117,9 @@ def bound_token(core: client.CoreV1Api, pod: dict[str, Any]) -> str:
         spec=client.V1TokenRequestSpec(
             audiences=[],
             expiration_seconds=seconds,
-            bound_object_ref=client.V1BoundObjectReference(api_version="v1", kind="Pod", name=meta["name"], uid=meta["uid"]),
+            bound_object_ref=client.V1BoundObjectReference(
+                api_version="v1", kind="Pod", name=meta["name"], uid=meta["uid"]
+            ),
         )
     )
     answer = core.create_namespaced_service_account_token(pod["spec"]["serviceAccountName"], meta["namespace"], request)

@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402
+from model_poller_api import names  # noqa: E402
 
 from local_services import operator_kit as kit  # noqa: E402
-from model_poller_api import names  # noqa: E402
 from local_services.kube import KubeControlPlane  # noqa: E402
 
 CHILD_PATHS = {
@@ -54,7 +54,10 @@ def apply_crd(plane: KubeControlPlane) -> None:
 
     def established() -> bool:
         crd = api.read_custom_resource_definition(body["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions if crd.status else None) or [])
+        return any(
+            c.type == "Established" and c.status == "True"
+            for c in (crd.status.conditions if crd.status else None) or []
+        )
 
     kit.wait_for("the CRD", established, 30)
 
@@ -93,7 +96,9 @@ def run(count: int, idle: float, workdir: Path, verbose: bool = False) -> dict[s
             "MODEL_POLLER_OPERATOR_RETRY_DELAY": "15",
         }
         command = [str(Path(sys.executable).parent / "model-poller-operator"), "--all-namespaces"]
-        with kit.run_operator(kubeconfig, workdir, env=env, command=command + (["--verbose"] if verbose else [])) as operator:
+        with kit.run_operator(
+            kubeconfig, workdir, env=env, command=command + (["--verbose"] if verbose else [])
+        ) as operator:
             rss_before = operator.rss_kib()
             start_offset = kit.audit_offset(plane.audit_log)
             specs = [
@@ -181,7 +186,12 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     targets = [
-        ("time to children + observedGeneration", f"{result['converged_seconds']} s", "< 60 s", result["converged_seconds"] < 60),
+        (
+            "time to children + observedGeneration",
+            f"{result['converged_seconds']} s",
+            "< 60 s",
+            result["converged_seconds"] < 60,
+        ),
         ("API writes per ModelDeployment", str(result["writes_per_md"]), "<= 8", result["writes_per_md"] <= 8),
         ("operator peak RSS", f"{result['peak_rss_mib']} MiB", "< 200 MiB", result["peak_rss_mib"] < 200),
         ("writes per minute once idle", str(result["idle_writes_per_minute"]), "0", result["idle_writes"] == 0),

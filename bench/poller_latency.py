@@ -19,7 +19,6 @@ import sys
 import time
 import uuid
 import zipfile
-from pathlib import Path
 
 from poller_services import machine, percentile, services
 
@@ -48,14 +47,35 @@ def main() -> int:
             dirs.append(models)
             env = {**os.environ, "POD_NAME": f"bench-replica-{i}"}
             log = open(root / f"poller-{i}.log", "wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "model_poller", "--source", f"gs://{bucket.name}/models/",
-                 "--model-dir", str(models), "--topic", gcs.notification_topic, "--poll-interval", "3600",
-                 "--keep", str(args.uploads + 1), "--http-port", "0"],
-                stdout=log, stderr=subprocess.STDOUT, env=env))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "model_poller",
+                        "--source",
+                        f"gs://{bucket.name}/models/",
+                        "--model-dir",
+                        str(models),
+                        "--topic",
+                        gcs.notification_topic,
+                        "--poll-interval",
+                        "3600",
+                        "--keep",
+                        str(args.uploads + 1),
+                        "--http-port",
+                        "0",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
         try:
             deadline = time.monotonic() + 60
-            while not all((root / f"poller-{i}.log").read_text().count("listening for notifications") for i in range(REPLICAS)):
+            while not all(
+                (root / f"poller-{i}.log").read_text().count("listening for notifications") for i in range(REPLICAS)
+            ):
                 assert time.monotonic() < deadline, "pollers did not start"
                 time.sleep(0.1)
             time.sleep(1.0)  # initial syncs done

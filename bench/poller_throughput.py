@@ -173,8 +173,16 @@ def main() -> int:
                     if kind == "baseline":
                         argv = [sys.executable, "-c", BASELINE, url, str(work / "a.zip"), str(work / "out")]
                     else:
-                        argv = [sys.executable, "-m", "model_poller", "--once", "--source",
-                                f"gs://{bucket.name}/m{size_gib:g}/", "--model-dir", str(work / "models")]
+                        argv = [
+                            sys.executable,
+                            "-m",
+                            "model_poller",
+                            "--once",
+                            "--source",
+                            f"gs://{bucket.name}/m{size_gib:g}/",
+                            "--model-dir",
+                            str(work / "models"),
+                        ]
                     seconds, rss, code = timed(argv, env)
                     if code != 0:
                         raise SystemExit(f"{kind} failed with {code}")
@@ -190,7 +198,8 @@ def main() -> int:
                 "ratio_best": round(poll / base, 3),
                 # Runs on this VM vary by +-10%: the median ratio is the steadier figure.
                 "ratio_median": round(
-                    statistics.median(s for s, _ in runs["poller"]) / statistics.median(s for s, _ in runs["baseline"]), 3
+                    statistics.median(s for s, _ in runs["poller"]) / statistics.median(s for s, _ in runs["baseline"]),
+                    3,
                 ),
                 "poller_MiB_per_s": round(archive_bytes / MiB / poll, 1),
                 "baseline_MiB_per_s": round(archive_bytes / MiB / base, 1),

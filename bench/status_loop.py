@@ -55,20 +55,20 @@ from typing import Any, cast
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+import bare_pollers  # noqa: E402
 import kubernetes  # noqa: E402
 from kubernetes import client  # noqa: E402
-
-import bare_pollers  # noqa: E402
-from local_services import operator_kit as kit  # noqa: E402
 from model_poller_api import names  # noqa: E402
-from local_services.archives import model_files, zip_bytes  # noqa: E402
 from operator_scale import apply_crd  # noqa: E402
 from poller_services import percentile  # noqa: E402
+
+from local_services import operator_kit as kit  # noqa: E402
+from local_services.archives import model_files, zip_bytes  # noqa: E402
 from local_services.gcs import FakeGcs  # noqa: E402
 from local_services.kube import KubeControlPlane  # noqa: E402
 from local_services.kubelet import PASSTHROUGH_ENV, Kubelet  # noqa: E402
-from local_services.pubsub import PubSubEmulator  # noqa: E402
 from local_services.process import wait_for  # noqa: E402
+from local_services.pubsub import PubSubEmulator  # noqa: E402
 
 STANDIN = REPO / "local_services" / "tf_serving.py"
 CRD_FILE = REPO / "crds" / "modeldeployments.modelpoller.dev.yaml"
@@ -173,8 +173,6 @@ def pod_of(entry: dict[str, Any]) -> str:
     return str((extra.get("authentication.kubernetes.io/pod-name") or ["?"])[0])
 
 
-
-
 # --- part 1 and 2: upload -> servingVersion, writes per pod per version -----------------------
 
 
@@ -199,9 +197,10 @@ class StatusWatch:
         self.thread.join(15)
 
     def _run(self) -> None:
-        current = cast(dict[str, Any], self.api.get_namespaced_custom_object(
-            names.GROUP, names.VERSION, self.namespace, names.PLURAL, self.name
-        ))
+        current = cast(
+            dict[str, Any],
+            self.api.get_namespaced_custom_object(names.GROUP, names.VERSION, self.namespace, names.PLURAL, self.name),
+        )
         version = current["metadata"]["resourceVersion"]
         while not self.stopping.is_set():
             watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
@@ -234,7 +233,9 @@ class StatusWatch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     last = self.events[-1][1] if self.events else {}
-                    raise TimeoutError(f"no matching status of {self.namespace}/{self.name} in {timeout}s; last: {last}")
+                    raise TimeoutError(
+                        f"no matching status of {self.namespace}/{self.name} in {timeout}s; last: {last}"
+                    )
                 self.cond.wait(left)
 
     def first_or_none(self, since: int, check: Callable[[Status], bool]) -> float | None:
@@ -320,7 +321,9 @@ def run_latency(work: Path, uploads: int) -> dict[str, Any]:
                     results.append(upload_and_time(bucket, prefix, watch, version, pods))
                     loads.append(round(os.getloadavg()[0], 2))
                     # Settle: every entry serves it and lists exactly the kept versions, then quiet.
-                    wait_for(f"every entry at version {version}", lambda: at_version(s.cluster, namespace, name, version), 30)
+                    wait_for(
+                        f"every entry at version {version}", lambda: at_version(s.cluster, namespace, name, version), 30
+                    )
                     time.sleep(1.0)
                     print(f"  version {version}: servingVersion after {results[-1].latency:.3f} s", flush=True)
                 time.sleep(5)  # trailing writes (heartbeats are an hour apart: none here)
@@ -335,12 +338,20 @@ def run_latency(work: Path, uploads: int) -> dict[str, Any]:
 
 
 def summarize_latency(
-    results: list[Upload], writes: list[dict[str, Any]], namespace: str, name: str, pods: list[str],
+    results: list[Upload],
+    writes: list[dict[str, Any]],
+    namespace: str,
+    name: str,
+    pods: list[str],
     exits: dict[str, list[int]],
 ) -> dict[str, Any]:
     latencies = [r.latency for r in results]
-    md_writes = [w for w in writes if w["objectRef"].get("resource") == names.PLURAL and w["objectRef"].get("name") == name]
-    poller_status = [w for w in md_writes if who(w, namespace) == "pollers" and what(w) == "patch modeldeployments/status"]
+    md_writes = [
+        w for w in writes if w["objectRef"].get("resource") == names.PLURAL and w["objectRef"].get("name") == name
+    ]
+    poller_status = [
+        w for w in md_writes if who(w, namespace) == "pollers" and what(w) == "patch modeldeployments/status"
+    ]
     per_pod = collections.Counter(pod_of(w) for w in poller_status)
     # Writes of each pod attributed to the upload they followed (uploads are sequential).
     bounds = [r.started_wall for r in results] + [float("inf")]
@@ -362,9 +373,12 @@ def summarize_latency(
         "p99_s": round(percentile(latencies, 0.99), 3),
         "max_s": round(max(latencies), 3),
         "breakdown_p50_s": {
-            "every pod lists the version (installed, written, watched)": round(percentile([r.install for r in results], 0.5), 3),
+            "every pod lists the version (installed, written, watched)": round(
+                percentile([r.install for r in results], 0.5), 3
+            ),
             "every pod serves it (TF Serving AVAILABLE, written, watched)": round(
-                percentile([r.pods_serving for r in results], 0.5), 3),
+                percentile([r.pods_serving for r in results], 0.5), 3
+            ),
             "status.servingVersion (operator's aggregate)": round(percentile(latencies, 0.5), 3),
             "status.latestVersion": round(percentile([r.latest for r in results if r.latest is not None], 0.5), 3),
         },
@@ -502,7 +516,9 @@ def run_idle(work: Path, mds: int, window: float, min_free: float, heartbeat: fl
             names_ = [f"idle-{i:03d}" for i in range(md_count)]
             create = lambda i: s.cluster.create_md(namespace, f"idle-{i:03d}", md_spec(bucket.name, i))  # noqa: E731
             list(pool.map(create, range(1, md_count)))
-        wait_for(f"{md_count * REPLICAS} pods", lambda: len(pods_of(s.cluster, namespace)) >= md_count * REPLICAS, 300, 1)
+        wait_for(
+            f"{md_count * REPLICAS} pods", lambda: len(pods_of(s.cluster, namespace)) >= md_count * REPLICAS, 300, 1
+        )
         started_at = time.monotonic()
         start_pollers(s, namespace, run, env, md_count * REPLICAS, min_free)
         startup_s = time.monotonic() - started_at
@@ -514,7 +530,9 @@ def run_idle(work: Path, mds: int, window: float, min_free: float, heartbeat: fl
         cpu_before = sum(p.cpu_seconds() for p in run.pollers)
         load_before = os.getloadavg()[0]
         min_free_seen = observe_window(window, run)
-        run.notes.append(f"1-min load average {load_before:.2f} at the window's start, {os.getloadavg()[0]:.2f} at its end")
+        run.notes.append(
+            f"1-min load average {load_before:.2f} at the window's start, {os.getloadavg()[0]:.2f} at its end"
+        )
         end = kit.audit_offset(s.plane.audit_log)
         cpu = sum(p.cpu_seconds() for p in run.pollers) - cpu_before
         rss = [p.proc_status("VmRSS") / 1024 for p in run.pollers]
@@ -567,9 +585,22 @@ def last_poller_writes(audit_log: Path, end: int, namespace: str) -> dict[str, f
 
 
 def summarize_idle(
-    run: IdleRun, md_count: int, writes: list[dict[str, Any]], window: float, window_start: float, namespace: str,
-    one: dict[str, float], startup_s: float, quiet_s: float, cpu: float, rss: list[float], pss: list[float],
-    alive: int, min_free_seen: float, heartbeat: float, last_writes: dict[str, float],
+    run: IdleRun,
+    md_count: int,
+    writes: list[dict[str, Any]],
+    window: float,
+    window_start: float,
+    namespace: str,
+    one: dict[str, float],
+    startup_s: float,
+    quiet_s: float,
+    cpu: float,
+    rss: list[float],
+    pss: list[float],
+    alive: int,
+    min_free_seen: float,
+    heartbeat: float,
+    last_writes: dict[str, float],
 ) -> dict[str, Any]:
     pollers = len(run.pollers)
     window_end = window_start + window
@@ -619,10 +650,14 @@ def table(latency: dict[str, Any] | None, idle: dict[str, Any] | None) -> list[s
         row(f"upload -> servingVersion p50 ({n})", latency["p50_s"], " s", TARGET_P50)
         row(f"upload -> servingVersion p99 ({n})", latency["p99_s"], " s", TARGET_P99)
         row("poller status writes per pod per version", latency["status_writes_per_pod_per_version"], "", TARGET_WRITES)
-        rows.append(f"| operator writes per version change (informative) | {latency['operator_writes_per_version']:g} | | | |")
+        rows.append(
+            f"| operator writes per version change (informative) | {latency['operator_writes_per_version']:g} | | | |"
+        )
     if idle:
-        label = (f"writes/s, {idle['mds']} idle MDs x 3 ({idle['pollers']} pollers), {idle['window_seconds']:g} s window"
-                 " (all writers but the API server's own housekeeping)")
+        label = (
+            f"writes/s, {idle['mds']} idle MDs x 3 ({idle['pollers']} pollers), {idle['window_seconds']:g} s window"
+            " (all writers but the API server's own housekeeping)"
+        )
         row(label, idle["writes_per_second"], "/s", TARGET_IDLE)
         row("analytic steady state (heartbeats only)", idle["analytic_heartbeat_writes_per_second"], "/s", TARGET_IDLE)
     return rows
@@ -639,9 +674,15 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=20, help="versions uploaded one at a time (default 20)")
     parser.add_argument("--mds", type=int, default=100, help="idle ModelDeployments, 3 pods each (default 100)")
     parser.add_argument("--window", type=float, default=600, help="idle measurement window in seconds (default 600)")
-    parser.add_argument("--min-free-gib", type=float, default=6.0, help="memory left free when starting pollers (default 6)")
-    parser.add_argument("--heartbeat", type=float, default=None,
-                        help="idle pollers' --status-heartbeat (default: as rendered, i.e. the poller's 3600 s)")
+    parser.add_argument(
+        "--min-free-gib", type=float, default=6.0, help="memory left free when starting pollers (default 6)"
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=None,
+        help="idle pollers' --status-heartbeat (default: as rendered, i.e. the poller's 3600 s)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and audit log in the temp dir")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
@@ -659,7 +700,9 @@ def main() -> int:
             result["latency_and_writes"] = run_latency(work / "latency", args.uploads)
             save(result, began)
         if args.part in ("all", "idle"):
-            print(f"idle: {args.mds} ModelDeployments x {REPLICAS}, {args.window:g} s window (workdir {work})", flush=True)
+            print(
+                f"idle: {args.mds} ModelDeployments x {REPLICAS}, {args.window:g} s window (workdir {work})", flush=True
+            )
             result["idle"] = run_idle(work / "idle", args.mds, args.window, args.min_free_gib, args.heartbeat)
             save(result, began)
     finally:

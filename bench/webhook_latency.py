@@ -31,9 +31,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
+from operator_scale import apply_crd  # noqa: E402
+
 from local_services import operator_kit as kit  # noqa: E402
 from local_services import webhook_kit as wk  # noqa: E402
-from operator_scale import apply_crd  # noqa: E402
 from local_services.kube import KubeControlPlane  # noqa: E402
 
 NAMESPACE = "bench"
@@ -63,7 +64,11 @@ def server_times(audit_log: Path, since: int) -> dict[str, float]:
         for line in fh.read().splitlines():
             entry = json.loads(line)
             ref = entry.get("objectRef") or {}
-            if entry.get("verb") != "create" or ref.get("resource") != "pods" or entry.get("stage") != "ResponseComplete":
+            if (
+                entry.get("verb") != "create"
+                or ref.get("resource") != "pods"
+                or entry.get("stage") != "ResponseComplete"
+            ):
                 continue
             name = ref.get("name") or (entry.get("responseObject") or {}).get("metadata", {}).get("name")
             received = dt.datetime.fromisoformat(entry["requestReceivedTimestamp"].replace("Z", "+00:00"))
@@ -154,10 +159,14 @@ def table(result: dict[str, Any]) -> str:
         added = result[where]["added"]
         lines.append(f"| {where} | **added by the webhook** | {ms(added['p50'])} | **{ms(added['p99'])}** | |")
     alone = result["webhook_alone"]
-    lines.append(f"| webhook alone (direct POST) | labelled | {ms(alone['p50'])} | {ms(alone['p99'])} | {ms(alone['max'])} |")
+    lines.append(
+        f"| webhook alone (direct POST) | labelled | {ms(alone['p50'])} | {ms(alone['p99'])} | {ms(alone['max'])} |"
+    )
     verdict = "met" if result["met"] else "NOT met"
-    lines.append(f"\nTarget: p99 added < {result['target_p99_added'] * 1000:.0f} ms: **{verdict}** "
-                 f"(load average during the run: {', '.join(f'{v:.1f}' for v in result['load_average'])})")
+    lines.append(
+        f"\nTarget: p99 added < {result['target_p99_added'] * 1000:.0f} ms: **{verdict}** "
+        f"(load average during the run: {', '.join(f'{v:.1f}' for v in result['load_average'])})"
+    )
     return "\n".join(lines)
 
 

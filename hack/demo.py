@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
+from model_poller_api import names  # noqa: E402
 
 from local_services import operator_kit as kit  # noqa: E402
-from model_poller_api import names  # noqa: E402
 from local_services.gcs import FakeGcs  # noqa: E402
 from local_services.kube import KubeControlPlane  # noqa: E402
 from local_services.kubelet import Kubelet, PodRecord  # noqa: E402
@@ -186,7 +186,7 @@ class Demo:
 
 
 def _quote(arg: str) -> str:
-    return f"'{arg}'" if any(ch in arg for ch in " {}\"") else arg
+    return f"'{arg}'" if any(ch in arg for ch in ' {}"') else arg
 
 
 def versions_on_disk(record: PodRecord) -> list[int]:
@@ -265,9 +265,7 @@ def step_pods_start(demo: Demo) -> dict[str, PodRecord]:
     say("No kubelet here: the ReplicaSet's pods run as local processes under the kubelet stand-in")
     show("(local_services/kubelet.py: each pod's poller with its own env and a pod-bound ServiceAccount")
     show(" token; the TF Serving stand-in, local_services/tf_serving.py, as its serving container)")
-    pods, took = wait_for(
-        "the two pods to run their poller", lambda: _two_pollers(demo), 60, lambda: _pods_state(demo)
-    )
+    pods, took = wait_for("the two pods to run their poller", lambda: _two_pollers(demo), 60, lambda: _pods_state(demo))
     for name, record in sorted(pods.items()):
         show(f"{name}: poller pid {record.poller_pid}, model dir {record.model_dir}")
     show(f"both pollers started {took:.1f}s after the kubelet stand-in; nothing uploaded yet:")
@@ -347,8 +345,9 @@ def step_rollback(demo: Demo, first: dict[str, PodRecord]) -> None:
     show(demo.kubectl("patch", "md", NAME, "--type=merge", "-p", '{"spec":{"versions":{"pinned":[2]}}}', echo=True))
     _, took = wait_for(
         "SERVING 2 with both replicas on version 2 only",
-        lambda: demo.columns()[1] == 2
-        and demo.all_entries(lambda e: (e.get("versions"), e.get("serving")) == ([2], 2)),
+        lambda: (
+            demo.columns()[1] == 2 and demo.all_entries(lambda e: (e.get("versions"), e.get("serving")) == ([2], 2))
+        ),
         30,
         demo.summary,
     )

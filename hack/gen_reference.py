@@ -147,7 +147,10 @@ def modeldeployment_md() -> str:
         f"- scope: {spec['scope']}\n",
         "- subresources: " + ", ".join(code(s) for s in version.get("subresources", {})) + "\n",
         "\n`kubectl get md` columns:\n\n",
-        table(["column", "type", "from"], [[c["name"], c["type"], code(c["jsonPath"])] for c in version["additionalPrinterColumns"]]),
+        table(
+            ["column", "type", "from"],
+            [[c["name"], c["type"], code(c["jsonPath"])] for c in version["additionalPrinterColumns"]],
+        ),
         "\nRules on the whole object:\n\n",
         "".join(f"- {code(r['rule'])}: {r['message']}\n" for r in root.get("x-kubernetes-validations") or ()),
         "\n## spec\n\nWhat you write. The API server applies the defaults and refuses a spec that breaks a rule,"
@@ -207,7 +210,9 @@ def poller_flags_md() -> str:
         envs = code(env) + (f" (or {code(legacy[action.dest])})" if action.dest in legacy else "")
         if action.choices:
             help_text += "; one of " + ", ".join(str(c) for c in action.choices)
-        rows.append([code(f"{flag} {metavar}" if metavar else flag), envs, flag_default(action, help_text, required), help_text])
+        rows.append(
+            [code(f"{flag} {metavar}" if metavar else flag), envs, flag_default(action, help_text, required), help_text]
+        )
     return "".join(
         [
             HEADER.format(source="poller/model_poller/cli.py"),

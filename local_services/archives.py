@@ -61,7 +61,9 @@ def targz_bytes(files: dict[str, bytes], top: str | None = None, dot_prefix: boo
     return buf.getvalue()
 
 
-def write_folder(root: Path, version: int, files: dict[str, bytes], ready: bool = True, name: str | None = None) -> Path:
+def write_folder(
+    root: Path, version: int, files: dict[str, bytes], ready: bool = True, name: str | None = None
+) -> Path:
     folder = root / (name or f"{version:04d}")
     for rel, data in files.items():
         path = folder / rel
@@ -203,7 +205,9 @@ def targz_with(members: list[tuple[tarfile.TarInfo, bytes | None]], base: dict[s
     return buf.getvalue()
 
 
-def tar_member(name: str, type_: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
+def tar_member(
+    name: str, type_: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = ""
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type = type_
     info.linkname = linkname
@@ -357,7 +361,9 @@ def zip_raw(
     body, directory = [], []
     offset = 0
     for m in members:
-        local = struct.pack("<4s5HL2L2H", b"PK\x03\x04", 20, 0, m.method, 0, 0x21, m.crc, len(m.data), m.size, len(m.name), 0)
+        local = struct.pack(
+            "<4s5HL2L2H", b"PK\x03\x04", 20, 0, m.method, 0, 0x21, m.crc, len(m.data), m.size, len(m.name), 0
+        )
         sizes = (len(m.data), m.size, offset)
         extra = b""
         if m.zip64:
@@ -365,8 +371,26 @@ def zip_raw(
             sizes = (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
         directory.append(
             struct.pack(
-                "<4s4B4HL2L5H2L", b"PK\x01\x02", 45, 3, 45, 0, 0, m.method, 0, 0x21, m.crc, sizes[0], sizes[1],
-                len(m.name), len(extra), len(m.comment), 0, 0, m.external_attr, sizes[2],
+                "<4s4B4HL2L5H2L",
+                b"PK\x01\x02",
+                45,
+                3,
+                45,
+                0,
+                0,
+                m.method,
+                0,
+                0x21,
+                m.crc,
+                sizes[0],
+                sizes[1],
+                len(m.name),
+                len(extra),
+                len(m.comment),
+                0,
+                0,
+                m.external_attr,
+                sizes[2],
             )
             + m.name
             + extra

@@ -38,18 +38,29 @@ class FakeGcs:
             "fake-gcs-server",
             [
                 str(binary("fake-gcs-server")),
-                "-scheme", "http",
-                "-host", "127.0.0.1",
-                "-port", str(port),
-                "-external-url", self.url,
-                "-public-host", self.host,
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(port),
+                "-external-url",
+                self.url,
+                "-public-host",
+                self.host,
                 # The filesystem backend keeps multi-GiB objects off the heap.
-                "-backend", "filesystem",
-                "-filesystem-root", str(self.workdir / "storage"),
-                "-event.pubsub-project-id", self.project,
-                "-event.pubsub-topic", self.topic_id,
-                "-event.list", "finalize,delete",
-                "-log-level", "warn",
+                "-backend",
+                "filesystem",
+                "-filesystem-root",
+                str(self.workdir / "storage"),
+                "-event.pubsub-project-id",
+                self.project,
+                "-event.pubsub-topic",
+                self.topic_id,
+                "-event.list",
+                "finalize,delete",
+                "-log-level",
+                "warn",
             ],
             self.workdir / "fake-gcs-server.log",
             env={"PUBSUB_EMULATOR_HOST": self.pubsub_host},
@@ -65,8 +76,9 @@ class FakeGcs:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        return storage.Client(project=self.project, credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": self.url})
+        return storage.Client(
+            project=self.project, credentials=AnonymousCredentials(), client_options={"api_endpoint": self.url}
+        )
 
     def stop(self) -> None:
         if self._service:

@@ -62,7 +62,7 @@ def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
 
 def _write_serving_pki(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a loopback serving certificate signed by it: (ca.crt, tls.crt, tls.key)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "model-poller-test-ca")])
     ca = (
@@ -121,14 +121,21 @@ class KubeControlPlane:
             "etcd",
             [
                 str(binary("etcd")),
-                "--data-dir", str(self.workdir / "etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-                "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-                "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-                "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{etcd_peer}",
                 "--unsafe-no-fsync",  # test data only; keeps the suite fast on slow disks
-                "--log-level", "warn",
+                "--log-level",
+                "warn",
             ],
             self.workdir / "etcd.log",
         )

@@ -406,7 +406,7 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- one container's process --------------------------------------------------------------------
@@ -1018,8 +1018,7 @@ class Kubelet:
                 return pods
             time.sleep(0.1)
         detail = {
-            name: {"ready": p.ready, "error": p.error, "poller_exits": p.poller_exits}
-            for name, p in pods.items()
+            name: {"ready": p.ready, "error": p.error, "poller_exits": p.poller_exits} for name, p in pods.items()
         }
         raise AssertionError(f"{count} ready pod(s) in {self.namespace} not reached after {timeout:.0f}s: {detail}")
 

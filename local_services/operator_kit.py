@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,8 +23,8 @@ from typing import Any, TypeVar, cast
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
 from model_poller_api import names
+
 from local_services.process import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +35,6 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 T = TypeVar("T")
-
-
 
 
 def ignore_conflict(fn: Callable[[], Any]) -> None:
@@ -111,7 +108,9 @@ def wait_for_policy(kube: Any, token: str, namespace: str = "default") -> None:
 
 def service_account_token(kube: Any, namespace: str, name: str, seconds: int = 4 * 3600) -> str:
     core = client.CoreV1Api(kube.api_client())
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
+    )
     response = core.create_namespaced_service_account_token(name, namespace, request)
     assert response.status is not None
     return str(response.status.token)
@@ -227,7 +226,9 @@ class Cluster:
         return cast(dict[str, Any], md)
 
     def patch_md(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        md = self.custom.patch_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, name, patch)
+        md = self.custom.patch_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.PLURAL, name, patch
+        )
         return cast(dict[str, Any], md)
 
     def observed(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -37,8 +37,17 @@ class PubSubEmulator:
         config.mkdir(exist_ok=True)
         self._service = Service(
             "pubsub-emulator",
-            [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port={self.host}",
-             f"--project={self.project}", f"--data-dir={data}", "--quiet"],
+            [
+                gcloud,
+                "beta",
+                "emulators",
+                "pubsub",
+                "start",
+                f"--host-port={self.host}",
+                f"--project={self.project}",
+                f"--data-dir={data}",
+                "--quiet",
+            ],
             self.workdir / "pubsub-emulator.log",
             # A private gcloud config: never touch the user's, never prompt.
             env={"CLOUDSDK_CONFIG": str(config), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},

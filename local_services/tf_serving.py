@@ -797,4 +797,3 @@ class TfServingProcess:
 
 if __name__ == "__main__":
     sys.exit(main())
-

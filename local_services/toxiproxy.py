@@ -91,9 +91,17 @@ class Proxy:
         """Add a toxic; returns its name (for ``remove_toxic``). ``toxicity`` is the share of
         connections it applies to, drawn per connection."""
         name = name or f"{type_}-{stream}-{uuid.uuid4().hex[:8]}"
-        self.api.call("POST", f"/proxies/{self.name}/toxics", {
-            "name": name, "type": type_, "stream": stream, "toxicity": toxicity, "attributes": attributes,
-        })
+        self.api.call(
+            "POST",
+            f"/proxies/{self.name}/toxics",
+            {
+                "name": name,
+                "type": type_,
+                "stream": stream,
+                "toxicity": toxicity,
+                "attributes": attributes,
+            },
+        )
         return name
 
     def remove_toxic(self, name: str) -> None:
@@ -108,8 +116,9 @@ class Proxy:
             self.remove_toxic(str(toxic["name"]))
 
     @contextlib.contextmanager
-    def toxic(self, type_: str, attributes: dict[str, int], *, stream: Stream = "downstream",
-              toxicity: float = 1.0) -> Iterator[str]:
+    def toxic(
+        self, type_: str, attributes: dict[str, int], *, stream: Stream = "downstream", toxicity: float = 1.0
+    ) -> Iterator[str]:
         """A toxic for the duration of a ``with`` block."""
         name = self.add_toxic(type_, attributes, stream=stream, toxicity=toxicity)
         try:
@@ -135,12 +144,14 @@ class Proxy:
         """Reset (TCP RST) each connection ``timeout_ms`` after its first data."""
         return self.add_toxic("reset_peer", {"timeout": timeout_ms}, stream=stream, toxicity=toxicity)
 
-    def slicer(self, average_size: int, size_variation: int = 0, delay_us: int = 0,
-               *, stream: Stream = "downstream") -> str:
+    def slicer(
+        self, average_size: int, size_variation: int = 0, delay_us: int = 0, *, stream: Stream = "downstream"
+    ) -> str:
         """Cut data into small packets (``average_size`` +/- ``size_variation`` bytes), each
         delayed by ``delay_us`` microseconds."""
-        return self.add_toxic("slicer", {"average_size": average_size, "size_variation": size_variation,
-                                         "delay": delay_us}, stream=stream)
+        return self.add_toxic(
+            "slicer", {"average_size": average_size, "size_variation": size_variation, "delay": delay_us}, stream=stream
+        )
 
     # -- availability ----------------------------------------------------------------------------
     def disable(self) -> None:
@@ -202,8 +213,9 @@ class Toxiproxy:
     def create_proxy(self, name: str, upstream: str, listen: str = "127.0.0.1:0") -> Proxy:
         """A proxy to ``upstream`` ("host:port"); by default on a port the kernel picks, so two
         proxies never race for one port."""
-        created = self.api.call("POST", "/proxies", {"name": name, "listen": listen, "upstream": upstream,
-                                                     "enabled": True})
+        created = self.api.call(
+            "POST", "/proxies", {"name": name, "listen": listen, "upstream": upstream, "enabled": True}
+        )
         return Proxy(self.api, name=name, listen=str(created["listen"]), upstream=upstream)
 
     def proxies(self) -> dict[str, Any]:
@@ -221,6 +233,7 @@ class Toxiproxy:
     def __enter__(self) -> Toxiproxy:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

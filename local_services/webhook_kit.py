@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from model_poller_api import names
 
 from local_services import operator_kit as kit
-from model_poller_api import names
 
 CONFIGURATION = "model-poller-operator"
 SECRET = "model-poller-operator-webhook-tls"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -36,9 +37,7 @@ def set_condition(
             continue
         replaced = True
         changed = existing.get("status") != new.status
-        result.append(
-            _render(new, existing.get("lastTransitionTime") if not changed else now, observed_generation)
-        )
+        result.append(_render(new, existing.get("lastTransitionTime") if not changed else now, observed_generation))
     if not replaced:
         result.append(_render(new, now, observed_generation))
     return result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Final
 
 # A TF Serving model name (spec.modelName, --model-name) becomes a path segment and a URL
@@ -19,9 +19,9 @@ RFC3339_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
 def rfc3339(when: float | datetime | None = None) -> str:
     """``when`` (Unix time, or an aware datetime; None: now) as ``2024-05-01T12:00:00Z``."""
     if when is None:
-        moment = datetime.now(timezone.utc)
+        moment = datetime.now(UTC)
     elif isinstance(when, datetime):
-        moment = when.astimezone(timezone.utc)
+        moment = when.astimezone(UTC)
     else:
-        moment = datetime.fromtimestamp(when, timezone.utc)
+        moment = datetime.fromtimestamp(when, UTC)
     return moment.strftime(RFC3339_FORMAT)

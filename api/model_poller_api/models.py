@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from model_poller_api import names
 from model_poller_api.defaults import DEFAULT_KEEP, DEFAULT_POLL_INTERVAL, default_poller_image
@@ -173,9 +174,7 @@ class ModelDeploymentSpec:
             replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
             source=Source(
                 uri=src["uri"],
-                pubsub=PubSub(topic=pubsub.get("topic"), subscription=pubsub.get("subscription"))
-                if pubsub
-                else None,
+                pubsub=PubSub(topic=pubsub.get("topic"), subscription=pubsub.get("subscription")) if pubsub else None,
                 poll_interval=src.get("pollInterval") or DEFAULT_POLL_INTERVAL,
                 credentials_secret=src.get("credentialsSecret"),
             ),

@@ -54,6 +54,7 @@ def env_name(flag: str) -> str:
     """`--poll-interval` -> `MODEL_POLLER_POLL_INTERVAL`."""
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
+
 # A ModelDeployment's name names its Service, so it must be an RFC 1035 label. The CRD
 # rejects other names; the operator checks again for objects stored before that rule.
 NAME_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"

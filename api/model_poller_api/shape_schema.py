@@ -89,7 +89,10 @@ def resources(what: str, extra_description: str = "") -> Schema:
             "name (cpu, memory, ephemeral-storage, extended resources such as nvidia.com/gpu)." + extra_description
         ),
         "properties": {
-            "requests": {**amounts, "description": "Minimum amounts the scheduler reserves, e.g. {cpu: 500m, memory: 1Gi}."},
+            "requests": {
+                **amounts,
+                "description": "Minimum amounts the scheduler reserves, e.g. {cpu: 500m, memory: 1Gi}.",
+            },
             "limits": {**amounts, "description": "Maximum amounts, e.g. {memory: 8Gi, nvidia.com/gpu: 1}."},
         },
         "x-kubernetes-validations": [
@@ -169,7 +172,6 @@ def poller_schema() -> Schema:
             "the memory request if that is higher), so the poller always has a memory limit.",
         ),
     )
-
 
 
 def _owned_fields(fields: dict[str, str], where: str) -> list[Schema]:
@@ -519,7 +521,9 @@ def pod_template_schema() -> Schema:
                 "type": "object",
                 "description": "Pod fields, as in a Pod's spec, over the rendered ones.",
                 "properties": {
-                    "nodeSelector": _string_map("Node labels the pods must run on, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}."),
+                    "nodeSelector": _string_map(
+                        "Node labels the pods must run on, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}."
+                    ),
                     "tolerations": {
                         "type": "array",
                         "maxItems": MAX_ITEMS,
@@ -568,7 +572,9 @@ def pod_template_schema() -> Schema:
                         "description": "Overrides merged by name over the rendered serving and poller containers.",
                     },
                     "securityContext": _opaque("Refused: " + workload.OWNED_POD_FIELDS["securityContext"] + "."),
-                    "serviceAccountName": string_schema("Refused: " + workload.OWNED_POD_FIELDS["serviceAccountName"] + "."),
+                    "serviceAccountName": string_schema(
+                        "Refused: " + workload.OWNED_POD_FIELDS["serviceAccountName"] + "."
+                    ),
                     "serviceAccount": string_schema("Refused: " + workload.OWNED_POD_FIELDS["serviceAccount"] + "."),
                     "automountServiceAccountToken": {
                         "type": "boolean",
@@ -632,7 +638,9 @@ def disruption_budget_schema() -> Schema:
             "one of the two. Without it, no PodDisruptionBudget (the operator deletes the one it made)."
         ),
         "properties": {
-            "minAvailable": _count_or_percent("Pods that must stay available: a number (e.g. 1) or a percentage (e.g. 50%)."),
+            "minAvailable": _count_or_percent(
+                "Pods that must stay available: a number (e.g. 1) or a percentage (e.g. 50%)."
+            ),
             "maxUnavailable": _count_or_percent(
                 "Pods that may be unavailable at once: a number or a percentage (works with the scale subresource)."
             ),
@@ -650,13 +658,24 @@ def operator_mode_only_rules() -> list[Schema]:
     external = f"has(self.workload) && self.workload == '{names.WORKLOAD_EXTERNAL}'"
     why = "shape your own workload (spec.workload: external: the operator renders no Deployment)"
     return [
-        _rule(f"!({external}) || !has(self.podTemplate)", f"spec.podTemplate applies to operator mode only: {why}",
-              field_path=".podTemplate"),
-        _rule(f"!({external}) || !has(self.disruptionBudget)",
-              f"spec.disruptionBudget applies to operator mode only: give your own workload a PodDisruptionBudget",
-              field_path=".disruptionBudget"),
-        _rule(f"!({external}) || !has(self.serving) || !has(self.serving.args)",
-              f"spec.serving.args applies to operator mode only: {why}", field_path=".serving.args"),
-        _rule(f"!({external}) || !has(self.serving) || !has(self.serving.monitoring) || !self.serving.monitoring",
-              f"spec.serving.monitoring applies to operator mode only: {why}", field_path=".serving.monitoring"),
+        _rule(
+            f"!({external}) || !has(self.podTemplate)",
+            f"spec.podTemplate applies to operator mode only: {why}",
+            field_path=".podTemplate",
+        ),
+        _rule(
+            f"!({external}) || !has(self.disruptionBudget)",
+            "spec.disruptionBudget applies to operator mode only: give your own workload a PodDisruptionBudget",
+            field_path=".disruptionBudget",
+        ),
+        _rule(
+            f"!({external}) || !has(self.serving) || !has(self.serving.args)",
+            f"spec.serving.args applies to operator mode only: {why}",
+            field_path=".serving.args",
+        ),
+        _rule(
+            f"!({external}) || !has(self.serving) || !has(self.serving.monitoring) || !self.serving.monitoring",
+            f"spec.serving.monitoring applies to operator mode only: {why}",
+            field_path=".serving.monitoring",
+        ),
     ]

@@ -16,22 +16,23 @@ An optional child that must not exist for the current spec (``children.py``) is 
 only when this ModelDeployment controls it; otherwise the operator deletes nothing (owner
 references do).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import socket
-from typing import Any, Final, Mapping
+from collections.abc import Mapping
+from typing import Any, Final
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
-
 from model_poller_api import names
+from model_poller_api.formats import rfc3339
 
 from model_poller_operator import __version__
 from model_poller_operator.children import BY_KIND, Desired
 from model_poller_operator.compare import Change, Conflict, Outcome, controlled_by, in_sync, with_hash
-from model_poller_api.formats import rfc3339
 
 Obj = dict[str, Any]
 
@@ -254,7 +255,9 @@ class Api:
                 return None
             # The precondition makes sure the object deleted is the one just checked.
             options = {"preconditions": {"uid": live["metadata"]["uid"]}, "propagationPolicy": "Background"}
-            self._call("DELETE", object_path(child.api_version, child.kind, absent.namespace, absent.name), body=options)
+            self._call(
+                "DELETE", object_path(child.api_version, child.kind, absent.namespace, absent.name), body=options
+            )
         except ApiException as error:
             if error.status in (404, 409):
                 return None  # gone already, or replaced meanwhile: the next reconcile looks again

@@ -19,17 +19,18 @@ import base64
 import datetime as dt
 import ipaddress
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Mapping, Sequence
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
+from model_poller_api.formats import rfc3339
 
 from model_poller_operator.apply import Api
-from model_poller_api.formats import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,10 @@ class Bundle:
         """The bundle a Secret holds, or None when it holds none (or a partial one)."""
         data = data or {}
         try:
-            parts = [base64.b64decode(str(data[key]), validate=True) for key in (CA_KEY, CA_PRIVATE_KEY, CERT_KEY, PRIVATE_KEY)]
+            parts = [
+                base64.b64decode(str(data[key]), validate=True)
+                for key in (CA_KEY, CA_PRIVATE_KEY, CERT_KEY, PRIVATE_KEY)
+            ]
         except (KeyError, ValueError):
             return None
         return cls(*parts)
@@ -83,7 +87,9 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
@@ -111,8 +117,14 @@ def new_ca(now: dt.datetime) -> tuple[bytes, bytes]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
@@ -229,7 +241,7 @@ class SecretStore:
     def ensure(self, hosts: Sequence[str], now: dt.datetime | None = None) -> Bundle:
         """The bundle every replica serves with: the Secret's, or a new one written there."""
         for _attempt in range(5):
-            when = now or dt.datetime.now(dt.timezone.utc)
+            when = now or dt.datetime.now(dt.UTC)
             found = self.read()
             current, version = found if found is not None else (None, None)
             why = problem(current, hosts, when)

@@ -13,8 +13,9 @@ not control is never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 from model_poller_api import models
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import InvalidOperation
-from typing import Any, Final, Mapping
+from typing import Any, Final
 
 from kubernetes.utils import parse_quantity
-
 from model_poller_api import names
 
 Obj = dict[str, Any]
@@ -75,7 +75,7 @@ def _map_subset(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
 
 def _list_subset(desired: list[Any], live: list[Any]) -> bool:
     if len(desired) == len(live):
-        return all(is_subset(d, lv) for d, lv in zip(desired, live))
+        return all(is_subset(d, lv) for d, lv in zip(desired, live, strict=False))
     named = all(isinstance(d, Mapping) and "name" in d for d in desired) and all(isinstance(lv, Mapping) for lv in live)
     if not named:
         return False
@@ -135,7 +135,12 @@ class Conflict:
         """None when ``live`` is controlled by the owner that ``desired`` names."""
         want = controller_of(desired)
         have = controller_of(live)
-        if want is not None and have is not None and have.get("uid") == want.get("uid") and is_model_deployment_ref(have):
+        if (
+            want is not None
+            and have is not None
+            and have.get("uid") == want.get("uid")
+            and is_model_deployment_ref(have)
+        ):
             return None
         if have is None:
             controller = ""

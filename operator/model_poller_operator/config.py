@@ -18,8 +18,9 @@ import os
 import re
 import typing
 import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Mapping, TypeVar
+from typing import Any, Final, TypeVar
 
 ENV_PREFIX: Final = "MODEL_POLLER_OPERATOR_"
 # The exit code of a bad setting (as argparse's for a bad flag).
@@ -150,8 +151,7 @@ class ConsoleSettings:
     )
     peering: str = setting(
         "",
-        "kopf peering object name for several replicas in HA (--peering; needs kopf's peering CRDs); "
-        "empty: standalone",
+        "kopf peering object name for several replicas in HA (--peering; needs kopf's peering CRDs); empty: standalone",
         check=object_name,
     )
 
@@ -162,7 +162,7 @@ class ConsoleSettings:
 
 def env_name(cls: type, name: str) -> str:
     """The variable of setting ``name`` of the settings class ``cls``."""
-    prefix: str = getattr(cls, "ENV_PREFIX")
+    prefix: str = getattr(cls, "ENV_PREFIX")  # noqa: B009 - any settings class; mypy sees only `type`
     return prefix + name.upper()
 
 
@@ -206,7 +206,11 @@ def _number(variable: str, raw: str, kind: type[int] | type[float], metadata: Ma
     except ValueError:
         raise SettingsError(f"{variable}={raw!r} is not {what}") from None
     minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
-    if not math.isfinite(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if (
+        not math.isfinite(value)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
         bounds = [f">= {minimum:g}" if minimum is not None else "", f"<= {maximum:g}" if maximum is not None else ""]
         raise SettingsError(f"{variable}={raw!r} must be {what} {' and '.join(b for b in bounds if b)}".rstrip())
     return value

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Final
 
 from model_poller_api import names
 
@@ -77,7 +78,9 @@ class ExternalPods:
                 on_event=lambda _name, before, after: self._pod_changed(namespace, before, after),
             )
         watch.start()
-        log.info("watching the pods labelled %s in %s (an external-mode ModelDeployment lives there)", SELECTOR, namespace)
+        log.info(
+            "watching the pods labelled %s in %s (an external-mode ModelDeployment lives there)", SELECTOR, namespace
+        )
 
     def pods(self, namespace: str, name: str, wait: float = 0) -> list[st.PodState] | None:
         """The pods labelled for ModelDeployment ``name``; None until the namespace is

@@ -39,8 +39,8 @@ from typing import Any, Final
 import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
-
 from model_poller_api import names
+
 from model_poller_operator import children
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api
@@ -192,7 +192,9 @@ def model_deployments(namespace: str | None, name: str, body: kopf.Body, **_: An
 
 
 @kopf.index("v1", "pods", labels={**MANAGED, names.LABEL_INSTANCE: kopf.PRESENT})
-def model_pods(namespace: str | None, name: str, labels: kopf.Labels, status: kopf.Status, **_: Any) -> dict[Key, st.PodState]:
+def model_pods(
+    namespace: str | None, name: str, labels: kopf.Labels, status: kopf.Status, **_: Any
+) -> dict[Key, st.PodState]:
     return {(namespace, labels[names.LABEL_INSTANCE]): st.PodState.from_object(name, status)}
 
 
@@ -300,7 +302,9 @@ def on_deployment_event(namespace: str | None, meta: kopf.Meta, memo: Any, logge
 @kopf.on.resume(*MD)
 @kopf.on.create(*MD)
 @kopf.on.update(*MD)
-def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: Any, retry: int, logger: Logger, **_: Any) -> None:
+def reconcile(
+    body: kopf.Body, name: str, namespace: str | None, memo: Any, retry: int, logger: Logger, **_: Any
+) -> None:
     """Apply the rendered children (only those that differ), then record the outcome."""
     state = resource_handler_state(memo)
     snapshot = Snapshot.from_object(plain(dict(body)))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Iterator, Mapping
+from typing import Any, Final
 
 from kubernetes.client.exceptions import ApiException
 
@@ -101,7 +102,11 @@ class NamespaceWatch:
         ]
         client = self.api.client
         method, url, headers, _body, _post = client.param_serialize(
-            "GET", self.path, query_params=query, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+            "GET",
+            self.path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
         )
         response = client.call_api(method, url, header_params=headers, _request_timeout=(10, self.watch_seconds + 30))
         raw = response.response

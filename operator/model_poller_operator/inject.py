@@ -17,8 +17,9 @@ import copy
 import enum
 import json
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Mapping
+from typing import Any, Final
 
 from model_poller_api import models, names
 
@@ -447,7 +448,9 @@ def json_patch(old: Any, new: Any, path: str = "") -> list[Obj]:
                 ops += json_patch(old[key], value, _pointer(path, key))
         return ops
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [op for i, (a, b) in enumerate(zip(old, new)) for op in json_patch(a, b, _pointer(path, i))]
+        return [
+            op for i, (a, b) in enumerate(zip(old, new, strict=False)) for op in json_patch(a, b, _pointer(path, i))
+        ]
     return [{"op": "replace", "path": path, "value": copy.deepcopy(new)}]
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import kopf
-
 from model_poller_api import names
 
 from model_poller_operator.config import EXIT_BAD_SETTING, ConsoleSettings, OperatorConfig, SettingsError, env_name

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from kubernetes.utils import parse_quantity
-
 from model_poller_api import models, workload
 
 Obj = dict[str, Any]
@@ -160,13 +160,17 @@ def _container_problems(
     where: str, container: models.ContainerOverride, template: models.PodTemplate
 ) -> Iterator[InvalidOverride]:
     if container.name not in workload.CONTAINERS:
-        yield InvalidOverride(f"{where}.name", f"{container.name!r} is not a container: use one of {', '.join(workload.CONTAINERS)}")
+        yield InvalidOverride(
+            f"{where}.name", f"{container.name!r} is not a container: use one of {', '.join(workload.CONTAINERS)}"
+        )
         return
     allowed = workload.CONTAINER_FIELDS[container.name]
     given = {"args": container.args, "env": container.env, "volumeMounts": container.volume_mounts}
     for field in [f for f, value in given.items() if value and f not in allowed] + list(container.other):
-        why = "the containers' security context is the operator's" if field == "securityContext" else (
-            f"the {container.name} container takes only {', '.join(allowed)}"
+        why = (
+            "the containers' security context is the operator's"
+            if field == "securityContext"
+            else (f"the {container.name} container takes only {', '.join(allowed)}")
         )
         yield InvalidOverride(f"{where}.{field}", f"cannot be set: {why}")
     yield from _args_problems(f"{where}.args", container.args)
@@ -178,7 +182,9 @@ def _env_problems(where: str, container: models.ContainerOverride) -> Iterator[I
     for index, env in enumerate(container.env):
         name = str(env.get("name", ""))
         if container.name == workload.POLLER_CONTAINER and workload.owned_env(name):
-            yield InvalidOverride(f"{where}[{index}].name", f"{name} is set by the operator (the poller's flags and identity)")
+            yield InvalidOverride(
+                f"{where}[{index}].name", f"{name} is set by the operator (the poller's flags and identity)"
+            )
         if "secretKeyRef" in (env.get("valueFrom") or {}):
             yield InvalidOverride(
                 f"{where}[{index}].valueFrom.secretKeyRef",
@@ -252,7 +258,11 @@ def merge_container(base: Obj, override: models.ContainerOverride | None) -> Obj
 
 def pod_fields(spec: models.ModelDeploymentSpec) -> Obj:
     """The pod-level fields of spec.podTemplate.spec the operator passes through."""
-    return {k: _plain(v) for k, v in spec.pod_template.pod.items() if k in workload.POD_FIELDS and v not in (None, "", [], {})}
+    return {
+        k: _plain(v)
+        for k, v in spec.pod_template.pod.items()
+        if k in workload.POD_FIELDS and v not in (None, "", [], {})
+    }
 
 
 def extra_volumes(spec: models.ModelDeploymentSpec) -> list[Obj]:

@@ -7,12 +7,13 @@ renders one child (:func:`desired_child`) and puts it back (:func:`restore`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import kopf
-
 from model_poller_api import models, names
+
 from model_poller_operator import children, render
 from model_poller_operator import status as st
 from model_poller_operator.apply import ApplyError
@@ -59,7 +60,9 @@ def converge(state: State, key: Key, snapshot: Snapshot, logger: Logger) -> Reco
         with state.lock(key):
             outcome = state.api.converge_all(desired)
     except ApplyError as error:
-        message = st.apply_failed_message(str(error), render.spec_fields(snapshot.owner, spec, error.kind, error.fields))
+        message = st.apply_failed_message(
+            str(error), render.spec_fields(snapshot.owner, spec, error.kind, error.fields)
+        )
         return failed(st.REASON_APPLY_FAILED, message, retry=f"applying the children failed: {error}")
     for change in outcome.changes:
         logger.info("%s %s %s", change.action, change.kind, change.name)

@@ -16,15 +16,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from model_poller_api import models
 from model_poller_api.conditions import find_condition
+from model_poller_api.formats import rfc3339
+
 from model_poller_operator import render
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api, StatusConflict
-from model_poller_api.formats import rfc3339
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 

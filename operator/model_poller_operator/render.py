@@ -18,7 +18,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from kubernetes.utils import parse_quantity
-
 from model_poller_api import models, names, workload
 
 from model_poller_operator import overrides
@@ -240,9 +239,7 @@ def _tcp_probe(port: int, *, period: int, failures: int) -> Obj:
     return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": failures}
 
 
-def poller_container(
-    owner: Owner, spec: models.ModelDeploymentSpec, volumes: PollerVolumes = OPERATOR_VOLUMES
-) -> Obj:
+def poller_container(owner: Owner, spec: models.ModelDeploymentSpec, volumes: PollerVolumes = OPERATOR_VOLUMES) -> Obj:
     """The poller as a native sidecar: the operator's Deployment and the admission webhook
     both render it here, so an injected poller is the same container (env, probes,
     security context, token mount) as in the pods the operator runs itself."""

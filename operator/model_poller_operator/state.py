@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import kopf
-
 from model_poller_api import names
+
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api
 from model_poller_operator.config import OperatorConfig

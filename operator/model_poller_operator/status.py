@@ -7,8 +7,9 @@ steady state, so nothing is written), and the Events worth posting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Mapping, Sequence
+from typing import Any, Final, Literal
 
 from model_poller_api import models, names
 from model_poller_api.conditions import Condition, find_condition, set_condition
@@ -310,9 +311,7 @@ def pod_events_needed(spec: models.ModelDeploymentSpec, pods: Sequence[PodState]
     return bool(spec.source.credentials_secret) and any(not p.started and not p.ready for p in pods)
 
 
-def missing_secret_evidence(
-    secret: str, pods: Sequence[PodState], events: Sequence[PodEvent]
-) -> list[tuple[str, str]]:
+def missing_secret_evidence(secret: str, pods: Sequence[PodState], events: Sequence[PodEvent]) -> list[tuple[str, str]]:
     """(pod, what it says) for each pod that reports ``secret`` as not found.
 
     Only pods that have not started count: once the Secret exists the kubelet mounts it and
@@ -324,9 +323,7 @@ def missing_secret_evidence(
             continue
         said = next((f"{c.reason}: {c.message}" for c in pod.waiting if needle in c.message), None)
         if said is None and not pod.started:
-            said = next(
-                (f"{e.reason}: {e.message}" for e in events if e.pod == pod.name and needle in e.message), None
-            )
+            said = next((f"{e.reason}: {e.message}" for e in events if e.pod == pod.name and needle in e.message), None)
         if said is not None:
             evidence.append((pod.name, said))
     return evidence
@@ -368,7 +365,7 @@ def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> 
         hint = _HINTS.get(first.reason) if first.reason is not None else None
         message = f"poller of pod {pods}: {first.error}" + (f" ({hint})" if hint else "")
         found.append((reason, message))
-    for type_, status_, reason, message in (observed.deployment.conditions if observed.deployment else ()):
+    for type_, status_, reason, message in observed.deployment.conditions if observed.deployment else ():
         if type_ == "ReplicaFailure" and status_ == "True":
             found.append((REASON_REPLICA_FAILURE, f"Deployment {observed.name}: {reason}: {message}"))
         if type_ == "Progressing" and status_ == "False" and reason == "ProgressDeadlineExceeded":
@@ -404,9 +401,24 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
     external = observed.spec.external
     desired = (observed.deployment.replicas if observed.deployment else 0) if external else observed.spec.replicas
     ready = observed.deployment.ready_replicas if observed.deployment else 0
-    uri = observed.spec.source.uri
+    if desired == 0:
+        return _nothing_desired(observed)
+    counts = f"{ready}/{desired} replicas ready"
+    ready_pods = [p for p in observed.pods if p.ready]
     policy = observed.spec.versions
-    if external and desired == 0:
+    off_policy = [p.name for p in ready_pods if p.name in reports and not serves_policy(reports[p.name], policy)]
+    silent = [p.name for p in ready_pods if p.name not in reports]
+    if ready >= desired and not off_policy and not silent and serving is not None:
+        return Condition("Ready", "True", REASON_ALL_SERVING, f"{counts}, serving version {serving}")
+    return (
+        _workload_problem(observed, reports, counts)
+        or _report_problem(observed, reports, counts, off_policy, silent)
+        or _not_ready(observed, counts)
+    )
+
+
+def _nothing_desired(observed: Observed) -> Condition:
+    if observed.spec.external:
         return Condition(
             "Ready",
             "False",
@@ -414,14 +426,12 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
             f"no pod labelled {names.LABEL_MODEL_DEPLOYMENT}={observed.name} in namespace {observed.namespace} "
             "(spec.workload: external): label the pod template of your tensorflow/serving workload",
         )
-    if desired == 0:
-        return Condition("Ready", "True", REASON_SCALED_TO_ZERO, "spec.replicas is 0: nothing to serve")
-    counts = f"{ready}/{desired} replicas ready"
-    ready_pods = [p for p in observed.pods if p.ready]
-    off_policy = [p.name for p in ready_pods if p.name in reports and not serves_policy(reports[p.name], policy)]
-    silent = [p.name for p in ready_pods if p.name not in reports]
-    if ready >= desired and not off_policy and not silent and serving is not None:
-        return Condition("Ready", "True", REASON_ALL_SERVING, f"{counts}, serving version {serving}")
+    return Condition("Ready", "True", REASON_SCALED_TO_ZERO, "spec.replicas is 0: nothing to serve")
+
+
+def _workload_problem(observed: Observed, reports: Mapping[str, models.PollerReport], counts: str) -> Condition | None:
+    """What the pods and the Deployment say: a container that will not start, a missing
+    credentials Secret, pods the ReplicaSet could not create."""
     for pod in observed.pods:
         failure = pod_failure(pod)
         if failure is not None and pod.name not in reports:
@@ -429,14 +439,29 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
     secret = credentials_secret_problem(observed)
     if secret is not None:
         return Condition("Ready", "False", REASON_SECRET_MISSING, f"{counts}; {secret}")
-    for type_, status_, reason, message in (observed.deployment.conditions if observed.deployment else ()):
+    for type_, status_, reason, message in observed.deployment.conditions if observed.deployment else ():
         if type_ == "ReplicaFailure" and status_ == "True":
             return Condition("Ready", "False", REASON_PODS_REFUSED, f"{counts}; pods not created: {reason}: {message}")
+    return None
+
+
+def _report_problem(
+    observed: Observed,
+    reports: Mapping[str, models.PollerReport],
+    counts: str,
+    off_policy: Sequence[str],
+    silent: Sequence[str],
+) -> Condition | None:
+    """What the pollers' entries say (or their silence)."""
+    policy, uri = observed.spec.versions, observed.spec.source.uri
     if off_policy:
         wanted = f"pinned {list(policy.pinned)}" if policy.pinned else f"keep {policy.keep}"
         what = ", ".join(f"{name} serves {reports[name].serving}" for name in off_policy)
         return Condition(
-            "Ready", "False", REASON_NOT_SERVING, f"{counts}; not yet serving a version inside the policy ({wanted}): {what}"
+            "Ready",
+            "False",
+            REASON_NOT_SERVING,
+            f"{counts}; not yet serving a version inside the policy ({wanted}): {what}",
         )
     if not reports:
         return Condition(
@@ -461,8 +486,12 @@ def ready_condition(observed: Observed, reports: Mapping[str, models.PollerRepor
             f"{counts}; the poller of pod {', '.join(silent)} has not reported into status.pollers "
             f"(kubectl -n {observed.namespace} logs {silent[0]} -c poller)",
         )
+    return None
+
+
+def _not_ready(observed: Observed, counts: str) -> Condition:
     see = f"describe deployment {observed.name}"
-    if external:
+    if observed.spec.external:
         see = f"get pods -l {names.LABEL_MODEL_DEPLOYMENT}={observed.name}"
     return Condition("Ready", "False", REASON_NOT_READY, f"{counts}; see kubectl -n {observed.namespace} {see}")
 
@@ -507,7 +536,9 @@ def desired_status(
     if synced is not None:
         conditions = set_condition(
             conditions,
-            Condition(models.CONDITION_SYNCED, "True" if synced.ok else "False", synced.reason, _truncate(synced.message)),
+            Condition(
+                models.CONDITION_SYNCED, "True" if synced.ok else "False", synced.reason, _truncate(synced.message)
+            ),
             now=now,
             observed_generation=synced.generation,
         )

@@ -30,13 +30,13 @@ import shutil
 import ssl
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final, Mapping
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
-
 from model_poller_api import names
 
 from model_poller_operator import certs, inject, render
@@ -68,7 +68,8 @@ class WebhookSettings:
     # the names the certificate is for, and the MutatingWebhookConfiguration whose caBundle
     # the operator keeps equal to that CA.
     secret: str = setting(
-        "", "NAMESPACE/NAME of the Secret holding the webhook's self-signed CA and certificate (shared by every replica)"
+        "",
+        "NAMESPACE/NAME of the Secret holding the webhook's self-signed CA and certificate (shared by every replica)",
     )
     hosts: tuple[str, ...] = setting(
         (), "comma-separated names (or IPs) the certificate is for: the webhook Service's DNS names", check=host
@@ -78,8 +79,9 @@ class WebhookSettings:
     )
     # Or: a folder with tls.crt and tls.key written by someone else (cert-manager).
     cert_dir: str = setting(
-        "", f"instead of {ENV_PREFIX}SECRET: a folder with tls.crt and tls.key kept by someone else "
-        "(cert-manager); reloaded when they change"
+        "",
+        f"instead of {ENV_PREFIX}SECRET: a folder with tls.crt and tls.key kept by someone else "
+        "(cert-manager); reloaded when they change",
     )
     check_interval: float = setting(
         60.0,
@@ -87,7 +89,9 @@ class WebhookSettings:
         minimum=0.1,
     )
     lookup_timeout: float = setting(
-        2.0, "seconds each API lookup of an admission may take (the API server waits timeoutSeconds in all)", minimum=0.1
+        2.0,
+        "seconds each API lookup of an admission may take (the API server waits timeoutSeconds in all)",
+        minimum=0.1,
     )
 
     @property
@@ -117,7 +121,9 @@ class WebhookSettings:
         if self.secret and (self.secret.count("/") != 1 or not all(self.secret.split("/"))):
             raise SettingsError(f"{ENV_PREFIX}SECRET={self.secret!r} must be NAMESPACE/NAME")
         if self.secret and not self.hosts:
-            raise SettingsError(f"{ENV_PREFIX}HOSTS must name the webhook's Service (e.g. svc.ns.svc) for its certificate")
+            raise SettingsError(
+                f"{ENV_PREFIX}HOSTS must name the webhook's Service (e.g. svc.ns.svc) for its certificate"
+            )
 
 
 # --- admission: lookups around the pure decision -----------------------------------------
@@ -433,7 +439,7 @@ class Webhook:
         assert self._stop is not None
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from model_poller_api.defaults import DEFAULT_KEEP
 from model_poller_api.names import POLLER_HTTP_PORT, SCHEME_FILE, SCHEME_GCS, env_name
@@ -37,7 +37,10 @@ FLAGS: dict[str, tuple[str | None, str]] = {
     "--keep": ("N", f"keep the newest N valid versions (default {DEFAULT_KEEP})"),
     "--pinned": ("V[,V...]", "keep exactly these versions (rollback); exclusive with --keep"),
     "--subscription": ("projects/P/subscriptions/S", "shared Pub/Sub subscription (PoC: SUBSCRIPTION with PROJECT_ID)"),
-    "--topic": ("projects/P/topics/T", "Pub/Sub topic; this replica creates (and on exit deletes) its own subscription"),
+    "--topic": (
+        "projects/P/topics/T",
+        "Pub/Sub topic; this replica creates (and on exit deletes) its own subscription",
+    ),
     "--project": ("PROJECT", "Google Cloud project for short subscription/topic names (PoC: PROJECT_ID)"),
     "--poll-interval": (
         "SECONDS",
@@ -64,8 +67,14 @@ FLAGS: dict[str, tuple[str | None, str]] = {
         "TF Serving's REST URL: report what it serves, gate /serving-ready and removals on its AVAILABLE versions",
     ),
     "--model-name": ("NAME", "TF Serving model name (required with --serving-url)"),
-    "--http-port": ("PORT", f"port of /healthz, /readyz, /serving-ready, /metrics (default {POLLER_HTTP_PORT}; 0: any)"),
-    "--max-bytes": ("BYTES", f"largest unpacked size of one version (default {DEFAULT_MAX_BYTES >> 30}Gi; 500Mi works)"),
+    "--http-port": (
+        "PORT",
+        f"port of /healthz, /readyz, /serving-ready, /metrics (default {POLLER_HTTP_PORT}; 0: any)",
+    ),
+    "--max-bytes": (
+        "BYTES",
+        f"largest unpacked size of one version (default {DEFAULT_MAX_BYTES >> 30}Gi; 500Mi works)",
+    ),
     "--storage-limit": (
         "BYTES",
         "size limit of the model dir's volume (an emptyDir's sizeLimit; 20Gi works): a version larger than "

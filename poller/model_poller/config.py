@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 from model_poller_api.defaults import DEFAULT_KEEP
 from model_poller_api.defaults import DEFAULT_POLL_INTERVAL as DEFAULT_POLL_DURATION
@@ -216,8 +217,9 @@ def _where(read: _Values) -> tuple[str, Path]:
     """``--source`` and ``--model-dir``: both required."""
     source = read.text("source")
     if source is None:
-        raise ConfigError(f"--source is required (or MODEL_POLLER_SOURCE): {SCHEME_GCS}bucket/prefix/ or "
-                          f"{SCHEME_FILE}dir/")
+        raise ConfigError(
+            f"--source is required (or MODEL_POLLER_SOURCE): {SCHEME_GCS}bucket/prefix/ or {SCHEME_FILE}dir/"
+        )
     validate_uri(source)
     text = read.text("model_dir")
     if text is None:
@@ -276,8 +278,10 @@ def _serving(read: _Values) -> tuple[str | None, str | None]:
     serving_url = read.get("serving_url", parse_http_url, None)
     model_name = read.text("model_name")
     if model_name is not None and not _MODEL_NAME.fullmatch(model_name):
-        raise ConfigError(f"--model-name {model_name!r}: use letters, digits, '_', '.' and '-' (it becomes a URL "
-                          "segment of TF Serving's API)")
+        raise ConfigError(
+            f"--model-name {model_name!r}: use letters, digits, '_', '.' and '-' (it becomes a URL "
+            "segment of TF Serving's API)"
+        )
     if serving_url is not None and model_name is None:
         raise ConfigError("--serving-url needs --model-name (the model TF Serving serves, as in GET /v1/models/NAME)")
     return serving_url, model_name

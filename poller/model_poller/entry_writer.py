@@ -18,8 +18,8 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from model_poller_api.models import PollerReport
 
@@ -145,8 +145,13 @@ class PodEntryWriter:
             delay = self._backoff.fail(cap=RETRY_MAX)
             failures = self._backoff.failures
             if failures == 1 or failures % 20 == 0:
-                log.warning("status write for %s failed (%d attempts so far), retrying in %.1fs: %s",
-                            self.kube.target, failures, delay, exc)
+                log.warning(
+                    "status write for %s failed (%d attempts so far), retrying in %.1fs: %s",
+                    self.kube.target,
+                    failures,
+                    delay,
+                    exc,
+                )
             return delay
         # A 403/404 at the first attempt may be the API server's start-up blip: said once it persists.
         if self._backoff.failures >= 1 or isinstance(exc, KubeRejected):
@@ -157,11 +162,15 @@ class PodEntryWriter:
         """(the write's metric outcome, the log line) for a failed write."""
         where = f"status.pollers.{self.pod} of {self.kube.target}"
         if isinstance(exc, KubeForbidden):
-            return "forbidden", (f"cannot write {where}: {exc} (the poller's ServiceAccount needs patch on "
-                                 f"modeldeployments/status of {self.kube.target}; syncing goes on)")
+            return "forbidden", (
+                f"cannot write {where}: {exc} (the poller's ServiceAccount needs patch on "
+                f"modeldeployments/status of {self.kube.target}; syncing goes on)"
+            )
         if isinstance(exc, KubeNotFound):
-            return "not_found", (f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is "
-                                 f"gone ({exc}); syncing goes on")
+            return "not_found", (
+                f"cannot write status.pollers.{self.pod}: ModelDeployment {self.kube.target} is "
+                f"gone ({exc}); syncing goes on"
+            )
         if isinstance(exc, KubeRejected):
             # The API server refused the entry itself (e.g. a field this CRD version does not
             # know): the same entry will be refused again; a new one may not be.

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from model_poller.config import Settings
 from model_poller.metrics import Metrics
@@ -28,9 +29,9 @@ from model_poller.serving import ServingStatus, ServingWatcher, load_failures, s
 from model_poller.sync import SyncOutcome
 
 if TYPE_CHECKING:
+    from model_poller.entry_writer import PodEntryWriter
     from model_poller.kube import Kube
     from model_poller.policy_watch import PolicyWatcher
-    from model_poller.entry_writer import PodEntryWriter
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,9 @@ class Feedback:
 
     def _follow_model_deployment(self, settings: Settings, metrics: Metrics, *, write_entry: bool) -> None:
         """``--report-to``: watch the ModelDeployment's spec.versions, write the pod's entry."""
+        from model_poller.entry_writer import PodEntryWriter
         from model_poller.kube import Kube
         from model_poller.policy_watch import PolicyWatcher
-        from model_poller.entry_writer import PodEntryWriter
 
         assert settings.report_to is not None
         self.kube = Kube.from_environment(settings.report_to)
@@ -136,12 +137,19 @@ class Feedback:
                 return None
             waited += 1.0
             if waited >= SAVED_POLICY_AFTER and (saved := self._load_policy()) is not None:
-                log.warning("spec.versions of ModelDeployment %s not readable yet: starting from the policy read "
-                            "last (%s); the live one applies as soon as it is read", self._target(), saved.describe())
+                log.warning(
+                    "spec.versions of ModelDeployment %s not readable yet: starting from the policy read "
+                    "last (%s); the live one applies as soon as it is read",
+                    self._target(),
+                    saved.describe(),
+                )
                 return saved
             if waited in (10.0, 60.0) or waited % 600 == 0:
-                log.warning("waiting for spec.versions of ModelDeployment %s before the first sync (%.0fs so far)",
-                            self._target(), waited)
+                log.warning(
+                    "waiting for spec.versions of ModelDeployment %s before the first sync (%.0fs so far)",
+                    self._target(),
+                    waited,
+                )
         return self.take_policy()
 
     def _target(self) -> str:

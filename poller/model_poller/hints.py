@@ -15,7 +15,8 @@ import logging
 import queue
 import time
 from collections import OrderedDict
-from typing import AbstractSet, Callable
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 from model_poller_api.names import SCHEME_GCS
 
@@ -79,8 +80,12 @@ class HintInbox:
         try:
             needed = self._needs_sync(hint, known)
         except Exception:  # noqa: BLE001 - defence in depth: one message never ends the poller
-            log.exception("ignoring notification for %s%s/%s: unexpected error (a bug: please report it)",
-                          SCHEME_GCS, hint.bucket, one_line(hint.name, 300))
+            log.exception(
+                "ignoring notification for %s%s/%s: unexpected error (a bug: please report it)",
+                SCHEME_GCS,
+                hint.bucket,
+                one_line(hint.name, 300),
+            )
             needed = False
         if needed:
             self._metrics.notifications.labels(outcome="sync").inc()
@@ -96,8 +101,13 @@ class HintInbox:
         # Object names are untrusted: parse_object_name decides, as for the listing.
         target = parse_object_name(hint.name[len(self.prefix) :])
         if target is None:
-            log.info("ignoring notification for %s%s/%s: not a version (<digits>.zip, .tar.gz, .tgz or "
-                     "<digits>/_READY; ASCII digits, at most int64)", SCHEME_GCS, hint.bucket, one_line(hint.name, 300))
+            log.info(
+                "ignoring notification for %s%s/%s: not a version (<digits>.zip, .tar.gz, .tgz or "
+                "<digits>/_READY; ASCII digits, at most int64)",
+                SCHEME_GCS,
+                hint.bucket,
+                one_line(hint.name, 300),
+            )
             return False
         if hint.event == DELETE:
             return True

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+
 from model_poller_api.names import PATH_HEALTHZ, PATH_METRICS, PATH_READYZ, PATH_SERVING_READY
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -101,7 +102,9 @@ class HttpServer:
         self._started.wait()
         if not self._serving:
             raise RuntimeError(f"the HTTP server on port {self.port} did not start (see the error above)")
-        log.info("serving %s, %s, %s, %s on port %d", PATH_HEALTHZ, PATH_READYZ, PATH_SERVING_READY, PATH_METRICS, self.port)
+        log.info(
+            "serving %s, %s, %s, %s on port %d", PATH_HEALTHZ, PATH_READYZ, PATH_SERVING_READY, PATH_METRICS, self.port
+        )
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -191,9 +194,12 @@ class HttpServer:
         now = time.monotonic()
         if now - self._last_warning >= WARN_EVERY:
             self._last_warning = now
-            log.warning("%d HTTP connections open, the limit: a new one closes the oldest still sending its request, "
-                        "or is answered 503 when none is (every connection is closed %gs after it opened)",
-                        self._max_connections, self._request_timeout)
+            log.warning(
+                "%d HTTP connections open, the limit: a new one closes the oldest still sending its request, "
+                "or is answered 503 when none is (every connection is closed %gs after it opened)",
+                self._max_connections,
+                self._request_timeout,
+            )
 
     def _respond(self, head: bytes, overflow: bool) -> bytes:
         return self._handler(head, overflow).response()

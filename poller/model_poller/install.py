@@ -17,9 +17,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from model_poller.durable import Syncer, fsync_dir, remove_tree
 from model_poller.errors import Abandoned, ModelDirError, Rejected
@@ -40,8 +40,18 @@ UNZIP_WORKERS = min(4, max(2, len(os.sched_getaffinity(0))))
 # errno values that are the local disk's trouble, never the upload's: an error carrying
 # one of these is retried with backoff even when the unpacker reported it as bad data.
 LOCAL_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
-     errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EBUSY}
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.EBUSY,
+    }
 )
 # errno values the file system answers to a name or layout taken from the archive (or a
 # folder version's object names) while unpacking: for a path inside the unpacked tree
@@ -75,7 +85,9 @@ class InstallResult:
     seconds: float
 
 
-def install(store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limits, stop: threading.Event) -> InstallResult:
+def install(
+    store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limits, stop: threading.Event
+) -> InstallResult:
     """Install ``artifact`` as ``<model-dir>/<version>``, or raise and leave no trace.
 
     Raises ``Rejected`` (never valid at this generation: bad data, or names or a layout
@@ -85,7 +97,9 @@ def install(store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limit
     return _in_staging(store, artifact, model_dir, limits, stop, put_in_place=True)
 
 
-def validate(store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limits, stop: threading.Event) -> InstallResult:
+def validate(
+    store: Store, artifact: Artifact, model_dir: ModelDir, limits: Limits, stop: threading.Event
+) -> InstallResult:
     """Download, verify and unpack ``artifact`` in staging exactly as ``install`` does,
     then discard it: proves the upload valid (or raises as ``install`` does) without
     putting anything where TF Serving looks. Used for the newest upload while pinned."""
@@ -107,7 +121,10 @@ def _in_staging(
             done = time.monotonic()
             log.debug(
                 "version %d: last byte received at %.3fs, in place at %.3fs (%.3fs after the last byte)",
-                artifact.version, received.last_at - started, done - started, done - received.last_at,
+                artifact.version,
+                received.last_at - started,
+                done - started,
+                done - received.last_at,
             )
         return InstallResult(
             version=artifact.version,

@@ -10,7 +10,8 @@ Every failure becomes one of three typed errors, so callers decide by type, not 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import kubernetes
 import urllib3

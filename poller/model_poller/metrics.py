@@ -39,9 +39,7 @@ class Metrics:
         self.downloaded_bytes = Counter(
             "model_poller_downloaded_bytes", "Bytes downloaded for installed versions.", registry=r
         )
-        self.rejections = Counter(
-            "model_poller_rejections", "Versions rejected, by reason.", ["reason"], registry=r
-        )
+        self.rejections = Counter("model_poller_rejections", "Versions rejected, by reason.", ["reason"], registry=r)
         self.install_attempts = Counter(
             "model_poller_install_attempts", "Installs started (each one downloads the version).", registry=r
         )
@@ -55,7 +53,8 @@ class Metrics:
             registry=r,
         )
         self.sync_errors = Counter(
-            "model_poller_sync_errors", "Syncs that did not finish (source not listed, or an unexpected error).",
+            "model_poller_sync_errors",
+            "Syncs that did not finish (source not listed, or an unexpected error).",
             registry=r,
         )
         self.serving_version = Gauge(

@@ -138,7 +138,7 @@ class ModelDir:
             try:
                 view = memoryview(body)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -23,8 +23,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from model_poller.backoff import Backoff
 from model_poller.errors import NotificationError, PollerError
@@ -103,8 +104,14 @@ def hint_from_message(message: Any) -> Hint | None:
             published = float(publish_time.timestamp())
         except (AttributeError, ValueError, OSError):
             pass
-    return Hint(bucket=bucket, name=name, generation=generation, event=attrs.get("eventType", ""),
-                published=published, message=message)
+    return Hint(
+        bucket=bucket,
+        name=name,
+        generation=generation,
+        event=attrs.get("eventType", ""),
+        published=published,
+        message=message,
+    )
 
 
 class Notifications:
@@ -207,8 +214,11 @@ class Notifications:
             log.info("connected to Pub/Sub (%s)", self.subscription)
         elif was and not ready:
             self._connected.clear()
-            log.warning("lost the connection to Pub/Sub (%s, %s); reconnecting", self.subscription,
-                        getattr(state, "name", state))
+            log.warning(
+                "lost the connection to Pub/Sub (%s, %s); reconnecting",
+                self.subscription,
+                getattr(state, "name", state),
+            )
             self._on_failure()
 
     def _create_own(self) -> None:
@@ -278,8 +288,12 @@ class Notifications:
                 )
                 log.info("deleted subscription %s", self.subscription)
             except Exception as exc:  # noqa: BLE001 - it expires on its own anyway
-                log.warning("could not delete subscription %s (it expires on its own within %d h): %s",
-                            self.subscription, SUBSCRIPTION_TTL_SECONDS // 3600, _message(exc))
+                log.warning(
+                    "could not delete subscription %s (it expires on its own within %d h): %s",
+                    self.subscription,
+                    SUBSCRIPTION_TTL_SECONDS // 3600,
+                    _message(exc),
+                )
         if future is not None:
             try:
                 future.result(timeout=_left(deadline))

@@ -19,8 +19,18 @@ from model_poller.versions import parse_version
 _INTEGER = re.compile(r"[0-9]+", re.ASCII)
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
 _SIZE = re.compile(r"([0-9]+)\s*([KMGT]i?B?|B)?", re.IGNORECASE | re.ASCII)
-_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
-          "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30, "TI": 1 << 40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "KI": 1 << 10,
+    "MI": 1 << 20,
+    "GI": 1 << 30,
+    "TI": 1 << 40,
+}
 # A Kubernetes namespace: an RFC 1123 label.
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", re.ASCII)
 _MODEL_DEPLOYMENT_NAME = re.compile(NAME_PATTERN, re.ASCII)
@@ -110,6 +120,8 @@ def parse_target(text: str) -> tuple[str, str]:
     if not sep or not _NAMESPACE.fullmatch(namespace) or len(namespace) > 63:
         raise ValueError("use NAMESPACE/NAME of the ModelDeployment (a namespace is lowercase a-z, 0-9 and '-')")
     if not _MODEL_DEPLOYMENT_NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        raise ValueError("use NAMESPACE/NAME of the ModelDeployment (a name is lowercase a-z, 0-9 and '-', "
-                         f"starting with a letter, at most {MAX_NAME_LENGTH} characters)")
+        raise ValueError(
+            "use NAMESPACE/NAME of the ModelDeployment (a name is lowercase a-z, 0-9 and '-', "
+            f"starting with a letter, at most {MAX_NAME_LENGTH} characters)"
+        )
     return namespace, name

@@ -9,8 +9,9 @@ valid version (see ``removable`` for what waits for TF Serving's confirmation).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet, Iterable
 
 from model_poller_api.defaults import DEFAULT_KEEP
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from model_poller_api import models
 from model_poller_api.defaults import DEFAULT_KEEP
@@ -66,13 +67,21 @@ class PolicyWatcher:
         try:
             policy = policy_of(obj)
         except (KeyError, TypeError, ValueError) as exc:
-            log.error("cannot read spec.versions of ModelDeployment %s: %s; keeping %s", self.kube.target, exc,
-                      self._policy.describe() if self._policy else "the flags' policy")
+            log.error(
+                "cannot read spec.versions of ModelDeployment %s: %s; keeping %s",
+                self.kube.target,
+                exc,
+                self._policy.describe() if self._policy else "the flags' policy",
+            )
             return
         if policy != self._policy:
             if self._policy is not None:
-                log.info("version policy of %s changed: %s -> %s", self.kube.target, self._policy.describe(),
-                         policy.describe())
+                log.info(
+                    "version policy of %s changed: %s -> %s",
+                    self.kube.target,
+                    self._policy.describe(),
+                    policy.describe(),
+                )
             self._policy = policy
             self._on_policy(policy)
         self.first.set()
@@ -92,9 +101,13 @@ class PolicyWatcher:
                 self._on_error("forbidden" if isinstance(exc, KubeForbidden) else "not_found")
                 if backoff.failures > 1 and time.monotonic() - self._logged_at >= LOG_EVERY:
                     self._logged_at = time.monotonic()
-                    log.error("cannot follow spec.versions of %s: %s (the poller's ServiceAccount needs get and "
-                              "watch on modeldeployments, resourceNames [%s]); retrying", self.kube.target, exc,
-                              self.kube.target.name)
+                    log.error(
+                        "cannot follow spec.versions of %s: %s (the poller's ServiceAccount needs get and "
+                        "watch on modeldeployments, resourceNames [%s]); retrying",
+                        self.kube.target,
+                        exc,
+                        self.kube.target.name,
+                    )
                 self._stop.wait(delay)
             except KubeError as exc:
                 delay = backoff.fail()
@@ -103,8 +116,9 @@ class PolicyWatcher:
                 self._stop.wait(delay)
             except Exception:  # noqa: BLE001 - the live policy must outlive any one bad answer
                 delay = backoff.fail(cap=SLOW_RETRY)
-                log.exception("following spec.versions of %s failed unexpectedly (a bug: please report it)",
-                              self.kube.target)
+                log.exception(
+                    "following spec.versions of %s failed unexpectedly (a bug: please report it)", self.kube.target
+                )
                 self._stop.wait(delay)
 
     def _follow(self, backoff: Backoff) -> None:
@@ -121,5 +135,8 @@ class PolicyWatcher:
                 if kind in ("ADDED", "MODIFIED"):
                     self._apply(event_obj)
                 elif kind == "DELETED":
-                    log.warning("ModelDeployment %s was deleted; keeping %s", self.kube.target,
-                                self._policy.describe() if self._policy else "the flags' policy")
+                    log.warning(
+                        "ModelDeployment %s was deleted; keeping %s",
+                        self.kube.target,
+                        self._policy.describe() if self._policy else "the flags' policy",
+                    )

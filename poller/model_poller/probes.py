@@ -4,7 +4,7 @@ the run loop sets them whether or not a server runs (``--once`` starts none)."""
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class Probes:

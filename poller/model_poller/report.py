@@ -7,8 +7,10 @@ caught), never from its message: the operator maps it to a condition without par
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet, Protocol, Sequence
+from typing import Protocol
 
 from model_poller_api.formats import rfc3339
 from model_poller_api.models import REPORT_REASON_PRIORITY, PollerReport, ReportReason
@@ -58,7 +60,9 @@ def build_report(
     if confirms:
         serving_now = serving_version(serving, wanted)
         for version, message in sorted(load_failures(serving, wanted).items()):
-            problems.append(Problem(ReportReason.LOAD_FAILED, f"TF Serving failed to load version {version}: {message}"))
+            problems.append(
+                Problem(ReportReason.LOAD_FAILED, f"TF Serving failed to load version {version}: {message}")
+            )
     else:
         in_place = set(wanted) & set(on_disk)
         serving_now = max(in_place) if in_place else None

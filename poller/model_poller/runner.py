@@ -18,9 +18,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Callable
 
 from model_poller_api.names import SCHEME_GCS
 
@@ -110,8 +110,14 @@ class Poller:
     def _make_listener(self, bucket: str, prefix: str) -> Listener:
         s = self.settings
         notifications = Notifications(
-            bucket=bucket, prefix=prefix, on_hint=self._inbox.put, subscription=s.subscription,
-            topic=s.topic, pod=s.pod_name, source_uri=s.source, on_failure=self.wake.set,
+            bucket=bucket,
+            prefix=prefix,
+            on_hint=self._inbox.put,
+            subscription=s.subscription,
+            topic=s.topic,
+            pod=s.pod_name,
+            source_uri=s.source,
+            on_failure=self.wake.set,
         )
         return Listener(notifications, fallback=min(s.poll_interval, s.fallback_poll_interval))
 
@@ -167,8 +173,12 @@ class Poller:
         http = HttpServer(self.settings.http_port, self.probes)
         http.start()
         if (self.settings.topic or self.settings.subscription) and not self.settings.notifications:
-            log.warning("Pub/Sub notifications describe %s sources only; %s is listed every %gs",
-                        SCHEME_GCS, self.settings.source, self.settings.poll_interval)
+            log.warning(
+                "Pub/Sub notifications describe %s sources only; %s is listed every %gs",
+                SCHEME_GCS,
+                self.settings.source,
+                self.settings.poll_interval,
+            )
         self.feedback.start()
         try:
             self._follow_first_policy(self.feedback)
@@ -199,20 +209,26 @@ class Poller:
         steps: list[tuple[str, Callable[[], None]]] = []
         if self._listener is not None:
             notifications = self._listener.notifications
-            steps.append(("deleting the subscription",
-                          lambda: notifications.stop(timeout=max(0.0, deadline - time.monotonic()))))
+            steps.append(
+                ("deleting the subscription", lambda: notifications.stop(timeout=max(0.0, deadline - time.monotonic())))
+            )
         if self.feedback is not None:
             steps.append(("the last status write and the watches", self.feedback.stop))
-        threads = [threading.Thread(target=_quietly(fn, what), name=f"shutdown-{i}", daemon=True)
-                   for i, (what, fn) in enumerate(steps)]
+        threads = [
+            threading.Thread(target=_quietly(fn, what), name=f"shutdown-{i}", daemon=True)
+            for i, (what, fn) in enumerate(steps)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        late = [what for (what, _), thread in zip(steps, threads) if thread.is_alive()]
+        late = [what for (what, _), thread in zip(steps, threads, strict=False) if thread.is_alive()]
         if late:
-            log.warning("shutdown: gave up on %s after %.1fs (a service is slow or unreachable)", " and ".join(late),
-                        time.monotonic() - started)
+            log.warning(
+                "shutdown: gave up on %s after %.1fs (a service is slow or unreachable)",
+                " and ".join(late),
+                time.monotonic() - started,
+            )
 
     def _prepare(self) -> None:
         removed = self.model_dir.prepare()
@@ -249,8 +265,9 @@ class Poller:
 
     def _loop(self) -> None:
         assert self._engine is not None
-        schedule = Schedule(self.settings.poll_interval,
-                            min(self.settings.poll_interval, self.settings.fallback_poll_interval))
+        schedule = Schedule(
+            self.settings.poll_interval, min(self.settings.poll_interval, self.settings.fallback_poll_interval)
+        )
         waiting: list[Hint] = []
         while not self.stop.is_set():
             waiting += self._inbox.take(self._engine.known)
@@ -322,8 +339,9 @@ class Poller:
             log.error("sync failed with an unexpected error: %s", what)
         else:
             self._bugs_logged.add(what)
-            log.exception("sync failed with an unexpected error (a bug: please report it with this traceback)",
-                          exc_info=exc)
+            log.exception(
+                "sync failed with an unexpected error (a bug: please report it with this traceback)", exc_info=exc
+            )
 
     def _publish(self, outcome: SyncOutcome) -> None:
         """The probes and the pod's entry, from a sync's outcome."""
@@ -343,8 +361,9 @@ class Poller:
     def _report_failure(self, problem: Problem) -> None:
         """The source failed: report it with what is on disk (as of the last sync)."""
         assert self.feedback is not None
-        last = self._last or SyncOutcome(latest=None, wanted=frozenset(), on_disk=tuple(sorted(self.model_dir.installed())),
-                                         finished_at=time.time())
+        last = self._last or SyncOutcome(
+            latest=None, wanted=frozenset(), on_disk=tuple(sorted(self.model_dir.installed())), finished_at=time.time()
+        )
         self.feedback.report(last, problems=[problem])
 
     def _close_store(self) -> None:

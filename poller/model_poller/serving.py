@@ -18,8 +18,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Callable, Mapping
+from typing import Any
 
 from model_poller.text import one_line
 from model_poller.versions import parse_version

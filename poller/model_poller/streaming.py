@@ -18,12 +18,13 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from model_poller.checksums import PieceChecksums
 from model_poller.errors import Abandoned, SourceError
 from model_poller.extract import ArchiveRange, Cancelled
-from model_poller.checksums import PieceChecksums
 from model_poller.stores.base import Halt, RangedStore, Store, Transfer
 from model_poller.transfer import Piece, fetch, join_all, plan, pwrite_all
 from model_poller.versions import SourceObject
@@ -57,6 +58,8 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
     if _fallocate is None or length <= 0:
         return False
     return bool(_fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+
+
 _EOCD = b"PK\x05\x06"
 _ZIP64_LOCATOR = b"PK\x06\x07"
 

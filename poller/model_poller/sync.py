@@ -213,7 +213,9 @@ class Engine:
         """Install the wanted versions not on disk, newest first; a rejected one leaves the
         plan, so the next older valid version is wanted in its place."""
         attempts = _Attempts()
-        while (artifact := plan(artifacts, self.rejected, self.policy).next_install(on_disk, attempts.failed)) is not None:
+        while (
+            artifact := plan(artifacts, self.rejected, self.policy).next_install(on_disk, attempts.failed)
+        ) is not None:
             result = self._attempt(artifact, attempts, install_version)
             if result is not None:
                 on_disk[result.version] = result.generation
@@ -224,7 +226,9 @@ class Engine:
         self._last = attempts
         return attempts
 
-    def _validate_newest(self, artifacts: dict[int, Artifact], on_disk: dict[int, int | None], attempts: _Attempts) -> None:
+    def _validate_newest(
+        self, artifacts: dict[int, Artifact], on_disk: dict[int, int | None], attempts: _Attempts
+    ) -> None:
         """Under a pinned policy, prove the newest upload valid (or reject it) without
         installing it, so ``latest`` and a rejection are reported while rolled back."""
         while self.policy.pinned is not None:
@@ -286,8 +290,14 @@ class Engine:
         what = f"{type(exc).__name__}: {one_line(exc, 200)}"
         key = (artifact.version, artifact.generation, f"unexpected:{type(exc).__qualname__}")
         message = "install of version %d failed with an unexpected error, will retry: %s"
-        if not self._once(key, message + " (a bug: please report it with this traceback)",
-                          artifact.version, what, level=logging.ERROR, exc_info=exc):
+        if not self._once(
+            key,
+            message + " (a bug: please report it with this traceback)",
+            artifact.version,
+            what,
+            level=logging.ERROR,
+            exc_info=exc,
+        ):
             log.error(message, artifact.version, what)
         return f"version {artifact.version}: unexpected error {what}"
 
@@ -348,7 +358,11 @@ class Engine:
         removed: list[int],
     ) -> SyncOutcome:
         latest = self._latest(final.usable, on_disk)
-        problems = [*attempts.problems, *self._pin_problems(final.missing_pins), *self._rejection_problems(artifacts, latest)]
+        problems = [
+            *attempts.problems,
+            *self._pin_problems(final.missing_pins),
+            *self._rejection_problems(artifacts, latest),
+        ]
         return SyncOutcome(
             latest=latest,
             wanted=final.wanted,

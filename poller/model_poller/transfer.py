@@ -17,13 +17,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from model_poller.backoff import Backoff
 from model_poller.checksums import PieceChecksums
 from model_poller.errors import Abandoned, SourceError
-from model_poller.stores.base import Halt, RangedStore, Store, SourceInterrupted, Transfer
+from model_poller.stores.base import Halt, RangedStore, SourceInterrupted, Store, Transfer
 from model_poller.versions import SourceObject
 
 log = logging.getLogger(__name__)

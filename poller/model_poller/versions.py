@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 READY_MARKER = "_READY"
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")

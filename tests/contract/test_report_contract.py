@@ -14,9 +14,6 @@ import json
 from typing import Any
 
 import pytest
-from local_services.archives import model_files, zip_bytes, zip_raw_name
-from tests.poller.kit import Dirs, EngineFactory
-
 from model_poller.errors import SourceError
 from model_poller.policy import Policy
 from model_poller.report import build_report, source_problem
@@ -26,6 +23,9 @@ from model_poller.sync import SyncOutcome
 from model_poller_api import models
 from model_poller_api.conditions import find_condition
 from model_poller_operator import status as st
+
+from local_services.archives import model_files, zip_bytes, zip_raw_name
+from tests.poller.kit import Dirs, EngineFactory
 
 NOW = "2026-01-01T00:00:00Z"
 SELECTOR = "app.kubernetes.io/instance=m,app.kubernetes.io/name=model-poller"
@@ -86,8 +86,14 @@ def test_in_sync_is_ready_and_not_degraded(dirs: Dirs, make_engine: EngineFactor
         (dirs.src / f"{v}.zip").write_bytes(zip_bytes(model_files(v)))
     outcome = make_engine(Policy(keep=2)).sync()
     entry = entry_of(outcome, tf_serving((1, "END", "OK", ""), (2, "AVAILABLE", "OK", "")))
-    assert entry == {"versions": [1, 2], "serving": 2, "latest": 2, "lastSync": entry["lastSync"], "error": None,
-                     "reason": None}
+    assert entry == {
+        "versions": [1, 2],
+        "serving": 2,
+        "latest": 2,
+        "lastSync": entry["lastSync"],
+        "error": None,
+        "reason": None,
+    }
     assert conditions(entry, spec={}, ready=True) == [
         ("Ready", "True", "AllReplicasServing"),
         ("Degraded", "False", "AsExpected"),

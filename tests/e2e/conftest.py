@@ -3,9 +3,7 @@ identity, and the operator tests' helpers (local_services/operator_kit.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -13,18 +13,18 @@ with the args the webhook completed; readiness from the probe the webhook added.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from local_services import webhook_kit as wk
 import yaml
-from local_services.archives import model_files, zip_bytes
-from local_services.kubelet import Kubelet, container_env
+from model_poller_api import names
 
 from local_services import operator_kit as kit
-from model_poller_api import names
+from local_services import webhook_kit as wk
+from local_services.archives import model_files, zip_bytes
+from local_services.kubelet import Kubelet, container_env
 from local_services.process import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
@@ -49,10 +49,10 @@ def conditions(md: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in (md.get("status") or {}).get("conditions") or ()}
 
 
-
-
 @pytest.fixture(scope="module")
-def webhook_operator(kube: Any, controllers: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.OperatorProcess]:
+def webhook_operator(
+    kube: Any, controllers: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[kit.OperatorProcess]:
     with wk.run(kube, tmp_path_factory.mktemp("e2e-webhook")) as running:
         yield running
         assert running.process.poll() is None, f"the operator died:\n{running.log()[-5000:]}"

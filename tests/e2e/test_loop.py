@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from local_services.archives import model_files, zip_bytes, zip_raw_name
-from local_services.kubelet import Kubelet
+from model_poller_api import names
 
 from local_services import operator_kit as kit
-from model_poller_api import names
+from local_services.archives import model_files, zip_bytes, zip_raw_name
+from local_services.kubelet import Kubelet
 from local_services.process import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
@@ -66,11 +66,14 @@ def conditions(md: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in (md.get("status") or {}).get("conditions") or ()}
 
 
-
-
 @pytest.fixture
 def deployment(
-    kube: Any, operator: kit.OperatorProcess, cluster: kit.Cluster, fake_gcs: Any, bucket: Any, namespace: str,
+    kube: Any,
+    operator: kit.OperatorProcess,
+    cluster: kit.Cluster,
+    fake_gcs: Any,
+    bucket: Any,
+    namespace: str,
     tmp_path: Path,
 ) -> Iterator[tuple[kit.Cluster, Kubelet, Any, str]]:
     """ModelDeployment faster-rcnn (2 replicas, topic mode) with its pods run by the stand-in kubelet."""

@@ -10,7 +10,6 @@ from local_services.archives import model_files, zip_bytes
 from local_services.process import wait_for
 
 
-
 def versions_in(models: Path) -> list[int]:
     if not models.exists():
         return []

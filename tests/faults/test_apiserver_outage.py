@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from local_services.archives import model_files, zip_bytes
+from local_services.kube import KubeControlPlane
+from local_services.process import wait_for
+from local_services.toxiproxy import Proxy
 from tests.faults.faultkit import assert_intact, kubeconfig_via
 from tests.poller import kube_identity as ki
-from local_services.archives import model_files, zip_bytes
 from tests.poller.procs import PollerProcess
-
-from local_services.kube import KubeControlPlane
-from local_services.toxiproxy import Proxy
-from local_services.process import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -34,8 +34,10 @@ def unreachable(proxy: Proxy, how: str) -> Iterator[None]:
         with proxy.down():
             yield
     else:
-        with proxy.toxic("timeout", {"timeout": 0}, stream="upstream"), \
-                proxy.toxic("timeout", {"timeout": 0}, stream="downstream"):
+        with (
+            proxy.toxic("timeout", {"timeout": 0}, stream="upstream"),
+            proxy.toxic("timeout", {"timeout": 0}, stream="downstream"),
+        ):
             yield
 
 
@@ -55,8 +57,9 @@ def entry(kube: KubeControlPlane, namespace: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("how", ["refused", "blackhole"])
-def test_api_server_unreachable_for_30s(how: str, kube: KubeControlPlane, namespace: str, proxied_kube: Proxy,
-                                        tmp_path: Path) -> None:
+def test_api_server_unreachable_for_30s(
+    how: str, kube: KubeControlPlane, namespace: str, proxied_kube: Proxy, tmp_path: Path
+) -> None:
     src, models = tmp_path / "src", tmp_path / "models"
     src.mkdir()
     md = ki.create_md(kube, namespace, "m", {"source": {"uri": f"file://{src}/"}, "versions": {"keep": 2}})
@@ -65,8 +68,16 @@ def test_api_server_unreachable_for_30s(how: str, kube: KubeControlPlane, namesp
     publish(src, 1)
     publish(src, 2)
     poller = PollerProcess(
-        ["--source", f"file://{src}/", "--model-dir", str(models), "--report-to", f"{namespace}/m",
-         "--poll-interval", "1"],
+        [
+            "--source",
+            f"file://{src}/",
+            "--model-dir",
+            str(models),
+            "--report-to",
+            f"{namespace}/m",
+            "--poll-interval",
+            "1",
+        ],
         tmp_path / "poller.log",
         env={"KUBECONFIG": str(kubeconfig), "POD_NAME": POD},
     )
@@ -86,7 +97,11 @@ def test_api_server_unreachable_for_30s(how: str, kube: KubeControlPlane, namesp
             time.sleep(max(0.0, OUTAGE - (time.monotonic() - cut)))
             assert poller.proc.poll() is None, poller.output()
         back = time.monotonic()
-        wait_for(f"entry [3, 4] within {CATCH_UP:g} s of the return: {poller.output()}", lambda: entry(kube, namespace).get("versions") == [3, 4], CATCH_UP)
+        wait_for(
+            f"entry [3, 4] within {CATCH_UP:g} s of the return: {poller.output()}",
+            lambda: entry(kube, namespace).get("versions") == [3, 4],
+            CATCH_UP,
+        )
         caught_up = time.monotonic() - back
         assert entry(kube, namespace).get("latest") == 4 and entry(kube, namespace).get("error") is None
 
@@ -95,9 +110,11 @@ def test_api_server_unreachable_for_30s(how: str, kube: KubeControlPlane, namesp
         patched = time.monotonic()
         wait_for(f"keep 1 applied after the outage: {poller.output()}", lambda: on_disk(models) == [4], 60)
         applied = time.monotonic() - patched
-        print(f"\nAPI server {how} for {OUTAGE:g} s: versions 3 and 4 synced {synced_3:.1f} s and {synced_4:.1f} s "
-              f"into the outage; status caught up {caught_up:.1f} s after the return; a policy change made "
-              f"after it applied in {applied:.1f} s")
+        print(
+            f"\nAPI server {how} for {OUTAGE:g} s: versions 3 and 4 synced {synced_3:.1f} s and {synced_4:.1f} s "
+            f"into the outage; status caught up {caught_up:.1f} s after the return; a policy change made "
+            f"after it applied in {applied:.1f} s"
+        )
         for version in (4,):
             assert_intact(models, version)
         assert poller.proc.poll() is None, poller.output()

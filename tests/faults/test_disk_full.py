@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.faults.faultkit import assert_intact, no_staging, versions_in, wait_installed
-from tests.poller import kube_identity as ki
-from local_services.archives import model_files, zip_bytes
-from tests.poller.procs import PollerProcess
 
+from local_services.archives import model_files, zip_bytes
 from local_services.gcs import FakeGcs
 from local_services.kube import KubeControlPlane
 from local_services.process import wait_for
+from tests.faults.faultkit import assert_intact, no_staging, versions_in, wait_installed
+from tests.poller import kube_identity as ki
+from tests.poller.procs import PollerProcess
 
 pytestmark = [pytest.mark.gcs, pytest.mark.kube, pytest.mark.slow]
 
@@ -42,8 +42,11 @@ def small_model_dir(tmp_path: Path) -> Iterator[Path]:
 
 def big_files(version: int) -> dict[str, bytes]:
     """4 MiB that does not compress, in two shards: more than the whole tmpfs."""
-    return {**model_files(version), "variables/variables.data-00000-of-00002": os.urandom(2 * MiB),
-            "variables/variables.data-00001-of-00002": os.urandom(2 * MiB)}
+    return {
+        **model_files(version),
+        "variables/variables.data-00000-of-00002": os.urandom(2 * MiB),
+        "variables/variables.data-00001-of-00002": os.urandom(2 * MiB),
+    }
 
 
 def upload(bucket: Any, version: int, files: dict[str, bytes], layout: str) -> None:
@@ -60,8 +63,15 @@ def files_of(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("layout", ["zip", "folder"])
-def test_version_larger_than_the_free_space(layout: str, fake_gcs: FakeGcs, bucket: Any, kube: KubeControlPlane,
-                                            namespace: str, small_model_dir: Path, tmp_path: Path) -> None:
+def test_version_larger_than_the_free_space(
+    layout: str,
+    fake_gcs: FakeGcs,
+    bucket: Any,
+    kube: KubeControlPlane,
+    namespace: str,
+    small_model_dir: Path,
+    tmp_path: Path,
+) -> None:
     models = small_model_dir
     source = f"gs://{bucket.name}/m/"
     md = ki.create_md(kube, namespace, "m", {"source": {"uri": source}, "versions": {"keep": 3}})
@@ -87,14 +97,20 @@ def test_version_larger_than_the_free_space(layout: str, fake_gcs: FakeGcs, buck
         upload(bucket, 2, v2, layout)
         wait_for(f"InstallFailed in the entry: {entry()}", lambda: entry().get("reason") == "InstallFailed", 30)
         error = str(entry().get("error"))
-        print(f"\n{layout}: version of {sum(map(len, v2.values())) / MiB:.1f} MiB on a {TMPFS / MiB:g} MiB tmpfs: "
-              f"entry error {error!r}")
+        print(
+            f"\n{layout}: version of {sum(map(len, v2.values())) / MiB:.1f} MiB on a {TMPFS / MiB:g} MiB tmpfs: "
+            f"entry error {error!r}"
+        )
         assert "version 2" in error and "No space left on device" in error, error
         assert "No space left on device" in poller.log.read_text()
         assert entry().get("versions") == [1]
         # Between attempts: no staging, no partial file, nothing but version 1 on the volume.
         wait_for(f"staging removed: {no_staging(models)}", lambda: not no_staging(models), 10)
-        wait_for(f"space given back: {shutil.disk_usage(models).used} used, {used_before} before", lambda: shutil.disk_usage(models).used <= used_before + 64 * 1024, 10)
+        wait_for(
+            f"space given back: {shutil.disk_usage(models).used} used, {used_before} before",
+            lambda: shutil.disk_usage(models).used <= used_before + 64 * 1024,
+            10,
+        )
         assert versions_in(models) == [1]
         assert_intact(models, 1)
         assert poller.metric("model_poller_install_failures_total") >= 1
@@ -108,7 +124,11 @@ def test_version_larger_than_the_free_space(layout: str, fake_gcs: FakeGcs, buck
         assert files_of(models / "2") == v2
         upload(bucket, 3, model_files(3), layout)
         wait_installed(models, 3, 15, f"version 3: {poller.output()}")
-        wait_for(f"entry [1, 2, 3] with no error: {entry()}", lambda: entry().get("versions") == [1, 2, 3] and entry().get("error") is None, 15)
+        wait_for(
+            f"entry [1, 2, 3] with no error: {entry()}",
+            lambda: entry().get("versions") == [1, 2, 3] and entry().get("error") is None,
+            15,
+        )
         assert_intact(models, 1)
         assert_intact(models, 3)
         assert not no_staging(models)

@@ -9,16 +9,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tests.faults.faultkit import assert_intact, upload, versions_in, wait_installed
-from tests.poller.procs import PollerProcess
 
 from local_services.gcs import FakeGcs
+from local_services.process import wait_for
 from local_services.pubsub import PubSubEmulator
 from local_services.toxiproxy import Proxy, Toxiproxy
-from local_services.process import wait_for
+from tests.faults.faultkit import assert_intact, upload, versions_in, wait_installed
+from tests.poller.procs import PollerProcess
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
@@ -87,11 +86,26 @@ def test_emulator_restarted_empty(private_pubsub: Emulators, private_gcs: FakeGc
     models = tmp_path / "models"
     pod = f"restart-{uuid.uuid4().hex[:5]}"
     poller = PollerProcess(
-        ["--source", f"gs://{bucket.name}/m/", "--model-dir", str(models), "--topic", topic, "--keep", "10",
-         "--poll-interval", "600", "--fallback-poll-interval", str(FALLBACK)],
+        [
+            "--source",
+            f"gs://{bucket.name}/m/",
+            "--model-dir",
+            str(models),
+            "--topic",
+            topic,
+            "--keep",
+            "10",
+            "--poll-interval",
+            "600",
+            "--fallback-poll-interval",
+            str(FALLBACK),
+        ],
         tmp_path / "poller.log",
-        env={"POD_NAME": pod, "PUBSUB_EMULATOR_HOST": private_pubsub.proxy.listen,
-             "STORAGE_EMULATOR_HOST": private_gcs.url},
+        env={
+            "POD_NAME": pod,
+            "PUBSUB_EMULATOR_HOST": private_pubsub.proxy.listen,
+            "STORAGE_EMULATOR_HOST": private_gcs.url,
+        },
     )
     try:
         poller.wait_for("/readyz")
@@ -105,22 +119,32 @@ def test_emulator_restarted_empty(private_pubsub: Emulators, private_gcs: FakeGc
         killed = time.monotonic()
         # Pub/Sub is away: the client reconnects silently; only listing finds this upload.
         uploaded = upload(bucket, "m/", 2)
-        seen = wait_installed(models, 2, FALLBACK + 15, f"version 2 by listing while Pub/Sub is away: {poller.output()}")
-        print(f"emulator killed: version 2 found by listing {seen - uploaded:.2f} s after its upload "
-              f"({seen - killed:.2f} s after the kill; fallback interval {FALLBACK:g} s)")
+        seen = wait_installed(
+            models, 2, FALLBACK + 15, f"version 2 by listing while Pub/Sub is away: {poller.output()}"
+        )
+        print(
+            f"emulator killed: version 2 found by listing {seen - uploaded:.2f} s after its upload "
+            f"({seen - killed:.2f} s after the kill; fallback interval {FALLBACK:g} s)"
+        )
 
         private_pubsub.start_empty()
         restarted = time.monotonic()
         # Back, but empty: the subscription and the topic are gone; nobody hears of this upload.
         uploaded = upload(bucket, "m/", 3)
         seen = wait_installed(models, 3, FALLBACK + 15, f"version 3 by listing, Pub/Sub empty: {poller.output()}")
-        print(f"emulator restarted empty: version 3 found by listing {seen - uploaded:.2f} s after its upload "
-              f"({seen - restarted:.2f} s after the restart)")
+        print(
+            f"emulator restarted empty: version 3 found by listing {seen - uploaded:.2f} s after its upload "
+            f"({seen - restarted:.2f} s after the restart)"
+        )
         assert poller.proc.poll() is None, poller.output()
 
         # The stream meets the empty emulator (when its reconnection backs off long enough),
         # and the poller's attempts to recreate its subscription fail: no topic.
-        wait_for(f"a failed attempt to recreate the subscription: {poller.output()}", lambda: f"topic {topic} does not exist" in poller.log.read_text(), 90)
+        wait_for(
+            f"a failed attempt to recreate the subscription: {poller.output()}",
+            lambda: f"topic {topic} does not exist" in poller.log.read_text(),
+            90,
+        )
         assert poller.proc.poll() is None, poller.output()
         # An administrator recreates the topic; the poller recreates its own subscription.
         create_topic(topic)
@@ -135,7 +159,11 @@ def test_emulator_restarted_empty(private_pubsub: Emulators, private_gcs: FakeGc
         uploaded = upload(bucket, "m/", 4)
         seen = wait_installed(models, 4, 30, f"version 4 via its notification: {poller.output()}")
         print(f"after recovery: notification to installed {seen - uploaded:.2f} s")
-        wait_for(f"version 4 counted as brought by a notification: {poller.output()}", lambda: poller.metric("model_poller_notification_to_installed_seconds_count") == before + 1, 10)
+        wait_for(
+            f"version 4 counted as brought by a notification: {poller.output()}",
+            lambda: poller.metric("model_poller_notification_to_installed_seconds_count") == before + 1,
+            10,
+        )
         # ... and the fallback listing is over: no listing for longer than the fallback interval.
         last_sync = poller.metric("model_poller_last_sync_timestamp_seconds")
         time.sleep(2 * FALLBACK + 1)

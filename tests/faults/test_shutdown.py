@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.faults.faultkit import kubeconfig_via, upload, wait_installed
-from tests.poller import kube_identity as ki
-from tests.poller.procs import PollerProcess
 
 from local_services.gcs import FakeGcs
 from local_services.kube import KubeControlPlane
-from local_services.toxiproxy import Proxy
 from local_services.process import wait_for
+from local_services.toxiproxy import Proxy
+from tests.faults.faultkit import kubeconfig_via, upload, wait_installed
+from tests.poller import kube_identity as ki
+from tests.poller.procs import PollerProcess
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.kube, pytest.mark.slow]
 
@@ -33,27 +33,45 @@ def unreachable(proxy: Proxy, how: str) -> Iterator[None]:
         with proxy.down():
             yield
     else:  # a black hole, both ways: open connections and new ones hang
-        with proxy.toxic("timeout", {"timeout": 0}, stream="upstream"), \
-                proxy.toxic("timeout", {"timeout": 0}, stream="downstream"):
+        with (
+            proxy.toxic("timeout", {"timeout": 0}, stream="upstream"),
+            proxy.toxic("timeout", {"timeout": 0}, stream="downstream"),
+        ):
             yield
 
 
 def subscriptions(topic: str) -> list[str]:
     from google.cloud import pubsub_v1
 
-    return [s for s in pubsub_v1.PublisherClient().list_topic_subscriptions(request={"topic": topic})
-            if "/model-poller-" in s]
+    return [
+        s
+        for s in pubsub_v1.PublisherClient().list_topic_subscriptions(request={"topic": topic})
+        if "/model-poller-" in s
+    ]
 
 
-@pytest.mark.parametrize(("cut", "how"), [
-    ("nothing", "-"),
-    ("pubsub", "refused"), ("pubsub", "blackhole"),
-    ("kube", "refused"), ("kube", "blackhole"),
-    ("both", "blackhole"),
-])
-def test_sigterm_ends_within_bound(cut: str, how: str, fake_gcs: FakeGcs, bucket: Any, kube: KubeControlPlane,
-                                   namespace: str, proxied_pubsub: Proxy, proxied_kube: Proxy,
-                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("cut", "how"),
+    [
+        ("nothing", "-"),
+        ("pubsub", "refused"),
+        ("pubsub", "blackhole"),
+        ("kube", "refused"),
+        ("kube", "blackhole"),
+        ("both", "blackhole"),
+    ],
+)
+def test_sigterm_ends_within_bound(
+    cut: str,
+    how: str,
+    fake_gcs: FakeGcs,
+    bucket: Any,
+    kube: KubeControlPlane,
+    namespace: str,
+    proxied_pubsub: Proxy,
+    proxied_kube: Proxy,
+    tmp_path: Path,
+) -> None:
     source = f"gs://{bucket.name}/m/"
     md = ki.create_md(kube, namespace, "m", {"source": {"uri": source}, "versions": {"keep": 5}})
     ki.apply_identity(kube, md)
@@ -63,15 +81,33 @@ def test_sigterm_ends_within_bound(cut: str, how: str, fake_gcs: FakeGcs, bucket
     models = tmp_path / "models"
     upload(bucket, "m/", 1)
     poller = PollerProcess(
-        ["--source", source, "--model-dir", str(models), "--topic", topic, "--report-to", f"{namespace}/m",
-         "--poll-interval", "1"],
+        [
+            "--source",
+            source,
+            "--model-dir",
+            str(models),
+            "--topic",
+            topic,
+            "--report-to",
+            f"{namespace}/m",
+            "--poll-interval",
+            "1",
+        ],
         tmp_path / "poller.log",
-        env={"POD_NAME": pod, "KUBECONFIG": str(kubeconfig), "PUBSUB_EMULATOR_HOST": proxied_pubsub.listen,
-             "STORAGE_EMULATOR_HOST": fake_gcs.url},
+        env={
+            "POD_NAME": pod,
+            "KUBECONFIG": str(kubeconfig),
+            "PUBSUB_EMULATOR_HOST": proxied_pubsub.listen,
+            "STORAGE_EMULATOR_HOST": fake_gcs.url,
+        },
     )
     try:
         poller.wait_for("/readyz")
-        wait_for(f"the entry of {pod}: {poller.output()}", lambda: (ki.pollers(kube, namespace, "m").get(pod) or {}).get("versions") == [1], 30)
+        wait_for(
+            f"the entry of {pod}: {poller.output()}",
+            lambda: (ki.pollers(kube, namespace, "m").get(pod) or {}).get("versions") == [1],
+            30,
+        )
         own = [s for s in subscriptions(topic) if pod in s]
         assert len(own) == 1
         with ExitStack() as stack:

@@ -89,8 +89,9 @@ def test_slicer_still_delivers_every_byte(proxied_gcs: Proxy, bucket: Any) -> No
         proxied_gcs.remove_toxic(name)
 
 
-def test_set_upstream_moves_the_service_behind_a_stable_address(toxiproxy: Toxiproxy, proxied_gcs: Proxy,
-                                                                bucket: Any) -> None:
+def test_set_upstream_moves_the_service_behind_a_stable_address(
+    toxiproxy: Toxiproxy, proxied_gcs: Proxy, bucket: Any
+) -> None:
     bucket.blob("f.bin").upload_from_string(b"f")
     upstream = proxied_gcs.upstream
     other = toxiproxy.create_proxy("other-gcs", upstream)

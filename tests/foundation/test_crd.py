@@ -12,7 +12,6 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
 from model_poller_api import crd, names
 
 pytestmark = pytest.mark.kube
@@ -53,7 +52,9 @@ def _create(kube: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def _kubectl(kube: Any, *args: str) -> str:
     kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is not on PATH: install the Debian package kubectl (google-cloud-cli) or any kubectl >= 1.29"
+    assert kubectl, (
+        "kubectl is not on PATH: install the Debian package kubectl (google-cloud-cli) or any kubectl >= 1.29"
+    )
     done = subprocess.run([kubectl, *args], env=kube.env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -115,8 +116,18 @@ def _spec_with(**changes: Any) -> dict[str, Any]:
         (_spec_with(modelName="../etc"), "spec.modelName", "should match"),
     ],
     ids=[
-        "no-source", "s3-scheme", "http-scheme", "no-bucket", "keep-and-pinned", "keep-0",
-        "pinned-empty", "bad-topic", "topic-and-subscription", "bad-interval", "negative-replicas", "bad-model-name",
+        "no-source",
+        "s3-scheme",
+        "http-scheme",
+        "no-bucket",
+        "keep-and-pinned",
+        "keep-0",
+        "pinned-empty",
+        "bad-topic",
+        "topic-and-subscription",
+        "bad-interval",
+        "negative-replicas",
+        "bad-model-name",
     ],
 )
 def test_invalid_spec_is_rejected_naming_the_field(
@@ -148,13 +159,17 @@ def test_printer_columns_come_from_the_server(kube: Any, namespace: str) -> None
     header, row = out.splitlines()
     assert header.split() == ["NAME", "MODEL", "SOURCE", "REPLICAS", "READY", "LATEST", "SERVING", "AGE"]
     assert row.split()[:7] == ["faster-rcnn", "faster_rcnn", "gs://ml-models/faster_rcnn/", "2", "2", "3", "3"]
-    assert _kubectl(kube, "get", "mdep", "-n", namespace, "-o", "name") == "modeldeployment.modelpoller.dev/faster-rcnn\n"
+    assert (
+        _kubectl(kube, "get", "mdep", "-n", namespace, "-o", "name") == "modeldeployment.modelpoller.dev/faster-rcnn\n"
+    )
 
 
 def test_kubectl_scale_changes_spec_replicas(kube: Any, namespace: str) -> None:
     _create(kube, namespace, VALID)
     _kubectl(kube, "scale", "md/faster-rcnn", "--replicas=3", "-n", namespace)
-    stored = _custom(kube).get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "faster-rcnn")
+    stored = _custom(kube).get_namespaced_custom_object(
+        names.GROUP, names.VERSION, namespace, names.PLURAL, "faster-rcnn"
+    )
     assert stored["spec"]["replicas"] == 3
     scale = _custom(kube).get_namespaced_custom_object_scale(
         names.GROUP, names.VERSION, namespace, names.PLURAL, "faster-rcnn"
@@ -167,10 +182,16 @@ def test_status_is_a_subresource(kube: Any, namespace: str) -> None:
     stored = _create(kube, namespace, {**VALID, "status": {"latestVersion": 9}})
     assert "status" not in stored or "latestVersion" not in stored["status"]
     _custom(kube).patch_namespaced_custom_object_status(
-        names.GROUP, names.VERSION, namespace, names.PLURAL, "faster-rcnn",
+        names.GROUP,
+        names.VERSION,
+        namespace,
+        names.PLURAL,
+        "faster-rcnn",
         {"status": {"latestVersion": 4}, "spec": {"replicas": 7}},
     )
-    stored = _custom(kube).get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "faster-rcnn")
+    stored = _custom(kube).get_namespaced_custom_object(
+        names.GROUP, names.VERSION, namespace, names.PLURAL, "faster-rcnn"
+    )
     assert stored["status"]["latestVersion"] == 4
     assert stored["spec"]["replicas"] == 2
     assert stored["metadata"]["generation"] == 1
@@ -182,7 +203,9 @@ def test_rejected_yaml_example_names_field(kube: Any, namespace: str, tmp_path: 
     path.write_text(yaml.safe_dump(_spec_with(versions={"keep": 2, "pinned": [3]})))
     kubectl = shutil.which("kubectl")
     assert kubectl
-    done = subprocess.run([kubectl, "apply", "-n", namespace, "-f", str(path)], env=kube.env(), capture_output=True, text=True)
+    done = subprocess.run(
+        [kubectl, "apply", "-n", namespace, "-f", str(path)], env=kube.env(), capture_output=True, text=True
+    )
     assert done.returncode != 0
     assert "spec.versions: Invalid value" in done.stderr
     assert "versions.keep and versions.pinned are mutually exclusive" in done.stderr

@@ -81,7 +81,9 @@ def parse(dockerfile: Path) -> list[Stage]:
         logical = ""
         if instruction.keyword == "FROM":
             base, *alias = instruction.arguments.split()
-            assert len(alias) in (0, 2) and alias[:1] in ([], ["AS"], ["as"]), f"{dockerfile.name}:{start}: FROM {alias}"
+            assert len(alias) in (0, 2) and alias[:1] in ([], ["AS"], ["as"]), (
+                f"{dockerfile.name}:{start}: FROM {alias}"
+            )
             stages.append(Stage(base, alias[1] if alias else None))
         else:
             assert stages, f"{dockerfile.name}:{start}: {instruction.keyword} before any FROM"

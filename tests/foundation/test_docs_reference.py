@@ -50,7 +50,11 @@ def condition_reasons() -> set[str]:
     reasons = {r.value for r in models.ReportReason} | set(status.POD_FAILURE_REASONS)
     for path in sorted(OPERATOR_PACKAGE.glob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+            target = (
+                node.target
+                if isinstance(node, ast.AnnAssign)
+                else (node.targets[0] if isinstance(node, ast.Assign) else None)
+            )
             value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
             if (
                 isinstance(target, ast.Name)
@@ -73,7 +77,9 @@ def test_troubleshooting_has_a_section_for_every_reason() -> None:
     # The collection itself works: a few reasons every release has.
     assert {"AllReplicasServing", "ChildrenApplied", "VersionRejected", "ImagePullBackOff"} <= reasons
     missing = sorted(reasons - documented_reasons())
-    assert not missing, f"docs/troubleshooting.md has no section for {missing}: add one (what the user sees, what to do)"
+    assert not missing, (
+        f"docs/troubleshooting.md has no section for {missing}: add one (what the user sees, what to do)"
+    )
 
 
 def test_troubleshooting_names_only_reasons_the_code_has() -> None:

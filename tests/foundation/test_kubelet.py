@@ -15,7 +15,7 @@ import signal
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +37,6 @@ ACCOUNT = f"{NAME}-poller"
 GCS_KEY = "/var/run/secrets/model-poller/gcs/key.json"
 
 T = TypeVar("T")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +112,13 @@ def _deployment(source: Path) -> dict[str, Any]:
         "name": "serving",
         "image": "tensorflow/serving:test",
         "command": ["/usr/bin/tensorflow_model_server"],
-        "args": ["--port=8500", "--rest_api_port=8501", "--model_name=m", "--model_base_path=/models/m",
-                 "--file_system_poll_wait_seconds=1"],  # fmt: skip
+        "args": [
+            "--port=8500",
+            "--rest_api_port=8501",
+            "--model_name=m",
+            "--model_base_path=/models/m",
+            "--file_system_poll_wait_seconds=1",
+        ],  # fmt: skip
         "ports": [{"name": "grpc", "containerPort": 8500}, {"name": "http", "containerPort": 8501}],
         "readinessProbe": {"httpGet": {"path": "/serving-ready", "port": 8080}, "failureThreshold": 2, **probe},
         "startupProbe": {"tcpSocket": {"port": 8501}, "periodSeconds": 5, "failureThreshold": 360},
@@ -177,7 +180,7 @@ def test_a_deployment_pod_runs_ready_with_its_own_bound_token(
     _create_deployment(api, namespace, tmp_path)
 
     with _kubelet(kube, namespace, tmp_path) as kubelet:
-        (name, record), = kubelet.wait_ready(1, timeout=30).items()
+        ((name, record),) = kubelet.wait_ready(1, timeout=30).items()
 
         # The real deployment controller counts the pod Ready from the status the stand-in wrote.
         deployment_path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{NAME}"
@@ -228,7 +231,7 @@ def test_a_deployment_pod_runs_ready_with_its_own_bound_token(
         assert kubelet.pods(include_terminated=True)[name].terminated
         assert kubelet.pods(include_terminated=True)[name].poller_exit_count == 0
         # The ReplicaSet replaced it; the stand-in runs the new pod too.
-        (new_name, _), = kubelet.wait_ready(1, timeout=30).items()
+        ((new_name, _),) = kubelet.wait_ready(1, timeout=30).items()
         assert new_name != name
 
 
@@ -258,7 +261,7 @@ def test_the_operators_rendered_pod_runs_with_paths_and_ports_mapped(
     api.call("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment)
     selector = f"app.kubernetes.io/instance={deployment['metadata']['name']}"
     with Kubelet(kube, namespace, selector, tmp_path / "kubelet", SERVING_STANDIN, probe_period=0.2) as kubelet:
-        (name, record), = kubelet.wait_ready(1, timeout=30).items()
+        ((name, record),) = kubelet.wait_ready(1, timeout=30).items()
         model = spec["containers"][0]["args"][2].removeprefix("--model_name=")
         assert record.model_dir == record.dir / "models" / model and (record.model_dir / "1").is_dir()
         assert record.poller_pid is not None and record.serving_pid is not None
@@ -280,7 +283,7 @@ def test_a_poller_that_exits_is_restarted_and_counted(
 ) -> None:
     _create_deployment(api, namespace, tmp_path)
     with _kubelet(kube, namespace, tmp_path) as kubelet:
-        (name, record), = kubelet.wait_ready(1, timeout=30).items()
+        ((name, record),) = kubelet.wait_ready(1, timeout=30).items()
         assert record.poller_pid is not None and record.poller_exit_count == 0
         os.kill(record.poller_pid, signal.SIGKILL)
 
@@ -302,7 +305,7 @@ def test_pods_keep_running_through_an_api_server_outage_and_status_catches_up(
 ) -> None:
     _create_deployment(api, namespace, tmp_path)
     with _kubelet(kube, namespace, tmp_path) as kubelet:
-        (name, record), = kubelet.wait_ready(1, timeout=30).items()
+        ((name, record),) = kubelet.wait_ready(1, timeout=30).items()
         assert record.poller_pid is not None
         kube.stop_apiserver()
         try:

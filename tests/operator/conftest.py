@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -43,7 +44,6 @@ def update_golden() -> bool:
 
 # --- integration fixtures (real kube-apiserver from tests/services) -------------------------
 
-import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 from local_services import operator_kit as kit  # noqa: E402

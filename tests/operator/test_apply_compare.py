@@ -10,7 +10,13 @@ from model_poller_operator import apply, compare
 
 def test_defaults_added_by_the_server_are_ignored() -> None:
     desired = {"spec": {"ports": [{"name": "http", "port": 8501}], "type": "ClusterIP"}}
-    live = {"spec": {"ports": [{"name": "http", "port": 8501, "protocol": "TCP"}], "type": "ClusterIP", "clusterIP": "10.0.0.1"}}
+    live = {
+        "spec": {
+            "ports": [{"name": "http", "port": 8501, "protocol": "TCP"}],
+            "type": "ClusterIP",
+            "clusterIP": "10.0.0.1",
+        }
+    }
     assert compare.is_subset(desired, live)
 
 
@@ -41,7 +47,12 @@ def test_empty_maps_equal_absent_ones() -> None:
 
 
 def test_in_sync_needs_the_hash_of_this_render() -> None:
-    desired: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "m", "namespace": "ns"}, "spec": {"a": 1, "b": 2}}
+    desired: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {"a": 1, "b": 2},
+    }
     live = compare.with_hash(desired)
     assert compare.in_sync(desired, live)
     assert compare.HASH_ANNOTATION not in desired["metadata"].get("annotations", {})
@@ -54,7 +65,10 @@ def test_in_sync_needs_the_hash_of_this_render() -> None:
 def test_object_paths() -> None:
     assert apply.object_path("v1", "Service", "ns", "m") == "/api/v1/namespaces/ns/services/m"
     assert apply.object_path("apps/v1", "Deployment", "ns", "m") == "/apis/apps/v1/namespaces/ns/deployments/m"
-    assert apply.object_path("modelpoller.dev/v1alpha1", "ModelDeployment", "ns") == "/apis/modelpoller.dev/v1alpha1/namespaces/ns/modeldeployments"
+    assert (
+        apply.object_path("modelpoller.dev/v1alpha1", "ModelDeployment", "ns")
+        == "/apis/modelpoller.dev/v1alpha1/namespaces/ns/modeldeployments"
+    )
 
 
 def _child(kind: str, name: str, owner: dict[str, Any] | None) -> dict[str, Any]:
@@ -65,13 +79,21 @@ def _child(kind: str, name: str, owner: dict[str, Any] | None) -> dict[str, Any]
 
 
 def _md_ref(name: str, uid: str) -> dict[str, Any]:
-    return {"apiVersion": "modelpoller.dev/v1alpha1", "kind": "ModelDeployment", "name": name, "uid": uid, "controller": True}
+    return {
+        "apiVersion": "modelpoller.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": name,
+        "uid": uid,
+        "controller": True,
+    }
 
 
 def test_a_live_object_not_controlled_by_this_model_deployment_is_a_conflict() -> None:
     desired = _child("Service", "payments", _md_ref("payments", "uid-1"))
     assert compare.Conflict.of(desired, _child("Service", "payments", _md_ref("payments", "uid-1"))) is None
-    assert compare.Conflict.of(desired, _child("Service", "payments", None)) == compare.Conflict("Service", "payments", "")
+    assert compare.Conflict.of(desired, _child("Service", "payments", None)) == compare.Conflict(
+        "Service", "payments", ""
+    )
     earlier = compare.Conflict.of(desired, _child("Service", "payments", _md_ref("payments", "uid-0")))
     assert earlier is not None and "earlier ModelDeployment payments (uid uid-0)" in earlier.describe()
     foreign = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "uid-1", "controller": True}
@@ -84,7 +106,10 @@ def test_a_live_object_not_controlled_by_this_model_deployment_is_a_conflict() -
 
 def test_conflict_message_names_the_objects_and_what_to_do() -> None:
     outcome = compare.Outcome(
-        conflicts=(compare.Conflict("Service", "payments"), compare.Conflict("Role", "payments-poller", "Deployment x")),
+        conflicts=(
+            compare.Conflict("Service", "payments"),
+            compare.Conflict("Role", "payments-poller", "Deployment x"),
+        ),
         held_back=(("Deployment", "payments"),),
     )
     message = outcome.conflict_message("shop")

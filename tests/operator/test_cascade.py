@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from model_poller_api import names
 
 from local_services import operator_kit as kit
-from model_poller_api import names
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 

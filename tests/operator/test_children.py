@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-
-from local_services import operator_kit as kit
 from model_poller_api import models, names
 from model_poller_operator import children, render
 from model_poller_operator.apply import Api
 from model_poller_operator.children import ChildKind, Desired
 from model_poller_operator.compare import Change
+
+from local_services import operator_kit as kit
 
 OWNER = render.Owner("m", "ml", "00000000-0000-4000-8000-000000000000")
 
@@ -113,7 +113,9 @@ def test_an_optional_child_it_does_not_control_is_never_touched(
         meta["ownerReferences"] = [{**render.owner_reference(owner), "uid": str(uuid.uuid4())}]
     theirs = cluster.core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=meta))
 
-    outcome = Api(cluster.api).converge_all(_desired(_optional_service_account(False), owner, _spec(cases["minimal"], "opt")))
+    outcome = Api(cluster.api).converge_all(
+        _desired(_optional_service_account(False), owner, _spec(cases["minimal"], "opt"))
+    )
 
     assert outcome.changes == () and outcome.conflicts == ()
     live = cluster.core.read_namespaced_service_account(name, namespace)

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from model_poller_operator import children, main
 
 from local_services import operator_kit as kit
-from model_poller_operator import children, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,12 +88,16 @@ def test_console_script_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.kube
-def test_manifests_apply_and_the_operator_pod_is_restricted(kube: Any, cluster: kit.Cluster, namespace: str, operator_kubeconfig: Path) -> None:
+def test_manifests_apply_and_the_operator_pod_is_restricted(
+    kube: Any, cluster: kit.Cluster, namespace: str, operator_kubeconfig: Path
+) -> None:
     subprocess.run(
         ["kubectl", "apply", "--dry-run=server", "-f", str(kit.MANIFESTS)],
         env=kube.env(), capture_output=True, text=True, check=True,
     )  # fmt: skip
-    cluster.core.patch_namespace(namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    cluster.core.patch_namespace(
+        namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
     cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "model-poller-operator"}})
     deployment = next(d for d in _docs(kit.MANIFESTS) if d["kind"] == "Deployment")
     template = copy.deepcopy(deployment["spec"]["template"])
@@ -110,7 +113,11 @@ def test_operator_settings_from_the_environment() -> None:
 
     assert OperatorConfig.from_env({}) == OperatorConfig()
     config = OperatorConfig.from_env(
-        {"MODEL_POLLER_OPERATOR_STATUS_INTERVAL": "2.5", "MODEL_POLLER_OPERATOR_WORKERS": "3", "MODEL_POLLER_OPERATOR_RETRY_DELAY": ""}
+        {
+            "MODEL_POLLER_OPERATOR_STATUS_INTERVAL": "2.5",
+            "MODEL_POLLER_OPERATOR_WORKERS": "3",
+            "MODEL_POLLER_OPERATOR_RETRY_DELAY": "",
+        }
     )
     assert (config.status_interval, config.workers, config.retry_delay) == (2.5, 3, OperatorConfig().retry_delay)
     assert isinstance(config.workers, int)

@@ -27,7 +27,9 @@ def observed(pods: tuple[st.PodState, ...], **overrides: Any) -> st.Observed:
 
 
 def report(serving: int | None, versions: list[int]) -> dict[str, Any]:
-    return models.PollerReport(versions=tuple(versions), serving=serving, latest=max(versions), last_sync=NOW).to_status()
+    return models.PollerReport(
+        versions=tuple(versions), serving=serving, latest=max(versions), last_sync=NOW
+    ).to_status()
 
 
 def ready(status: dict[str, Any]) -> tuple[str, str, str]:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-
 from model_poller_api import names
+
 from local_services.binaries import binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,9 +94,14 @@ def test_no_rule_mentions_secrets(values: list[str]) -> None:
 def test_admission_policy_names_the_operator_and_its_labels() -> None:
     docs = {d["kind"]: d for d in _rendered()}
     policy = docs["ValidatingAdmissionPolicy"]
-    assert docs["ValidatingAdmissionPolicyBinding"]["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert docs["ValidatingAdmissionPolicyBinding"]["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
     (condition,) = policy["spec"]["matchConditions"]
-    assert condition["expression"] == "request.userInfo.username == 'system:serviceaccount:ops:mp-model-poller-operator'"
+    assert (
+        condition["expression"] == "request.userInfo.username == 'system:serviceaccount:ops:mp-model-poller-operator'"
+    )
     text = yaml.safe_dump(policy)
     # The same names as the operator's own (api/model_poller_api/names.py).
     assert f"'{names.LABEL_MANAGED_BY}'" in text and f"'{names.MANAGER}'" in text
@@ -105,14 +110,22 @@ def test_admission_policy_names_the_operator_and_its_labels() -> None:
 
 
 def test_plain_manifests_are_the_chart_rendered_with_defaults() -> None:
-    rendered = [d for d in yaml.safe_load_all(helm("template", "model-poller-operator", str(CHART), "--namespace", "model-poller-system")) if d]
+    rendered = [
+        d
+        for d in yaml.safe_load_all(
+            helm("template", "model-poller-operator", str(CHART), "--namespace", "model-poller-system")
+        )
+        if d
+    ]
     committed = [d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d]
     assert committed == rendered, "deploy/manifests is stale: run `HELM=<helm> bash deploy/render-manifests.sh`"
 
 
 @pytest.mark.kube
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_rendered_chart_is_accepted_by_the_api_server(kube: Any, namespace: str, tmp_path: Path, values: list[str]) -> None:
+def test_rendered_chart_is_accepted_by_the_api_server(
+    kube: Any, namespace: str, tmp_path: Path, values: list[str]
+) -> None:
     out = tmp_path / "rendered.yaml"
     out.write_text(helm("template", "mp", str(CHART), "--namespace", namespace, *values_for(values, namespace)))
     done = subprocess.run(

@@ -8,7 +8,6 @@ import copy
 from typing import Any
 
 import pytest
-
 from model_poller_api import models, names
 from model_poller_operator import inject, render
 
@@ -286,7 +285,10 @@ def test_names_the_injection_needs_must_be_free(change: Any) -> None:
 
 @pytest.mark.parametrize(
     "volume, mount_path",
-    [({"name": "models", "configMap": {"name": "m"}}, "/models"), ({"name": "models", "emptyDir": {}}, "/models/resnet_v2")],
+    [
+        ({"name": "models", "configMap": {"name": "m"}}, "/models"),
+        ({"name": "models", "emptyDir": {}}, "/models/resnet_v2"),
+    ],
 )
 def test_unusable_models_mounts_are_refused(volume: dict[str, Any], mount_path: str) -> None:
     pod = user_pod()

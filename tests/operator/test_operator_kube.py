@@ -13,16 +13,17 @@ import hashlib
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+from model_poller_api import models, names
 
 from local_services import operator_kit as kit
-from model_poller_api import models, names
 
 pytestmark = pytest.mark.kube
 
@@ -53,7 +54,9 @@ def contains(expected: Any, live: Any, path: str = "") -> list[str]:
     if isinstance(expected, list):
         if not isinstance(live, list) or len(live) != len(expected):
             return [f"{path}: expected {expected!r}, got {live!r}"]
-        return [d for i, (e, lv) in enumerate(zip(expected, live)) for d in contains(e, lv, f"{path}[{i}]")]
+        return [
+            d for i, (e, lv) in enumerate(zip(expected, live, strict=False)) for d in contains(e, lv, f"{path}[{i}]")
+        ]
     if expected == live or (not isinstance(expected, bool) and str(expected) == str(live)):
         return []
     return [f"{path}: expected {expected!r}, got {live!r}"]
@@ -135,8 +138,10 @@ def test_spec_edit_updates_the_children(operator: kit.OperatorProcess, cluster: 
     cluster.patch_md(namespace, "m", {"spec": {"serving": None}})
     kit.wait_for(
         "the default image back",
-        lambda: (cluster.child("Deployment", namespace, "m") or {})["spec"]["template"]["spec"]["containers"][0]["image"]
-        == models.DEFAULT_SERVING_IMAGE,
+        lambda: (
+            (cluster.child("Deployment", namespace, "m") or {})["spec"]["template"]["spec"]["containers"][0]["image"]
+            == models.DEFAULT_SERVING_IMAGE
+        ),
     )
 
 
@@ -164,10 +169,14 @@ def test_children_deleted_or_edited_by_hand_come_back(
     )
     kit.wait_for(
         "the image to be restored",
-        lambda: (cluster.child("Deployment", namespace, "m") or {})["spec"]["template"]["spec"]["containers"][0]["image"]
-        == models.DEFAULT_SERVING_IMAGE,
+        lambda: (
+            (cluster.child("Deployment", namespace, "m") or {})["spec"]["template"]["spec"]["containers"][0]["image"]
+            == models.DEFAULT_SERVING_IMAGE
+        ),
     )
-    kit.wait_for("the Role to be restored", lambda: len((cluster.child("Role", namespace, "m-poller") or {})["rules"]) == 2)
+    kit.wait_for(
+        "the Role to be restored", lambda: len((cluster.child("Role", namespace, "m-poller") or {})["rules"]) == 2
+    )
 
 
 def test_versions_change_does_not_touch_the_pod_template(
@@ -205,7 +214,9 @@ def test_steady_state_makes_zero_writes(
     # This namespace's 20 ModelDeployments and their children only: the whole suite shares
     # one API server, and earlier tests leave ModelDeployments behind (some in a deliberate
     # NameConflict, which the operator keeps retrying with backoff, as it should).
-    writes = [w for w in kit.audit_writes(kube.audit_log, start) if w.get("objectRef", {}).get("namespace") == namespace]
+    writes = [
+        w for w in kit.audit_writes(kube.audit_log, start) if w.get("objectRef", {}).get("namespace") == namespace
+    ]
     assert kit.describe_writes(writes) == [], "an idle operator must not write"
 
 
@@ -216,10 +227,18 @@ def test_poller_identity_can_patch_only_its_own_status(
     cluster.create_md(namespace, "b", {"source": {"uri": "gs://bkt/b/"}})
     wait_children(cluster, namespace, "a")
     wait_children(cluster, namespace, "b")
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "gcs-key"}, "stringData": {"key.json": "{}"}})
+    cluster.core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "gcs-key"}, "stringData": {"key.json": "{}"}}
+    )
     token = kit.service_account_token(kube, namespace, "a-poller")
     poller = client.CustomObjectsApi(kube.api_client(token))
-    entry = {"status": {"pollers": {"a-pod": {"versions": [1], "serving": 1, "latest": 1, "lastSync": "2026-01-01T00:00:00Z", "error": None}}}}
+    entry = {
+        "status": {
+            "pollers": {
+                "a-pod": {"versions": [1], "serving": 1, "latest": 1, "lastSync": "2026-01-01T00:00:00Z", "error": None}
+            }
+        }
+    }
 
     # Allowed: read its own ModelDeployment, watch it by name, patch its status.
     own = poller.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "a")
@@ -241,8 +260,16 @@ def test_poller_identity_can_patch_only_its_own_status(
             call()
         assert error.value.status == 403
 
-    denied(lambda: poller.patch_namespaced_custom_object_status(names.GROUP, names.VERSION, namespace, names.PLURAL, "b", entry))
-    denied(lambda: poller.patch_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "a", {"spec": {"replicas": 5}}))
+    denied(
+        lambda: poller.patch_namespaced_custom_object_status(
+            names.GROUP, names.VERSION, namespace, names.PLURAL, "b", entry
+        )
+    )
+    denied(
+        lambda: poller.patch_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.PLURAL, "a", {"spec": {"replicas": 5}}
+        )
+    )
     denied(lambda: poller.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "b"))
     denied(lambda: poller.list_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL))
     denied(lambda: poller.delete_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "a"))
@@ -306,7 +333,10 @@ def test_pod_from_the_template_is_admitted_by_pod_security_restricted(
 
 
 def _pod(template: dict[str, Any], name: str) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": template["metadata"]["labels"]}, "spec": copy.deepcopy(template["spec"])}
+    return {
+        "metadata": {"name": name, "labels": template["metadata"]["labels"]},
+        "spec": copy.deepcopy(template["spec"]),
+    }
 
 
 def _mark_ready(cluster: kit.Cluster, namespace: str, pod: str) -> None:
@@ -314,7 +344,12 @@ def _mark_ready(cluster: kit.Cluster, namespace: str, pod: str) -> None:
     cluster.core.patch_namespaced_pod_status(
         pod,
         namespace,
-        {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}},
+        {
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+            }
+        },
     )
 
 
@@ -444,10 +479,14 @@ def test_missing_credentials_secret_is_degraded_from_what_the_pod_says(
     assert "spec.source.credentialsSecret" in degraded["message"] and "m-aaaaa" in degraded["message"]
     assert f"kubectl -n {namespace} create secret generic gcs-key" in degraded["message"]
     # The Event follows the status write that set the condition: wait for it, not race it.
-    kit.wait_for("the CredentialsSecretMissing Event",
-                 lambda: "CredentialsSecretMissing" in {e["reason"] for e in cluster.events(namespace, "m")})
+    kit.wait_for(
+        "the CredentialsSecretMissing Event",
+        lambda: "CredentialsSecretMissing" in {e["reason"] for e in cluster.events(namespace, "m")},
+    )
     # The Secret is created and the kubelet starts the pod: the old Event is history.
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "gcs-key"}, "stringData": {"key.json": "{}"}})
+    cluster.core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "gcs-key"}, "stringData": {"key.json": "{}"}}
+    )
     running = {
         "phase": "Running",
         "initContainerStatuses": [_container_status("poller", {"running": {"startedAt": "2026-01-01T00:00:01Z"}})],
@@ -486,20 +525,40 @@ def test_poller_errors_become_degraded_conditions(
     cluster.wait_observed(namespace, "m")
     cluster.core.create_namespaced_pod(namespace, _pod(template, "m-aaaaa"))
     poller = client.CustomObjectsApi(kube.api_client(kit.service_account_token(kube, namespace, "m-poller")))
-    report = models.PollerReport(versions=(3,), serving=3, latest=3, error="pinned version 7 is not a valid version "
-                                 "at gs://bkt/m/", reason=models.ReportReason.PINNED_VERSION_MISSING)
+    report = models.PollerReport(
+        versions=(3,),
+        serving=3,
+        latest=3,
+        error="pinned version 7 is not a valid version at gs://bkt/m/",
+        reason=models.ReportReason.PINNED_VERSION_MISSING,
+    )
     poller.patch_namespaced_custom_object_status(
-        names.GROUP, names.VERSION, namespace, names.PLURAL, "m", {"status": {"pollers": {"m-aaaaa": report.to_status()}}}
+        names.GROUP,
+        names.VERSION,
+        namespace,
+        names.PLURAL,
+        "m",
+        {"status": {"pollers": {"m-aaaaa": report.to_status()}}},
     )
     degraded = kit.wait_for(
         "Degraded", lambda: (c := cluster.condition(namespace, "m", "Degraded")).get("status") == "True" and c
     )
     assert degraded["reason"] == "PinnedVersionMissing"
     assert "spec.versions.pinned" in degraded["message"]
-    denied = models.PollerReport(versions=(3,), serving=3, latest=3, error="listing gs://bkt/m/: access denied (403)",
-                                 reason=models.ReportReason.ACCESS_DENIED)
+    denied = models.PollerReport(
+        versions=(3,),
+        serving=3,
+        latest=3,
+        error="listing gs://bkt/m/: access denied (403)",
+        reason=models.ReportReason.ACCESS_DENIED,
+    )
     poller.patch_namespaced_custom_object_status(
-        names.GROUP, names.VERSION, namespace, names.PLURAL, "m", {"status": {"pollers": {"m-aaaaa": denied.to_status()}}}
+        names.GROUP,
+        names.VERSION,
+        namespace,
+        names.PLURAL,
+        "m",
+        {"status": {"pollers": {"m-aaaaa": denied.to_status()}}},
     )
     kit.wait_for("AccessDenied", lambda: cluster.condition(namespace, "m", "Degraded").get("reason") == "AccessDenied")
     assert operator.process.poll() is None

@@ -44,7 +44,9 @@ def _allowed(cluster: kit.Cluster, user: str, verb: str, resource: str, namespac
         spec=client.V1SubjectAccessReviewSpec(
             user=user,
             groups=["system:serviceaccounts", "system:authenticated"],
-            resource_attributes=client.V1ResourceAttributes(namespace=namespace, verb=verb, group=group, resource=resource),
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb=verb, group=group, resource=resource
+            ),
         )
     )
     status = client.AuthorizationV1Api(cluster.api).create_subject_access_review(review).status
@@ -70,7 +72,9 @@ def test_operator_runs_under_the_charts_namespaced_rbac(kube: Any, cluster: kit.
     }  # fmt: skip
     manifest = tmp_path / "namespaced.yaml"
     manifest.write_text(yaml.safe_dump_all(docs))
-    subprocess.run(["kubectl", "apply", "-f", str(manifest)], env=kube.env(), capture_output=True, text=True, check=True)
+    subprocess.run(
+        ["kubectl", "apply", "-f", str(manifest)], env=kube.env(), capture_output=True, text=True, check=True
+    )
     account = f"{release}-model-poller-operator"
     user = f"system:serviceaccount:{system}:{account}"
     token = kit.service_account_token(kube, system, account)

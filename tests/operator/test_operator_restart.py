@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_poller_api import models
 
 from local_services import operator_kit as kit
-from model_poller_api import models
 
 pytestmark = pytest.mark.kube
 
@@ -33,7 +33,9 @@ def test_restart_converges_what_changed_while_down_and_writes_nothing_else(
     start = kit.audit_offset(kube.audit_log)
     with kit.run_operator(operator_kubeconfig, tmp_path) as running:
         kit.wait_for("the Service back", lambda: cluster.child("Service", namespace, "a"))
-        kit.wait_for("replicas restored", lambda: (cluster.child("Deployment", namespace, "b") or {})["spec"]["replicas"] == 1)
+        kit.wait_for(
+            "replicas restored", lambda: (cluster.child("Deployment", namespace, "b") or {})["spec"]["replicas"] == 1
+        )
         md = cluster.wait_observed(namespace, "c")
         assert md["status"]["observedGeneration"] == 2
         assert (cluster.child("Deployment", namespace, "c") or {})["spec"]["replicas"] == 2

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
-from local_services import operator_kit as kit
 from model_poller_api import models, names
 from model_poller_operator import children, render
 from model_poller_operator.apply import Api, ApplyError
+
+from local_services import operator_kit as kit
 
 pytestmark = pytest.mark.kube
 
@@ -53,8 +53,12 @@ def refused_by_policy(call: Callable[[], Any], *words: str) -> str:
     return text
 
 
-def test_operator_token_cannot_read_secrets(kube: Any, operator_token: str, cluster: kit.Cluster, namespace: str) -> None:
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "db"}, "stringData": {"password": "hunter2"}})
+def test_operator_token_cannot_read_secrets(
+    kube: Any, operator_token: str, cluster: kit.Cluster, namespace: str
+) -> None:
+    cluster.core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "db"}, "stringData": {"password": "hunter2"}}
+    )
     thief = client.CoreV1Api(kube.api_client(operator_token))
     for call in (
         lambda: thief.read_namespaced_secret("db", namespace),
@@ -81,7 +85,9 @@ def _escalation(deployment: dict[str, Any]) -> None:
 
 
 def _added_capability(deployment: dict[str, Any]) -> None:
-    deployment["spec"]["template"]["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    deployment["spec"]["template"]["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"] = [
+        "SYS_ADMIN"
+    ]
 
 
 def _host_network(deployment: dict[str, Any]) -> None:
@@ -139,8 +145,19 @@ def _credentials_in_serving(deployment: dict[str, Any]) -> None:
         (_unlabelled, ["labelled"]),
         (_no_owner, ["controlled by"]),
     ],
-    ids=["secret-volume", "projected-secret", "secret-env", "credentials-in-serving", "hostPath", "escalation",
-         "capability", "hostNetwork", "serviceAccount", "unlabelled", "not-owned"],
+    ids=[
+        "secret-volume",
+        "projected-secret",
+        "secret-env",
+        "credentials-in-serving",
+        "hostPath",
+        "escalation",
+        "capability",
+        "hostNetwork",
+        "serviceAccount",
+        "unlabelled",
+        "not-owned",
+    ],
 )
 def test_deployments_only_in_the_rendered_shape(
     kube: Any, operator_token: str, namespace: str, mutate: Callable[[dict[str, Any]], None], words: list[str]
@@ -158,7 +175,9 @@ def test_nothing_in_kube_system(kube: Any, operator_token: str) -> None:
     core = client.CoreV1Api(kube.api_client(operator_token))
     children = rendered("kube-system")
     refused_by_policy(lambda: apps.create_namespaced_deployment("kube-system", children["Deployment"]), "kube-system")
-    refused_by_policy(lambda: core.create_namespaced_service_account("kube-system", children["ServiceAccount"]), "kube-system")
+    refused_by_policy(
+        lambda: core.create_namespaced_service_account("kube-system", children["ServiceAccount"]), "kube-system"
+    )
 
 
 def test_server_side_apply_cannot_take_over_an_unlabelled_deployment(
@@ -218,7 +237,9 @@ def test_roles_and_bindings_cannot_hand_out_the_operators_rights(
 
     cluster.rbac.create_namespaced_role(namespace, children["Role"])  # the poller's Role exists
     to_everyone = copy.deepcopy(children["RoleBinding"])
-    to_everyone["subjects"] = [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:authenticated"}]
+    to_everyone["subjects"] = [
+        {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:authenticated"}
+    ]
     refused_by_policy(lambda: rbac.create_namespaced_role_binding(namespace, to_everyone), "no groups")
     cluster_role = copy.deepcopy(children["RoleBinding"])
     cluster_role["roleRef"] = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": kit.OPERATOR_SA}
@@ -229,7 +250,9 @@ def test_roles_and_bindings_cannot_hand_out_the_operators_rights(
     rbac.create_namespaced_role_binding(namespace, children["RoleBinding"], dry_run="All")
 
 
-def _wait_condition(cluster: kit.Cluster, namespace: str, name: str, type_: str, reason: str, timeout: float = 60) -> dict[str, Any]:
+def _wait_condition(
+    cluster: kit.Cluster, namespace: str, name: str, type_: str, reason: str, timeout: float = 60
+) -> dict[str, Any]:
     found: dict[str, Any] = kit.wait_for(
         f"{type_}={reason} on {namespace}/{name}",
         lambda: (c := cluster.condition(namespace, name, type_)).get("reason") == reason and c,
@@ -247,7 +270,10 @@ def test_a_model_deployment_never_overwrites_objects_it_does_not_own(
     )
     cluster.rbac.create_namespaced_role(
         namespace,
-        {"metadata": {"name": "payments-poller"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]},
+        {
+            "metadata": {"name": "payments-poller"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+        },
     )
     service_before = cluster.child("Service", namespace, "payments")
     role_before = cluster.child("Role", namespace, "payments-poller")
@@ -259,11 +285,18 @@ def test_a_model_deployment_never_overwrites_objects_it_does_not_own(
     message = synced["message"]
     assert "Service payments (not controlled by any owner)" in message
     assert "Role payments-poller (not controlled by any owner)" in message
-    assert f"If they are leftovers, delete them (kubectl -n {namespace} delete role/payments-poller service/payments)" in message
+    assert (
+        f"If they are leftovers, delete them (kubectl -n {namespace} delete role/payments-poller service/payments)"
+        in message
+    )
     assert "did not apply RoleBinding payments-poller, Deployment payments either" in message
     # The Event follows the status write that set the condition: wait for it, not race it.
-    kit.wait_for("the NameConflict Warning Event", lambda: any(
-        e["reason"] == "NameConflict" and e["type"] == "Warning" for e in cluster.events(namespace, "payments")))
+    kit.wait_for(
+        "the NameConflict Warning Event",
+        lambda: any(
+            e["reason"] == "NameConflict" and e["type"] == "Warning" for e in cluster.events(namespace, "payments")
+        ),
+    )
     # Safe children are applied; what conflicts is untouched; the RoleBinding (it would bind
     # the poller to someone else's Role) and the Deployment (whose pods would run with that
     # Role's rights) are held back.
@@ -280,7 +313,12 @@ def test_a_model_deployment_never_overwrites_objects_it_does_not_own(
     cluster.rbac.delete_namespaced_role("payments-poller", namespace)
     _wait_condition(cluster, namespace, "payments", "Synced", "ChildrenApplied", timeout=120)
     md = cluster.get_md(namespace, "payments")
-    for kind, name in (("Service", "payments"), ("Role", "payments-poller"), ("RoleBinding", "payments-poller"), ("Deployment", "payments")):
+    for kind, name in (
+        ("Service", "payments"),
+        ("Role", "payments-poller"),
+        ("RoleBinding", "payments-poller"),
+        ("Deployment", "payments"),
+    ):
         child = cluster.child(kind, namespace, name)
         assert child is not None, kind
         assert child["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"], kind
@@ -297,10 +335,15 @@ def test_a_child_whose_label_was_removed_by_hand_is_repaired_under_the_policy(
     cluster.wait_observed(namespace, "m")
     # The live object is then unlabelled but still controlled by the ModelDeployment: the
     # policy lets the operator take back its own child (and only that).
-    cluster.core.patch_namespaced_service("m", namespace, [{"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"}])
+    cluster.core.patch_namespaced_service(
+        "m", namespace, [{"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"}]
+    )
     kit.wait_for(
         "the label to be restored",
-        lambda: (cluster.child("Service", namespace, "m") or {})["metadata"]["labels"].get(names.LABEL_MANAGED_BY) == names.MANAGER,
+        lambda: (
+            (cluster.child("Service", namespace, "m") or {})["metadata"]["labels"].get(names.LABEL_MANAGED_BY)
+            == names.MANAGER
+        ),
     )
     assert "ValidatingAdmissionPolicy" not in operator.log()
 
@@ -314,7 +357,9 @@ def test_operator_token_cannot_rewrite_a_model_deployments_spec(
     custom = client.CustomObjectsApi(kube.api_client(operator_token))
 
     def patch(body: dict[str, Any]) -> Any:
-        return custom.patch_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, "target", body)
+        return custom.patch_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.PLURAL, "target", body
+        )
 
     refused_by_policy(lambda: patch({"spec": {"source": {"uri": "gs://attacker/model/"}}}), "never its spec")
     refused_by_policy(lambda: patch({"spec": {"poller": {"image": "attacker/image:1"}}}), "never its spec")

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from model_poller_operator.config import ConsoleSettings, OperatorConfig, env_name
 from model_poller_operator.webhook import WebhookSettings
 
@@ -101,7 +100,12 @@ def test_good_values_are_read() -> None:
     assert console == ConsoleSettings(namespaces=("ml", "team-*", "!team-x"), peering="model-poller")
     assert ConsoleSettings.from_env({f"{PREFIX}LIVENESS": "http://127.0.0.1:9090/live"}).liveness.endswith(":9090/live")
     hook = WebhookSettings.from_env(
-        {f"{HOOK}PORT": "9443", f"{HOOK}CERT_DIR": "/tls", f"{HOOK}HOSTS": "127.0.0.1,svc.ns.svc", f"{HOOK}ADDRESS": "::"}
+        {
+            f"{HOOK}PORT": "9443",
+            f"{HOOK}CERT_DIR": "/tls",
+            f"{HOOK}HOSTS": "127.0.0.1,svc.ns.svc",
+            f"{HOOK}ADDRESS": "::",
+        }
     )
     assert (hook.port, hook.hosts, hook.address) == (9443, ("127.0.0.1", "svc.ns.svc"), "::")
 

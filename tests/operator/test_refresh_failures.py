@@ -8,7 +8,6 @@ import logging
 import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
-
 from model_poller_operator import handlers
 
 

@@ -7,11 +7,11 @@ Regenerate the goldens after an intended change, then review the diff:
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml
-
 from model_poller_api import models, names
 from model_poller_operator import children, render
 
@@ -111,7 +111,9 @@ def test_the_size_limit_reaches_the_poller_as_its_storage_limit(storage: dict[st
 
 
 def test_a_size_limit_that_is_not_a_quantity_is_named() -> None:
-    spec = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}, "storage": {"sizeLimit": "lots"}})
+    spec = models.ModelDeploymentSpec.from_object(
+        "m", {"source": {"uri": "gs://b/m/"}, "storage": {"sizeLimit": "lots"}}
+    )
     with pytest.raises(ValueError, match="spec.storage.sizeLimit"):
         render.storage_limit(spec)
 
@@ -131,13 +133,18 @@ def test_poller_has_a_memory_limit_unless_the_user_sets_one(cases: dict[str, dic
         # A memory request above the default limit takes the limit up with it (never invalid).
         ({"requests": {"memory": "1Gi"}}, {"requests": {"cpu": "50m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}),
         # A cpu limit below the default request takes the request down with it.
-        ({"limits": {"cpu": "20m"}}, {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "384Mi", "cpu": "20m"}}),
+        (
+            {"limits": {"cpu": "20m"}},
+            {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "384Mi", "cpu": "20m"}},
+        ),
         # The user's own memory limit wins.
         ({"limits": {"memory": "2Gi"}}, {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "2Gi"}}),
     ],
 )
 def test_poller_resources_merge_over_the_defaults(resources: dict[str, Any], expected: dict[str, Any]) -> None:
-    spec = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}, "poller": {"resources": resources}})
+    spec = models.ModelDeploymentSpec.from_object(
+        "m", {"source": {"uri": "gs://b/m/"}, "poller": {"resources": resources}}
+    )
     assert render.poller_resources(spec) == expected
 
 
@@ -146,7 +153,9 @@ def test_secret_is_mounted_into_the_poller_only(cases: dict[str, dict[str, Any]]
     pod = deployment["spec"]["template"]["spec"]
     (poller,) = pod["initContainers"]
     (serving,) = pod["containers"]
-    assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/run/secrets/model-poller/gcs/key.json"} in poller["env"]
+    assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/run/secrets/model-poller/gcs/key.json"} in poller[
+        "env"
+    ]
     assert any(m["name"] == render.CREDENTIALS_VOLUME and m["readOnly"] for m in poller["volumeMounts"])
     assert all(m["name"] not in (render.CREDENTIALS_VOLUME, render.TOKEN_VOLUME) for m in serving["volumeMounts"])
     assert all(e["name"] != "GOOGLE_APPLICATION_CREDENTIALS" for e in serving.get("env", []))
@@ -184,14 +193,32 @@ def test_role_grants_only_its_own_model_deployment(cases: dict[str, dict[str, An
     role = _render("minimal", cases["minimal"])[1]
     assert role["kind"] == "Role"
     assert role["rules"] == [
-        {"apiGroups": [names.GROUP], "resources": [names.PLURAL], "resourceNames": ["faster-rcnn"], "verbs": ["get", "watch"]},
-        {"apiGroups": [names.GROUP], "resources": [f"{names.PLURAL}/status"], "resourceNames": ["faster-rcnn"], "verbs": ["patch"]},
+        {
+            "apiGroups": [names.GROUP],
+            "resources": [names.PLURAL],
+            "resourceNames": ["faster-rcnn"],
+            "verbs": ["get", "watch"],
+        },
+        {
+            "apiGroups": [names.GROUP],
+            "resources": [f"{names.PLURAL}/status"],
+            "resourceNames": ["faster-rcnn"],
+            "verbs": ["patch"],
+        },
     ]
 
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("faster-rcnn", True), ("a", True), ("my.model", False), ("Model", False), ("1model", False), ("x" * 63, True), ("x" * 64, False)],
+    [
+        ("faster-rcnn", True),
+        ("a", True),
+        ("my.model", False),
+        ("Model", False),
+        ("1model", False),
+        ("x" * 63, True),
+        ("x" * 64, False),
+    ],
 )
 def test_name_problem(name: str, ok: bool) -> None:
     problem = render.name_problem(name)

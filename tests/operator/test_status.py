@@ -31,7 +31,9 @@ def observed(
         name="m",
         namespace="ml",
         spec=spec(replicas=want, **spec_overrides),
-        deployment=st.DeploymentState(replicas=want, ready_replicas=ready, updated_replicas=want, conditions=conditions),
+        deployment=st.DeploymentState(
+            replicas=want, ready_replicas=ready, updated_replicas=want, conditions=conditions
+        ),
         pods=pods,
         pod_events=pod_events,
     )
@@ -118,7 +120,10 @@ def test_ready_reasons_tell_the_user_what_to_do() -> None:
     assert cond(empty, "Ready")["reason"] == st.REASON_NO_VERSION
     assert "gs://b/m/1.zip" in cond(empty, "Ready")["message"]
     partial = st.desired_status(
-        {"pollers": {"m-a": entry([1], 1, latest=1)}}, observed((st.PodState("m-a", True),), ready=1), now=NOW, selector=SELECTOR
+        {"pollers": {"m-a": entry([1], 1, latest=1)}},
+        observed((st.PodState("m-a", True),), ready=1),
+        now=NOW,
+        selector=SELECTOR,
     )
     assert cond(partial, "Ready")["reason"] == st.REASON_NOT_READY
     assert "1/2 replicas ready" in cond(partial, "Ready")["message"]
@@ -134,17 +139,41 @@ PENDING_ON_MOUNT: dict[str, Any] = {
     "phase": "Pending",
     "conditions": [
         {"type": "PodReadyToStartContainers", "status": "False"},
-        {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized", "message": "containers with incomplete status: [poller]"},
-        {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [poller serving]"},
+        {
+            "type": "Initialized",
+            "status": "False",
+            "reason": "ContainersNotInitialized",
+            "message": "containers with incomplete status: [poller]",
+        },
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "ContainersNotReady",
+            "message": "containers with unready status: [poller serving]",
+        },
         {"type": "PodScheduled", "status": "True"},
     ],
     "initContainerStatuses": [
-        {"name": "poller", "ready": False, "restartCount": 0, "started": False, "image": "p", "imageID": "",
-         "state": {"waiting": {"reason": "PodInitializing"}}},
+        {
+            "name": "poller",
+            "ready": False,
+            "restartCount": 0,
+            "started": False,
+            "image": "p",
+            "imageID": "",
+            "state": {"waiting": {"reason": "PodInitializing"}},
+        },
     ],
     "containerStatuses": [
-        {"name": "serving", "ready": False, "restartCount": 0, "started": False, "image": "s", "imageID": "",
-         "state": {"waiting": {"reason": "PodInitializing"}}},
+        {
+            "name": "serving",
+            "ready": False,
+            "restartCount": 0,
+            "started": False,
+            "image": "s",
+            "imageID": "",
+            "state": {"waiting": {"reason": "PodInitializing"}},
+        },
     ],
 }
 FAILED_MOUNT = st.PodEvent(
@@ -157,15 +186,23 @@ FAILED_MOUNT = st.PodEvent(
 CONFIG_ERROR: dict[str, Any] = {
     "phase": "Pending",
     "containerStatuses": [
-        {"name": "serving", "ready": False, "restartCount": 0,
-         "state": {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "gcs-key" not found'}}},
+        {
+            "name": "serving",
+            "ready": False,
+            "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "gcs-key" not found'}},
+        },
     ],
 }
 RUNNING: dict[str, Any] = {
     "phase": "Running",
     "conditions": [{"type": "Ready", "status": "False"}],
-    "initContainerStatuses": [{"name": "poller", "ready": True, "restartCount": 0, "state": {"running": {"startedAt": NOW}}}],
-    "containerStatuses": [{"name": "serving", "ready": False, "restartCount": 0, "state": {"running": {"startedAt": NOW}}}],
+    "initContainerStatuses": [
+        {"name": "poller", "ready": True, "restartCount": 0, "state": {"running": {"startedAt": NOW}}}
+    ],
+    "containerStatuses": [
+        {"name": "serving", "ready": False, "restartCount": 0, "state": {"running": {"startedAt": NOW}}}
+    ],
 }
 WITH_SECRET = {"source": {"uri": "gs://b/m/", "credentialsSecret": "gcs-key"}}
 
@@ -173,7 +210,9 @@ WITH_SECRET = {"source": {"uri": "gs://b/m/", "credentialsSecret": "gcs-key"}}
 def test_missing_secret_volume_is_degraded_from_the_pods_failed_mount_event() -> None:
     pods = (st.PodState.from_object("m-a", PENDING_ON_MOUNT),)
     assert st.pod_events_needed(spec(**WITH_SECRET), pods)
-    desired = st.desired_status({}, observed(pods, pod_events=(FAILED_MOUNT,), **WITH_SECRET), now=NOW, selector=SELECTOR)
+    desired = st.desired_status(
+        {}, observed(pods, pod_events=(FAILED_MOUNT,), **WITH_SECRET), now=NOW, selector=SELECTOR
+    )
     degraded = cond(desired, "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", st.REASON_SECRET_MISSING)
     assert "spec.source.credentialsSecret" in degraded["message"]
@@ -196,7 +235,9 @@ def test_secret_is_not_reported_missing_without_evidence_from_this_secret_or_onc
     other_secret = st.PodEvent("m-a", "Warning", "FailedMount", 'MountVolume.SetUp failed: secret "other" not found')
     running = (st.PodState.from_object("m-a", RUNNING),)
     for pods, pod_events in ((pending, ()), (pending, (other_pod, other_secret)), (running, (FAILED_MOUNT,))):
-        desired = st.desired_status({}, observed(pods, pod_events=pod_events, **WITH_SECRET), now=NOW, selector=SELECTOR)
+        desired = st.desired_status(
+            {}, observed(pods, pod_events=pod_events, **WITH_SECRET), now=NOW, selector=SELECTOR
+        )
         assert cond(desired, "Degraded")["status"] == "False", (pods, pod_events)
     # Without a credentials Secret, or once the pods run, no Event is worth listing.
     assert not st.pod_events_needed(spec(), pending)
@@ -208,8 +249,13 @@ def test_poller_errors_become_degraded_reasons_by_type_not_text() -> None:
     pods = (st.PodState("m-a", True), st.PodState("m-b", True), st.PodState("m-c", True))
     current = {
         "pollers": {
-            "m-a": entry([2], 2, latest=2, error="pinned version 7 is not a valid version at gs://b/m/",
-                         reason=R.PINNED_VERSION_MISSING),
+            "m-a": entry(
+                [2],
+                2,
+                latest=2,
+                error="pinned version 7 is not a valid version at gs://b/m/",
+                reason=R.PINNED_VERSION_MISSING,
+            ),
             # The words do not matter: only the typed reason does.
             "m-b": entry([2], 2, latest=2, error="something forbidden happened", reason=R.VERSION_REJECTED),
             "m-c": entry([2], 2, latest=2, error="caller lacks storage.objects.list", reason=R.ACCESS_DENIED),
@@ -243,7 +289,9 @@ def test_deployment_failures_are_degraded() -> None:
 
 def test_synced_and_observed_generation_come_from_the_reconcile_only() -> None:
     failed = st.Synced(generation=2, ok=False, reason=st.REASON_APPLY_FAILED, message="Deployment m: 422 Invalid")
-    desired = st.desired_status({models.STATUS_OBSERVED_GENERATION: 1}, observed(), now=NOW, synced=failed, selector=SELECTOR)
+    desired = st.desired_status(
+        {models.STATUS_OBSERVED_GENERATION: 1}, observed(), now=NOW, synced=failed, selector=SELECTOR
+    )
     assert desired[models.STATUS_OBSERVED_GENERATION] == 1
     assert cond(desired, "Synced")["status"] == "False"
     assert cond(desired, "Synced")["observedGeneration"] == 2
@@ -284,15 +332,40 @@ def test_pod_and_deployment_state_from_objects() -> None:
 def test_pod_state_keeps_what_the_pod_itself_says() -> None:
     status = {
         "phase": "Running",
-        "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [serving]"}],
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "ContainersNotReady",
+                "message": "containers with unready status: [serving]",
+            }
+        ],
         "initContainerStatuses": [
-            {"name": "poller", "ready": False, "restartCount": 4,
-             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container=poller"}},
-             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}},
+            {
+                "name": "poller",
+                "ready": False,
+                "restartCount": 4,
+                "state": {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": "back-off 1m20s restarting failed container=poller",
+                    }
+                },
+                "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+            },
         ],
         "containerStatuses": [
-            {"name": "serving", "ready": False, "restartCount": 0,
-             "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "tensorflow/serving:nope"'}}},
+            {
+                "name": "serving",
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": 'Back-off pulling image "tensorflow/serving:nope"',
+                    }
+                },
+            },
         ],
     }
     pod = st.PodState.from_object("m-a", status)
@@ -300,13 +373,26 @@ def test_pod_state_keeps_what_the_pod_itself_says() -> None:
         name="m-a",
         ready=False,
         phase="Running",
-        conditions=(st.PodCondition("Ready", "False", "ContainersNotReady", "containers with unready status: [serving]"),),
+        conditions=(
+            st.PodCondition("Ready", "False", "ContainersNotReady", "containers with unready status: [serving]"),
+        ),
         containers=(
-            st.ContainerState("poller", init=True, state="waiting", reason="CrashLoopBackOff",
-                              message="back-off 1m20s restarting failed container=poller", restart_count=4,
-                              last_termination_reason="OOMKilled"),
-            st.ContainerState("serving", init=False, state="waiting", reason="ImagePullBackOff",
-                              message='Back-off pulling image "tensorflow/serving:nope"'),
+            st.ContainerState(
+                "poller",
+                init=True,
+                state="waiting",
+                reason="CrashLoopBackOff",
+                message="back-off 1m20s restarting failed container=poller",
+                restart_count=4,
+                last_termination_reason="OOMKilled",
+            ),
+            st.ContainerState(
+                "serving",
+                init=False,
+                state="waiting",
+                reason="ImagePullBackOff",
+                message='Back-off pulling image "tensorflow/serving:nope"',
+            ),
         ),
     )
     assert [c.reason for c in pod.waiting] == ["CrashLoopBackOff", "ImagePullBackOff"]

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from model_poller_api import names
+
 from local_services.binaries import binary
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "chart"
@@ -59,7 +59,9 @@ def test_configuration_selects_only_labelled_pods_and_fails_closed() -> None:
 
 
 def test_watched_namespaces_narrow_the_configuration() -> None:
-    (config,) = [d for d in rendered("--set", "watch.namespaces={ml,team-a}") if d["kind"] == "MutatingWebhookConfiguration"]
+    (config,) = [
+        d for d in rendered("--set", "watch.namespaces={ml,team-a}") if d["kind"] == "MutatingWebhookConfiguration"
+    ]
     expressions = config["webhooks"][0]["namespaceSelector"]["matchExpressions"]
     assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ml", "team-a"]} in expressions
     # Patterns cannot be label values: the webhook then sees every namespace (but the excluded ones).
@@ -86,7 +88,9 @@ def test_cert_manager_replaces_the_operators_certificate(issuer: list[str]) -> N
     assert "mp-model-poller-operator-webhook.ops.svc" in certificate["spec"]["dnsNames"]
     assert ("Issuer" in kinds(docs)) == (not issuer)
     (config,) = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
-    assert config["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "ops/mp-model-poller-operator-webhook"}
+    assert config["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "ops/mp-model-poller-operator-webhook"
+    }
     settings = env(docs)
     assert settings["MODEL_POLLER_OPERATOR_WEBHOOK_CERT_DIR"] == "/etc/model-poller/webhook-tls"
     assert "MODEL_POLLER_OPERATOR_WEBHOOK_SECRET" not in settings

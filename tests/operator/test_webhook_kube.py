@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
-from local_services import operator_kit as kit
-from local_services import webhook_kit as wk
 from model_poller_api import models, names
 from model_poller_operator import inject, render
 from model_poller_operator.compare import is_subset
+
+from local_services import operator_kit as kit
+from local_services import webhook_kit as wk
 
 pytestmark = pytest.mark.kube
 
@@ -102,8 +102,9 @@ def test_labelled_pod_is_injected_and_an_unlabelled_one_is_never_sent(
     sent = wk.user_pod("unlabelled")
     created = create_pod(cluster, ns, copy.deepcopy(sent))
     reference = cluster.api.sanitize_for_serialization(
-        cluster.core.create_namespaced_pod(wk.probe_namespace(kube), {**copy.deepcopy(sent), "metadata": {"name": "u"}},
-                                           dry_run="All")  # fmt: skip
+        cluster.core.create_namespaced_pod(
+            wk.probe_namespace(kube), {**copy.deepcopy(sent), "metadata": {"name": "u"}}, dry_run="All"
+        )  # fmt: skip
     )
     assert _same_token_name(created["spec"]) == _same_token_name(reference["spec"]), (
         "the unlabelled pod is exactly what the API server makes of it without the webhook"
@@ -123,7 +124,9 @@ def _same_token_name(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(text))
 
 
-def test_an_already_injected_pod_is_unchanged(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+def test_an_already_injected_pod_is_unchanged(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
     wk.create_external_md(cluster, ns, NAME)
     first = create_pod(cluster, ns, wk.user_pod("first", NAME))
     again = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "again", "labels": first["metadata"]["labels"]},
@@ -134,7 +137,9 @@ def test_an_already_injected_pod_is_unchanged(kube: Any, webhook: kit.OperatorPr
     assert [c["mutated"] for c in webhook_calls(kube, since, "again")] == [False]
 
 
-def test_pods_of_a_deployment_template_are_injected(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+def test_pods_of_a_deployment_template_are_injected(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
     """No controllers here: the pods are created from the template as the ReplicaSet does."""
     wk.create_external_md(cluster, ns, NAME)
     template = wk.user_pod(None, NAME)
@@ -146,7 +151,9 @@ def test_pods_of_a_deployment_template_are_injected(kube: Any, webhook: kit.Oper
     stored = cluster.api.sanitize_for_serialization(deployment)["spec"]["template"]
     assert "initContainers" not in stored["spec"], "the Deployment itself is not touched"
     for _ in range(2):
-        pod = create_pod(cluster, ns, {"metadata": {**stored["metadata"], "generateName": "tf-serving-"}, "spec": stored["spec"]})
+        pod = create_pod(
+            cluster, ns, {"metadata": {**stored["metadata"], "generateName": "tf-serving-"}, "spec": stored["spec"]}
+        )
         assert [c["name"] for c in pod["spec"]["initContainers"]] == ["poller"]
         assert pod["spec"]["serviceAccountName"] == f"{NAME}-poller"
 
@@ -185,14 +192,18 @@ def test_pod_naming_an_operator_mode_model_deployment_is_refused(
     assert f"ModelDeployment '{NAME}' has spec.workload: operator" in message
 
 
-def test_pod_with_a_foreign_service_account_is_refused(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+def test_pod_with_a_foreign_service_account_is_refused(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
     wk.create_external_md(cluster, ns, NAME)
     cluster.core.create_namespaced_service_account(ns, {"metadata": {"name": "payments"}})
     message = refused(cluster, ns, wk.user_pod("foreign", NAME, serviceAccountName="payments"))
     assert "ServiceAccount 'payments'" in message and f"'{NAME}-poller'" in message
 
 
-def test_pod_with_a_contradicting_base_path_is_refused(webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+def test_pod_with_a_contradicting_base_path_is_refused(
+    webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
     wk.create_external_md(cluster, ns, NAME)
     pod = wk.user_pod("elsewhere", NAME)
     pod["spec"]["containers"][0]["args"] = ["--model_base_path=/srv/models/resnet"]
@@ -204,7 +215,9 @@ def test_pod_with_a_contradicting_base_path_is_refused(webhook: kit.OperatorProc
 # --- the certificate -------------------------------------------------------------------------
 
 
-def test_certificate_is_the_secrets_and_the_configuration_trusts_its_ca(kube: Any, webhook: kit.OperatorProcess) -> None:
+def test_certificate_is_the_secrets_and_the_configuration_trusts_its_ca(
+    kube: Any, webhook: kit.OperatorProcess
+) -> None:
     from cryptography import x509
 
     data = wk.secret_data(kube)
@@ -256,7 +269,9 @@ def test_unready_service_account_is_refused_until_the_operator_made_it(
 # --- status from the labelled pods --------------------------------------------------------------
 
 
-def test_status_follows_the_labelled_pods(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+def test_status_follows_the_labelled_pods(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
     """No kubelet here: the pods' readiness is written as a kubelet would, the pollers'
     entries as the pollers would (tests/e2e/test_external.py runs them for real)."""
     wk.create_external_md(cluster, ns, NAME)
@@ -284,7 +299,9 @@ def test_status_follows_the_labelled_pods(kube: Any, webhook: kit.OperatorProces
                  .get("pollers") or {}) == {pods[1]} and cluster.get_md(ns, NAME)["status"]["replicas"] == 1)  # fmt: skip
 
 
-def test_the_external_examples_work_together(kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str) -> None:
+def test_the_external_examples_work_together(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
     """deploy/examples/external-md.yaml and external-deployment.yaml, as a user applies them."""
     import yaml
 

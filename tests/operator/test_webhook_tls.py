@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from model_poller_operator import certs
+from model_poller_operator.apply import Api
 
 from local_services import operator_kit as kit
 from local_services import webhook_kit as wk
-from model_poller_operator import certs
-from model_poller_operator.apply import Api
 
 pytestmark = pytest.mark.kube
 
@@ -51,7 +51,9 @@ def secret_writes(kube: Any, since: int) -> list[int]:
 def test_replicas_racing_at_first_start_share_one_certificate(kube: Any, operator_token: str) -> None:
     wk.reset_secret(kube)
     since = kit.audit_offset(kube.audit_log)
-    stores = [certs.SecretStore(operator_api(kube, operator_token), kit.OPERATOR_NAMESPACE, wk.SECRET) for _ in range(4)]
+    stores = [
+        certs.SecretStore(operator_api(kube, operator_token), kit.OPERATOR_NAMESPACE, wk.SECRET) for _ in range(4)
+    ]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         bundles = list(pool.map(lambda store: store.ensure(HOSTS), stores))
     assert len({b.tls_crt for b in bundles}) == 1, "every replica serves the same certificate"
@@ -67,7 +69,7 @@ def test_replicas_racing_at_first_start_share_one_certificate(kube: Any, operato
 def test_an_expiring_certificate_is_renewed_under_the_same_ca(kube: Any, operator_token: str) -> None:
     store = certs.SecretStore(operator_api(kube, operator_token), kit.OPERATOR_NAMESPACE, wk.SECRET)
     current = store.ensure(HOSTS)
-    later = dt.datetime.now(dt.timezone.utc) + certs.CERT_VALIDITY - dt.timedelta(days=10)
+    later = dt.datetime.now(dt.UTC) + certs.CERT_VALIDITY - dt.timedelta(days=10)
     renewed = store.ensure(HOSTS, now=later)
     assert renewed.tls_crt != current.tls_crt
     assert renewed.ca_crt == current.ca_crt, "the caBundle stays valid"
@@ -100,7 +102,9 @@ def test_without_the_secret_the_message_says_what_to_do(kube: Any, operator_toke
         store = certs.SecretStore(operator_api(kube, operator_token), kit.OPERATOR_NAMESPACE, wk.SECRET)
         with pytest.raises(certs.CertificateUnavailable) as caught:
             store.ensure(HOSTS)
-        assert f"cannot create the webhook certificate Secret {kit.OPERATOR_NAMESPACE}/{wk.SECRET}: 403" in str(caught.value)
+        assert f"cannot create the webhook certificate Secret {kit.OPERATOR_NAMESPACE}/{wk.SECRET}: 403" in str(
+            caught.value
+        )
         assert "helm upgrade" in str(caught.value)
         # With the right to create (outside the chart), the operator creates it itself.
         created = certs.SecretStore(Api(kube.api_client()), kit.OPERATOR_NAMESPACE, wk.SECRET).ensure(HOSTS)
@@ -124,7 +128,7 @@ def test_the_operator_may_change_only_the_caBundle(kube: Any, operator_token: st
     with pytest.raises(ApiException) as caught:
         admission.patch_mutating_webhook_configuration(wk.CONFIGURATION, patch)
     assert "may change only the caBundle" in str(caught.value.body), caught.value.body
-    bundle = certs.new_bundle(HOSTS, dt.datetime.now(dt.timezone.utc)).ca_bundle
+    bundle = certs.new_bundle(HOSTS, dt.datetime.now(dt.UTC)).ca_bundle
     admission.patch_mutating_webhook_configuration(
         wk.CONFIGURATION, [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle}]
     )
@@ -173,7 +177,6 @@ def test_webhook_stopped_unlabelled_pods_admitted_at_once_labelled_refused(
 def test_a_certificate_folder_is_served_and_reloaded_when_it_changes(kube: Any, tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-
     from model_poller_operator.webhook import Webhook, WebhookSettings
 
     folder = tmp_path / "tls"
@@ -184,11 +187,9 @@ def test_a_certificate_folder_is_served_and_reloaded_when_it_changes(kube: Any, 
         (folder / "tls.crt").write_bytes(bundle.tls_crt)
 
     def served() -> bytes:
-        return x509.load_der_x509_certificate(wk.served_certificate(port)).public_bytes(
-            serialization.Encoding.PEM
-        )
+        return x509.load_der_x509_certificate(wk.served_certificate(port)).public_bytes(serialization.Encoding.PEM)
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     first, second = certs.new_bundle(HOSTS, now), certs.new_bundle(HOSTS, now)
     write(first)
     port = kit.free_port()

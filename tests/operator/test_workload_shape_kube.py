@@ -19,11 +19,11 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-
-from local_services import operator_kit as kit
 from model_poller_api import models, names
 from model_poller_operator import children, render
 from model_poller_operator.apply import Api
+
+from local_services import operator_kit as kit
 
 pytestmark = pytest.mark.kube
 
@@ -51,7 +51,9 @@ def _scheduling_classes(cluster: kit.Cluster) -> None:
         client.SchedulingV1Api(cluster.api).create_priority_class,
         {"metadata": {"name": "model-serving"}, "value": 1000, "description": "model servers"},
     )
-    _ignore_conflict(client.NodeV1Api(cluster.api).create_runtime_class, {"metadata": {"name": "nvidia"}, "handler": "nvidia"})
+    _ignore_conflict(
+        client.NodeV1Api(cluster.api).create_runtime_class, {"metadata": {"name": "nvidia"}, "handler": "nvidia"}
+    )
 
 
 def test_every_new_field_is_admitted_and_stored_as_given(
@@ -68,7 +70,9 @@ def test_every_new_field_is_admitted_and_stored_as_given(
 def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restricted(
     cluster: kit.Cluster, namespace: str, cases: dict[str, dict[str, Any]]
 ) -> None:
-    cluster.core.patch_namespace(namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    cluster.core.patch_namespace(
+        namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
     _scheduling_classes(cluster)
     md = _create(cluster, namespace, cases["gpu"])
     owner = render.Owner(NAME, namespace, md["metadata"]["uid"])
@@ -76,11 +80,23 @@ def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restrict
     # Applied as the operator applies them; the API server validates each (affinity, spread...).
     outcome = Api(cluster.api).converge_all(desired)
     assert not outcome.conflicts
-    assert {c.kind for c in outcome.changes} == {"ServiceAccount", "Role", "RoleBinding", "Service", "ConfigMap", "Deployment", "PodDisruptionBudget"}
+    assert {c.kind for c in outcome.changes} == {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+    }
     live = cluster.child("Deployment", namespace, NAME)
     assert live is not None
     template = live["spec"]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{NAME}-abc12", "labels": template["metadata"]["labels"]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{NAME}-abc12", "labels": template["metadata"]["labels"]},
+    }
     created = cluster.core.create_namespaced_pod(namespace, {**pod, "spec": template["spec"]})
     assert created.spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert created.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
@@ -186,7 +202,11 @@ def test_an_override_of_what_the_product_owns_is_rejected_naming_the_field(
 
 def _kubectl_apply(kube: Any, namespace: str, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["kubectl", "apply", "-n", namespace, "-f", str(path)], env=kube.env(), capture_output=True, text=True, timeout=60
+        ["kubectl", "apply", "-n", namespace, "-f", str(path)],
+        env=kube.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -226,16 +246,27 @@ def test_the_hpa_example_targets_the_model_deployments_scale_subresource(
     ModelDeployment's scale subresource, which answers with spec.replicas."""
     md = yaml.safe_load((EXAMPLES / "faster-rcnn.yaml").read_text())
     hpa = yaml.safe_load((EXAMPLES / "hpa.yaml").read_text())
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": md["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "name": md["metadata"]["name"],
+    }
     _create(cluster, namespace, md["spec"], name=md["metadata"]["name"])
     hpa["metadata"]["namespace"] = namespace
     created = client.AutoscalingV2Api(cluster.api).create_namespaced_horizontal_pod_autoscaler(namespace, hpa)
     target = created.spec.scale_target_ref
     assert (target.api_version, target.kind, target.name) == (names.API_VERSION, names.KIND, md["metadata"]["name"])
-    scale = cluster.custom.get_namespaced_custom_object_scale(names.GROUP, names.VERSION, namespace, names.PLURAL, target.name)
+    scale = cluster.custom.get_namespaced_custom_object_scale(
+        names.GROUP, names.VERSION, namespace, names.PLURAL, target.name
+    )
     assert scale["spec"]["replicas"] == md["spec"]["replicas"]
     # What the autoscaler writes is a scale of that subresource: spec.replicas follows.
     cluster.custom.patch_namespaced_custom_object_scale(
-        names.GROUP, names.VERSION, namespace, names.PLURAL, target.name, {"spec": {"replicas": hpa["spec"]["maxReplicas"]}}
+        names.GROUP,
+        names.VERSION,
+        namespace,
+        names.PLURAL,
+        target.name,
+        {"spec": {"replicas": hpa["spec"]["maxReplicas"]}},
     )
     assert cluster.get_md(namespace, target.name)["spec"]["replicas"] == hpa["spec"]["maxReplicas"]

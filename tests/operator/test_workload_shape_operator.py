@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from model_poller_api import names
 
 from local_services import operator_kit as kit
-from model_poller_api import names
 
 pytestmark = pytest.mark.kube
 
@@ -69,7 +69,11 @@ def test_the_budget_and_the_monitoring_config_exist_while_their_fields_are_set(
     cluster.patch_md(namespace, "m", {"spec": {"disruptionBudget": {"minAvailable": None, "maxUnavailable": "50%"}}})
     kit.wait_for(
         "maxUnavailable 50%",
-        lambda: (p := _pdb(cluster, namespace, "m")) and p["spec"].get("maxUnavailable") == "50%" and "minAvailable" not in p["spec"],
+        lambda: (
+            (p := _pdb(cluster, namespace, "m"))
+            and p["spec"].get("maxUnavailable") == "50%"
+            and "minAvailable" not in p["spec"]
+        ),
     )
 
     # Unset: both are deleted, and the metrics port is gone.
@@ -78,8 +82,10 @@ def test_the_budget_and_the_monitoring_config_exist_while_their_fields_are_set(
     kit.wait_for("the monitoring ConfigMap deleted", lambda: _config_map(cluster, namespace, "m") is None)
     kit.wait_for(
         "the Service without the metrics port",
-        lambda: [p["name"] for p in (cluster.child("Service", namespace, "m") or {"spec": {"ports": []}})["spec"]["ports"]]
-        == ["grpc", "http"],
+        lambda: (
+            [p["name"] for p in (cluster.child("Service", namespace, "m") or {"spec": {"ports": []}})["spec"]["ports"]]
+            == ["grpc", "http"]
+        ),
     )
     synced = kit.wait_for("Synced", lambda: _synced(cluster, namespace, "m"))
     assert (synced["status"], synced["reason"]) == ("True", "ChildrenApplied")
@@ -131,7 +137,9 @@ def test_an_override_only_the_operator_can_refuse_is_degraded_invalid_override(
     # Fixed (the volume declared): applied, and Degraded clears.
     volumes = [{"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}}]
     cluster.patch_md(namespace, "m", {"spec": {"podTemplate": {"spec": {"volumes": volumes}}}})
-    synced = kit.wait_for("Synced=True", lambda: (s := _synced(cluster, namespace, "m")) and s["status"] == "True" and s)
+    synced = kit.wait_for(
+        "Synced=True", lambda: (s := _synced(cluster, namespace, "m")) and s["status"] == "True" and s
+    )
     assert synced["reason"] == "ChildrenApplied"
     kit.wait_for("Degraded cleared", lambda: cluster.condition(namespace, "m", "Degraded").get("status") == "False")
     serving = (cluster.child("Deployment", namespace, "m") or {})["spec"]["template"]["spec"]["containers"][0]
@@ -147,7 +155,9 @@ def test_a_pod_field_the_api_server_refuses_is_named_by_its_spec_field(
     cluster.create_md(namespace, "m", {"source": SOURCE, "podTemplate": {"spec": {"affinity": affinity}}})
     synced = kit.wait_for("Synced=False", lambda: _synced(cluster, namespace, "m"))
     assert (synced["status"], synced["reason"]) == ("False", "ApplyFailed")
-    field = "spec.podTemplate.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms"
+    field = (
+        "spec.podTemplate.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms"
+    )
     assert synced["message"].startswith(f"{field}: "), synced["message"]
     assert "must have at least one node selector term" in synced["message"]
 
@@ -156,20 +166,34 @@ def test_a_pod_field_the_api_server_refuses_is_named_by_its_spec_field(
 def test_the_pollers_service_account_carries_its_annotations(
     operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str, workload: str
 ) -> None:
-    cluster.create_md(namespace, "m", {"source": SOURCE, "workload": workload, "serviceAccount": {"annotations": IDENTITY}})
+    cluster.create_md(
+        namespace, "m", {"source": SOURCE, "workload": workload, "serviceAccount": {"annotations": IDENTITY}}
+    )
     account = kit.wait_for(
         "the annotated ServiceAccount",
-        lambda: (a := cluster.child("ServiceAccount", namespace, "m-poller")) and (a["metadata"].get("annotations") or {}).get(
-            "iam.gke.io/gcp-service-account"
-        ) and a,
+        lambda: (
+            (a := cluster.child("ServiceAccount", namespace, "m-poller"))
+            and (a["metadata"].get("annotations") or {}).get("iam.gke.io/gcp-service-account")
+            and a
+        ),
     )
-    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == IDENTITY["iam.gke.io/gcp-service-account"]
+    assert (
+        account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+        == IDENTITY["iam.gke.io/gcp-service-account"]
+    )
     # Removed from the spec: removed from the ServiceAccount.
     cluster.patch_md(namespace, "m", {"spec": {"serviceAccount": None}})
     kit.wait_for(
         "the annotation removed",
-        lambda: "iam.gke.io/gcp-service-account"
-        not in ((cluster.child("ServiceAccount", namespace, "m-poller") or {"metadata": {}})["metadata"].get("annotations") or {}),
+        lambda: (
+            "iam.gke.io/gcp-service-account"
+            not in (
+                (cluster.child("ServiceAccount", namespace, "m-poller") or {"metadata": {}})["metadata"].get(
+                    "annotations"
+                )
+                or {}
+            )
+        ),
     )
 
 
@@ -193,7 +217,13 @@ def test_the_operator_may_delete_only_its_own_optional_children(
                     "name": "m-monitoring",
                     "labels": {names.LABEL_MANAGED_BY: names.MANAGER},
                     "ownerReferences": [
-                        {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": "m", "uid": "x", "controller": True}
+                        {
+                            "apiVersion": names.API_VERSION,
+                            "kind": names.KIND,
+                            "name": "m",
+                            "uid": "x",
+                            "controller": True,
+                        }
                     ],
                 },
                 "data": {"script.sh": "curl evil"},

@@ -14,7 +14,6 @@ import copy
 from typing import Any
 
 import pytest
-
 from model_poller_api import models, names, workload
 from model_poller_operator import children, inject, overrides, render
 from model_poller_operator import status as st
@@ -81,7 +80,9 @@ def test_monitoring_renders_the_config_the_flag_the_mount_and_the_service_port()
     }
     serving = _container(body, "serving")
     assert "--monitoring_config_file=/etc/tf-serving/monitoring_config.txt" in serving["args"]
-    assert {"name": "tf-serving-monitoring", "mountPath": "/etc/tf-serving", "readOnly": True} in serving["volumeMounts"]
+    assert {"name": "tf-serving-monitoring", "mountPath": "/etc/tf-serving", "readOnly": True} in serving[
+        "volumeMounts"
+    ]
     volume = next(v for v in _pod(body)["spec"]["volumes"] if v["name"] == "tf-serving-monitoring")
     assert volume["configMap"]["name"] == "faster-rcnn-monitoring"
     # TF Serving serves the metrics on its REST port: the Service's metrics port goes there.
@@ -106,7 +107,12 @@ def test_serving_args_come_after_the_operators_in_spec_then_template_order() -> 
     )
     body["serving"] = {"args": ["--a=1", "--b=2"], "monitoring": True}
     args = _container(body, "serving")["args"]
-    assert args[:4] == ["--port=8500", "--rest_api_port=8501", "--model_name=faster-rcnn", "--model_base_path=/models/faster-rcnn"]
+    assert args[:4] == [
+        "--port=8500",
+        "--rest_api_port=8501",
+        "--model_name=faster-rcnn",
+        "--model_base_path=/models/faster-rcnn",
+    ]
     assert args[-4:] == ["--monitoring_config_file=/etc/tf-serving/monitoring_config.txt", "--a=1", "--b=2", "--c=3"]
 
 
@@ -121,7 +127,11 @@ def test_containers_merge_by_name_over_the_rendered_ones() -> None:
                     "resources": {"limits": {"nvidia.com/gpu": 2}},
                     "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
                 },
-                {"name": "poller", "env": [{"name": "GRPC_VERBOSITY", "value": "ERROR"}], "resources": {"requests": {"cpu": "100m"}}},
+                {
+                    "name": "poller",
+                    "env": [{"name": "GRPC_VERBOSITY", "value": "ERROR"}],
+                    "resources": {"requests": {"cpu": "100m"}},
+                },
             ],
         }
     )
@@ -132,9 +142,10 @@ def test_containers_merge_by_name_over_the_rendered_ones() -> None:
     assert serving["resources"] == {"limits": {"nvidia.com/gpu": 2, "memory": "8Gi"}}
     # env and mounts: appended after the operator's own.
     assert serving["env"] == [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "1"}]
-    assert serving["volumeMounts"][: len(render.serving_container(base)["volumeMounts"])] == render.serving_container(base)[
-        "volumeMounts"
-    ]
+    assert (
+        serving["volumeMounts"][: len(render.serving_container(base)["volumeMounts"])]
+        == render.serving_container(base)["volumeMounts"]
+    )
     assert serving["volumeMounts"][-1] == {"name": "shm", "mountPath": "/dev/shm"}
     rendered_env = render.poller_env(OWNER, base)
     assert poller["env"] == [*rendered_env, {"name": "GRPC_VERBOSITY", "value": "ERROR"}]
@@ -204,12 +215,24 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "projected-token",
-        _with_template({"volumes": [{"name": "s", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}),
+        _with_template(
+            {"volumes": [{"name": "s", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}
+        ),
         "spec.podTemplate.spec.volumes[0].projected.sources[0]",
         "serviceAccountToken",
     ),
-    ("pod-security-context", _with_template({"securityContext": {"runAsUser": 0}}), "spec.podTemplate.spec.securityContext", "restricted"),
-    ("service-account", _with_template({"serviceAccountName": "default"}), "spec.podTemplate.spec.serviceAccountName", "NAME-poller"),
+    (
+        "pod-security-context",
+        _with_template({"securityContext": {"runAsUser": 0}}),
+        "spec.podTemplate.spec.securityContext",
+        "restricted",
+    ),
+    (
+        "service-account",
+        _with_template({"serviceAccountName": "default"}),
+        "spec.podTemplate.spec.serviceAccountName",
+        "NAME-poller",
+    ),
     ("host-network", _with_template({"hostNetwork": True}), "spec.podTemplate.spec.hostNetwork", "not a field"),
     (
         "container-security-context",
@@ -231,7 +254,9 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "poller-flag-env",
-        _with_template({"containers": [{"name": "poller", "env": [{"name": "MODEL_POLLER_SOURCE", "value": "gs://x/"}]}]}),
+        _with_template(
+            {"containers": [{"name": "poller", "env": [{"name": "MODEL_POLLER_SOURCE", "value": "gs://x/"}]}]}
+        ),
         "spec.podTemplate.spec.containers[0].env[0].name",
         "MODEL_POLLER_SOURCE",
     ),
@@ -244,7 +269,14 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     (
         "secret-env",
         _with_template(
-            {"containers": [{"name": "serving", "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}
+            {
+                "containers": [
+                    {
+                        "name": "serving",
+                        "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                    }
+                ]
+            }
         ),
         "spec.podTemplate.spec.containers[0].env[0].valueFrom.secretKeyRef",
         "credentialsSecret",
@@ -261,8 +293,18 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.podTemplate.metadata.labels",
         names.LABEL_MODEL_DEPLOYMENT,
     ),
-    ("model-name-flag", {"source": SOURCE, "serving": {"args": ["--model_name=other"]}}, "spec.serving.args", "--model_name"),
-    ("rest-port-flag", {"source": SOURCE, "serving": {"args": ["--rest_api_port", "9000"]}}, "spec.serving.args", "--rest_api_port"),
+    (
+        "model-name-flag",
+        {"source": SOURCE, "serving": {"args": ["--model_name=other"]}},
+        "spec.serving.args",
+        "--model_name",
+    ),
+    (
+        "rest-port-flag",
+        {"source": SOURCE, "serving": {"args": ["--rest_api_port", "9000"]}},
+        "spec.serving.args",
+        "--rest_api_port",
+    ),
     (
         "template-base-path-flag",
         _with_template({"containers": [{"name": "serving", "args": ["-model_base_path=/elsewhere"]}]}),
@@ -338,7 +380,10 @@ def test_owned_flags(arg: str, owned: bool) -> None:
             "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms",
             "spec.podTemplate.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms",
         ),
-        ("spec.template.spec.topologySpreadConstraints[0].maxSkew", "spec.podTemplate.spec.topologySpreadConstraints[0].maxSkew"),
+        (
+            "spec.template.spec.topologySpreadConstraints[0].maxSkew",
+            "spec.podTemplate.spec.topologySpreadConstraints[0].maxSkew",
+        ),
         ("spec.template.metadata.labels", "spec.podTemplate.metadata.labels"),
         # The operator's own three volumes come first: the user's first is the pod's fourth.
         ("spec.template.spec.volumes[3].configMap.items", "spec.podTemplate.spec.volumes[0].configMap.items"),
@@ -368,8 +413,13 @@ def _external_md(**spec: Any) -> dict[str, Any]:
 
 def test_the_injected_poller_keeps_its_memory_limit_under_a_cpu_override() -> None:
     """External mode renders the poller with the same function: the merge applies there too."""
-    target = inject.target_of(_external_md(poller={"resources": {"requests": {"cpu": "200m"}}}), OWNER.namespace, OWNER.name)
-    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "serving", "image": "tensorflow/serving:2.19.0"}]}}
+    target = inject.target_of(
+        _external_md(poller={"resources": {"requests": {"cpu": "200m"}}}), OWNER.namespace, OWNER.name
+    )
+    pod = {
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "serving", "image": "tensorflow/serving:2.19.0"}]},
+    }
     (poller,) = inject.inject(pod, target)["spec"]["initContainers"]
     assert poller["resources"] == {"requests": {"cpu": "200m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
 
@@ -377,6 +427,8 @@ def test_the_injected_poller_keeps_its_memory_limit_under_a_cpu_override() -> No
 def test_injection_refuses_a_model_deployment_whose_poller_resources_are_no_quantity() -> None:
     """Stored before resources had a schema: the webhook refuses the pod naming the field."""
     with pytest.raises(inject.Refused) as caught:
-        inject.target_of(_external_md(poller={"resources": {"limits": {"memory": "lots"}}}), OWNER.namespace, OWNER.name)
+        inject.target_of(
+            _external_md(poller={"resources": {"limits": {"memory": "lots"}}}), OWNER.namespace, OWNER.name
+        )
     assert caught.value.reason == inject.RefusalReason.INVALID_MODEL_DEPLOYMENT
     assert "spec.poller.resources.limits.memory: 'lots' is not a quantity" in str(caught.value)

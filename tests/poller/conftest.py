@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from model_poller.extract import Limits
 from model_poller.metrics import Metrics
 from model_poller.model_dir import ModelDir
 from model_poller.policy import Policy
 from model_poller.stores import Store, open_store
 from model_poller.sync import Engine
+
 from tests.poller.kit import Dirs, EngineFactory, run_cli
 
 

@@ -17,6 +17,7 @@ import yaml
 from kubernetes import client
 from model_poller_api import models, names
 from model_poller_operator import render
+
 from local_services.kube import KubeControlPlane
 
 TOKEN_SECONDS = 3600
@@ -51,7 +52,9 @@ def delete_md(kube: KubeControlPlane, namespace: str, name: str) -> None:
 
 def pollers(kube: KubeControlPlane, namespace: str, name: str) -> dict[str, dict[str, Any]]:
     """``status.pollers`` of the ModelDeployment as stored."""
-    entries: dict[str, dict[str, Any]] = (get_md(kube, namespace, name).get("status") or {}).get(models.STATUS_POLLERS) or {}
+    entries: dict[str, dict[str, Any]] = (get_md(kube, namespace, name).get("status") or {}).get(
+        models.STATUS_POLLERS
+    ) or {}
     return entries
 
 
@@ -100,7 +103,9 @@ def apply_identity(kube: KubeControlPlane, md: dict[str, Any]) -> None:
 
 def create_role_binding(kube: KubeControlPlane, md: dict[str, Any]) -> None:
     (binding,) = [obj for obj in rendered_identity(md) if obj["kind"] == "RoleBinding"]
-    client.RbacAuthorizationV1Api(kube.api_client()).create_namespaced_role_binding(md["metadata"]["namespace"], cast(Any, binding))
+    client.RbacAuthorizationV1Api(kube.api_client()).create_namespaced_role_binding(
+        md["metadata"]["namespace"], cast(Any, binding)
+    )
 
 
 def delete_role_binding(kube: KubeControlPlane, md: dict[str, Any]) -> None:

@@ -11,9 +11,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
 from local_services.process import free_port
-
-
 
 
 class PollerProcess:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from model_poller.stores.base import Halt, Sink, Transfer
 from model_poller.stores.gcs import GcsStore

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-from model_poller_api.models import ReportReason
-from local_services.archives import model_files, targz_bytes, tree, write_folder, zip_bytes
-from tests.poller.kit import Dirs, EngineFactory
 
 from model_poller.model_dir import BOOKKEEPING_DIR, WORK_PREFIX, ModelDir
+from model_poller_api.models import ReportReason
+
+from local_services.archives import model_files, targz_bytes, tree, write_folder, zip_bytes
+from tests.poller.kit import Dirs, EngineFactory
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -140,8 +140,10 @@ def test_a_file_in_the_way_of_a_version_fails_with_its_path(dirs: Dirs, make_eng
     outcome = engine.sync()
     assert outcome.failed == {2} and engine.rejected == {}  # the model dir's trouble: retried
     assert [(p.reason, p.message) for p in outcome.problems] == [
-        (ReportReason.INSTALL_FAILED, f"version 2: {dirs.models / '2'} is in the way: remove it "
-                                      "(or is another poller using this dir?)")
+        (
+            ReportReason.INSTALL_FAILED,
+            f"version 2: {dirs.models / '2'} is in the way: remove it (or is another poller using this dir?)",
+        )
     ]
     assert not (dirs.models / BOOKKEEPING_DIR).exists()  # no record for what is not ours
     (dirs.models / "2").unlink()

@@ -13,14 +13,14 @@ import threading
 import time
 
 import pytest
-from local_services.archives import model_files, zip_bytes
-from tests.poller.kit import Dirs, EngineFactory
-
 from model_poller.config import HINT_MEMORY
 from model_poller.hints import HintInbox
 from model_poller.metrics import Metrics
 from model_poller.notifications import DELETE, FINALIZE, Hint
 from model_poller.policy import Policy
+
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import Dirs, EngineFactory
 
 ROUNDS = 100
 PER_ROUND = 100  # 10,000 rejected uploads in all
@@ -52,10 +52,10 @@ def test_10000_rejected_uploads_leave_no_memory_once_gone(dirs: Dirs, make_engin
         generations = [path.stat().st_mtime_ns for path in uploads]
         # Their notifications (late, after the listing) need no sync: each is known rejected.
         assert inbox.take(engine.known) == []
-        for path, generation in zip(uploads, generations):
+        for path, generation in zip(uploads, generations, strict=False):
             inbox.put(hint(path.name, generation, FINALIZE))
         assert inbox.take(engine.known) == []
-        for path, generation in zip(uploads, generations):
+        for path, generation in zip(uploads, generations, strict=False):
             path.unlink()
             inbox.put(hint(path.name, generation, DELETE))
         for path in junk:

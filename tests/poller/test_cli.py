@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from local_services.archives import model_files, zip_bytes
-from tests.poller.kit import Dirs
-
 from model_poller.cli import FLAGS, make_parser, resolve
 from model_poller.config import build_settings
-from model_poller.parsers import parse_interval, parse_size
 from model_poller.errors import ConfigError
+from model_poller.parsers import parse_interval, parse_size
+
+from local_services.archives import model_files, zip_bytes
+from tests.poller.kit import Dirs
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -79,8 +79,10 @@ def test_proof_of_concept_environment(dirs: Dirs, cli: Cli) -> None:
     result = cli("--source", dirs.uri, "--once", env={"SAVE_DIR": str(dirs.models), "PROJECT_ID": "p"})
     assert result.returncode == 0, result.stderr
     assert (dirs.models / "4").is_dir()
-    values = resolve(make_parser().parse_args([]), {"PROJECT_ID": "p", "SUBSCRIPTION": "s", "SAVE_DIR": "/m",
-                                                      "MODEL_POLLER_SOURCE": "gs://b/x/"})
+    values = resolve(
+        make_parser().parse_args([]),
+        {"PROJECT_ID": "p", "SUBSCRIPTION": "s", "SAVE_DIR": "/m", "MODEL_POLLER_SOURCE": "gs://b/x/"},
+    )
     settings = build_settings(values, {})
     assert settings.subscription == "projects/p/subscriptions/s"
     assert settings.model_dir == Path("/m") and settings.project == "p"
@@ -112,8 +114,19 @@ def test_flag_beats_env_beats_legacy() -> None:
         (["--source", "file:///s/", "--model-dir", "/m", "--max-bytes", "١٢Mi"], "--max-bytes"),
         (["--source", "file:///s/", "--model-dir", "/m", "--poll-interval", "soon"], "--poll-interval"),
         (["--source", "file:///s/", "--model-dir", "/m", "--topic", "t"], "projects/P/topics/T"),
-        (["--source", "file:///s/", "--model-dir", "/m", "--topic", "projects/p/topics/t",
-          "--subscription", "projects/p/subscriptions/s"], "mutually exclusive"),
+        (
+            [
+                "--source",
+                "file:///s/",
+                "--model-dir",
+                "/m",
+                "--topic",
+                "projects/p/topics/t",
+                "--subscription",
+                "projects/p/subscriptions/s",
+            ],
+            "mutually exclusive",
+        ),
         (["--source", "file:///s/", "--model-dir", "/m", "--max-bytes", "lots"], "--max-bytes"),
         (["--source", "file:///s/", "--model-dir", "/m", "--log-format", "xml"], "--log-format"),
     ],

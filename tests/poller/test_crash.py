@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from local_services.archives import model_files
 from tests.poller.kit import Dirs
 
@@ -73,7 +74,18 @@ class Watcher(threading.Thread):
 
 def start(dirs: Dirs) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "model_poller", "--source", dirs.uri, "--model-dir", str(dirs.models), "--once", "--keep", "1"],
+        [
+            sys.executable,
+            "-m",
+            "model_poller",
+            "--source",
+            dirs.uri,
+            "--model-dir",
+            str(dirs.models),
+            "--once",
+            "--keep",
+            "1",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -20,14 +20,14 @@ from urllib.parse import quote
 
 import google_crc32c
 import pytest
-from local_services.archives import installed_files, model_files
-from tests.poller.kit import Dirs, EngineFactory
-from tests.poller.recording import RecordingStore
-from local_services.toxiproxy import Proxy
-
 from model_poller.errors import Abandoned
 from model_poller.stores.base import Transfer
 from model_poller.sync import Engine
+
+from local_services.archives import installed_files, model_files
+from local_services.toxiproxy import Proxy
+from tests.poller.kit import Dirs, EngineFactory
+from tests.poller.recording import RecordingStore
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.gcs]
@@ -120,7 +120,11 @@ def wait_for_bytes(source: RecordingStore, at_least: int, thread: threading.Thre
 
 
 def test_connection_resets_at_random_points_resume_where_they_stopped(
-    fake_gcs: Any, bucket: Any, proxied_gcs: Proxy, dirs: Dirs, make_engine: EngineFactory,
+    fake_gcs: Any,
+    bucket: Any,
+    proxied_gcs: Proxy,
+    dirs: Dirs,
+    make_engine: EngineFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """20 resets at random points of a 256 MiB download: one sync installs the version,
@@ -152,7 +156,11 @@ def test_connection_resets_at_random_points_resume_where_they_stopped(
 
 
 def test_a_stalled_connection_is_dropped_within_the_read_timeout(
-    fake_gcs: Any, bucket: Any, proxied_gcs: Proxy, dirs: Dirs, make_engine: EngineFactory,
+    fake_gcs: Any,
+    bucket: Any,
+    proxied_gcs: Proxy,
+    dirs: Dirs,
+    make_engine: EngineFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Toxiproxy's ``timeout`` toxic: the connections stay open and carry nothing. Each
@@ -162,8 +170,9 @@ def test_a_stalled_connection_is_dropped_within_the_read_timeout(
     size = path.stat().st_size
     seed_object(fake_gcs, bucket, "m/2.zip", path)
     read_timeout = 1.0
-    source = proxied_source(fake_gcs, proxied_gcs, bucket, Transfer(streams=2, slice_bytes=8 * MiB,
-                                                                       read_timeout=read_timeout))
+    source = proxied_source(
+        fake_gcs, proxied_gcs, bucket, Transfer(streams=2, slice_bytes=8 * MiB, read_timeout=read_timeout)
+    )
     proxied_gcs.bandwidth(8_000)
     engine = make_engine(store=source)
     with caplog.at_level(logging.INFO, logger="model_poller"):

@@ -12,12 +12,12 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from tests.poller import kube_identity as ki
-
 from model_poller.config import Target
 from model_poller.kube import Kube
 from model_poller.policy import Policy
 from model_poller.policy_watch import PolicyWatcher
+
+from tests.poller import kube_identity as ki
 
 pytestmark = [pytest.mark.kube]
 

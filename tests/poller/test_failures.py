@@ -19,11 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from model_poller_api.models import ReportReason
-from local_services.archives import model_files, targz_bytes, zip_bytes
-from tests.poller.kit import Dirs, EngineFactory
-from tests.poller.procs import PollerProcess
-
 from model_poller.config import Settings
 from model_poller.errors import Rejected
 from model_poller.install import content_rejection, local_cause
@@ -33,7 +28,12 @@ from model_poller.runner import Poller
 from model_poller.stores.base import Sink
 from model_poller.stores.file import FileStore
 from model_poller.versions import SourceObject
+from model_poller_api.models import ReportReason
+
+from local_services.archives import model_files, targz_bytes, zip_bytes
 from local_services.process import wait_for
+from tests.poller.kit import Dirs, EngineFactory
+from tests.poller.procs import PollerProcess
 
 KiB = 1 << 10
 
@@ -185,9 +185,9 @@ def test_full_disk_backs_off_up_to_the_poll_interval_then_recovers(
     try:
         wait_for("six attempts", lambda: len(attempt_times(poller.log, 5)) >= 6, 30)
         times = attempt_times(poller.log, 5)
-        gaps = [b - a for a, b in zip(times, times[1:])][:5]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)][:5]
         # 1, 2, then capped at the poll interval (3 s), and staying there.
-        for gap, expected in zip(gaps, [1, 2, 3, 3, 3]):
+        for gap, expected in zip(gaps, [1, 2, 3, 3, 3], strict=False):
             assert expected - 0.05 <= gap <= expected + 1.0, (gaps, poller.output())
         assert poller.metric("model_poller_rejections_total", 'reason="corrupt"') == 0
         assert poller.metric("model_poller_install_failures_total") >= 6
@@ -233,8 +233,11 @@ def test_an_unexpected_error_fails_that_version_only(
     for outcome in (first, second):
         assert outcome.failed == {2} and not outcome.complete
         assert [(p.reason, p.message) for p in outcome.problems] == [
-        (ReportReason.INSTALL_FAILED, "version 2: unexpected error ValueError: simulated bug while downloading 2.zip")
-    ]
+            (
+                ReportReason.INSTALL_FAILED,
+                "version 2: unexpected error ValueError: simulated bug while downloading 2.zip",
+            )
+        ]
     assert metric(engine.metrics, "model_poller_install_unexpected_errors_total") == 2
     assert metric(engine.metrics, "model_poller_install_failures_total") == 2
     assert engine.rejected == {}  # not the upload's fault: retried, with backoff in the loop
@@ -303,9 +306,7 @@ class FlakyGate:
 
 
 @pytest.mark.slow
-def test_an_unexpected_error_in_a_sync_is_logged_once_and_retried(
-    dirs: Dirs, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_an_unexpected_error_in_a_sync_is_logged_once_and_retried(dirs: Dirs, caplog: pytest.LogCaptureFixture) -> None:
     (dirs.models / "1").mkdir(parents=True)
     (dirs.models / "1" / "saved_model.pb").write_bytes(b"old")
     (dirs.src / "2.zip").write_bytes(zip_bytes(model_files(2)))

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from local_services.archives import installed_files, model_files, write_folder, zip_bytes
-from tests.poller.kit import Dirs
-
 from model_poller.errors import SourceError
 from model_poller.stores.file import FileStore
 from model_poller.versions import SourceObject
+
+from local_services.archives import installed_files, model_files, write_folder, zip_bytes
+from tests.poller.kit import Dirs
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -16,8 +16,9 @@ MODEL_POLLER = str(Path(sys.executable).with_name("model-poller"))
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_POLLER_")}
-    return subprocess.run([MODEL_POLLER, *args], capture_output=True, text=True, env={**clean, **(env or {})},
-                          timeout=60)
+    return subprocess.run(
+        [MODEL_POLLER, *args], capture_output=True, text=True, env={**clean, **(env or {})}, timeout=60
+    )
 
 
 # (extra arguments, environment, what the one line must name). Every case has a valid

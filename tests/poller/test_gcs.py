@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from model_poller.policy import Policy
+
 from local_services.archives import installed_files, model_files, targz_bytes, zip_bytes
 from tests.poller.kit import Dirs, EngineFactory
-
-from model_poller.policy import Policy
 
 pytestmark = [pytest.mark.gcs]
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -119,10 +119,19 @@ def test_denied_credential_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli, ref
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     creds = tmp_path / "key.json"
-    creds.write_text(json.dumps({
-        "type": "service_account", "project_id": "p", "private_key_id": "1", "private_key": pem.decode(),
-        "client_email": "poller@p.iam.gserviceaccount.com", "client_id": "1", "token_uri": refusing_token_server,
-    }))
+    creds.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "p",
+                "private_key_id": "1",
+                "private_key": pem.decode(),
+                "client_email": "poller@p.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": refusing_token_server,
+            }
+        )
+    )
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(creds), "STORAGE_EMULATOR_HOST": "", "NO_PROXY": "*"}
     result = cli("--source", "gs://some-bucket/m/", "--model-dir", str(dirs.models), "--once", env=env)
     assert result.returncode == 1

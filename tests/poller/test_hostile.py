@@ -11,23 +11,23 @@ import tarfile
 import threading
 import tracemalloc
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import google_crc32c
 import pytest
-from local_services import archives as a
-from tests.poller.kit import Dirs, EngineFactory
-
+from model_poller.checksums import Verifier
 from model_poller.durable import Syncer
 from model_poller.errors import Rejected
 from model_poller.extract import MAX_DEPTH, Limits, Unpacker, extract, safe_parts
 from model_poller.extract.untar import _BoundedTarInfo
-from model_poller.checksums import Verifier
 from model_poller.policy import Policy
 from model_poller.stores.file import FileStore
 from model_poller.sync import Engine
 from model_poller.versions import Kind, SourceObject
+
+from local_services import archives as a
+from tests.poller.kit import Dirs, EngineFactory
 
 MiB = 1 << 20
 
@@ -41,9 +41,19 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str, Limits]] = {
     "zip-fifo": ("2.zip", lambda: a.zip_special(stat.S_IFIFO), "special_file", Limits()),
     "zip-char-device": ("2.zip", lambda: a.zip_special(stat.S_IFCHR), "special_file", Limits()),
     "zip-too-many-files": ("2.zip", lambda: a.zip_many_files(20), "too_many_files", Limits(max_files=10)),
-    "zip-too-many-bytes": ("2.zip", lambda: a.zip_with([("variables/big", os.urandom(2 * MiB))]), "too_many_bytes", Limits(max_bytes=MiB)),
+    "zip-too-many-bytes": (
+        "2.zip",
+        lambda: a.zip_with([("variables/big", os.urandom(2 * MiB))]),
+        "too_many_bytes",
+        Limits(max_bytes=MiB),
+    ),
     "zip-bomb-ratio": ("2.zip", lambda: a.zip_bomb(32 * MiB), "compression_ratio", Limits()),
-    "zip-bomb-bytes": ("2.zip", lambda: a.zip_bomb(32 * MiB), "too_many_bytes", Limits(max_bytes=8 * MiB, max_ratio=1e9)),
+    "zip-bomb-bytes": (
+        "2.zip",
+        lambda: a.zip_bomb(32 * MiB),
+        "too_many_bytes",
+        Limits(max_bytes=8 * MiB, max_ratio=1e9),
+    ),
     "zip-crc-error": ("2.zip", a.zip_crc_error, "corrupt", Limits()),
     "zip-truncated": ("2.zip", lambda: a.zip_bytes(a.model_files(2, size=200_000))[:-5000], "corrupt", Limits()),
     "zip-garbage": ("2.zip", lambda: os.urandom(4096), "corrupt", Limits()),
@@ -51,33 +61,98 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str, Limits]] = {
     "zip-duplicate-entry": ("2.zip", a.zip_duplicate, "duplicate_entry", Limits()),
     "zip-overlapping-entries": ("2.zip", a.zip_overlapping, "corrupt", Limits()),
     "zip-encrypted": ("2.zip", a.zip_encrypted_flag, "unsupported", Limits()),
-    "zip-no-saved-model": ("2.zip", lambda: a.zip_bytes({"variables/x": b"1", "README": b"x"}), "no_saved_model", Limits()),
-    "zip-two-top-folders": ("2.zip", lambda: a.zip_bytes({"0002/saved_model.pb": b"x", "0003/saved_model.pb": b"y"}), "no_saved_model", Limits()),
-    "tar-absolute-path": ("2.tar.gz", lambda: a.targz_with([a.tar_member("/tmp/evil2", data=b"x")]), "unsafe_path", Limits()),
+    "zip-no-saved-model": (
+        "2.zip",
+        lambda: a.zip_bytes({"variables/x": b"1", "README": b"x"}),
+        "no_saved_model",
+        Limits(),
+    ),
+    "zip-two-top-folders": (
+        "2.zip",
+        lambda: a.zip_bytes({"0002/saved_model.pb": b"x", "0003/saved_model.pb": b"y"}),
+        "no_saved_model",
+        Limits(),
+    ),
+    "tar-absolute-path": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("/tmp/evil2", data=b"x")]),
+        "unsafe_path",
+        Limits(),
+    ),
     "tar-dotdot": ("2.tar.gz", lambda: a.targz_with([a.tar_member("../evil", data=b"x")]), "unsafe_path", Limits()),
-    "tar-symlink": ("2.tar.gz", lambda: a.targz_with([a.tar_member("link", tarfile.SYMTYPE, linkname="/etc")]), "link", Limits()),
+    "tar-symlink": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("link", tarfile.SYMTYPE, linkname="/etc")]),
+        "link",
+        Limits(),
+    ),
     "tar-symlink-then-write-through": (
         "2.tar.gz",
         lambda: a.targz_with([a.tar_member("d", tarfile.SYMTYPE, linkname=".."), a.tar_member("d/evil", data=b"x")]),
         "link",
         Limits(),
     ),
-    "tar-hardlink": ("2.tar.gz", lambda: a.targz_with([a.tar_member("hard", tarfile.LNKTYPE, linkname="/etc/passwd")]), "link", Limits()),
-    "tar-char-device": ("2.tar.gz", lambda: a.targz_with([a.tar_member("null", tarfile.CHRTYPE)]), "special_file", Limits()),
-    "tar-block-device": ("2.tar.gz", lambda: a.targz_with([a.tar_member("sda", tarfile.BLKTYPE)]), "special_file", Limits()),
+    "tar-hardlink": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("hard", tarfile.LNKTYPE, linkname="/etc/passwd")]),
+        "link",
+        Limits(),
+    ),
+    "tar-char-device": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("null", tarfile.CHRTYPE)]),
+        "special_file",
+        Limits(),
+    ),
+    "tar-block-device": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("sda", tarfile.BLKTYPE)]),
+        "special_file",
+        Limits(),
+    ),
     "tar-fifo": ("2.tar.gz", lambda: a.targz_with([a.tar_member("fifo", tarfile.FIFOTYPE)]), "special_file", Limits()),
-    "tar-too-many-files": ("2.tgz", lambda: a.targz_with([a.tar_member(f"f{i}", data=b"x") for i in range(20)]), "too_many_files", Limits(max_files=10)),
-    "tar-too-many-bytes": ("2.tgz", lambda: a.targz_with([a.tar_member("big", data=os.urandom(2 * MiB))]), "too_many_bytes", Limits(max_bytes=MiB)),
+    "tar-too-many-files": (
+        "2.tgz",
+        lambda: a.targz_with([a.tar_member(f"f{i}", data=b"x") for i in range(20)]),
+        "too_many_files",
+        Limits(max_files=10),
+    ),
+    "tar-too-many-bytes": (
+        "2.tgz",
+        lambda: a.targz_with([a.tar_member("big", data=os.urandom(2 * MiB))]),
+        "too_many_bytes",
+        Limits(max_bytes=MiB),
+    ),
     "tar-bomb-ratio": ("2.tgz", lambda: a.targz_bomb(32 * MiB), "compression_ratio", Limits()),
     "tar-truncated": ("2.tar.gz", lambda: a.targz_bytes(a.model_files(2, size=300_000))[:-20000], "corrupt", Limits()),
     "tar-garbage": ("2.tar.gz", lambda: os.urandom(4096), "corrupt", Limits()),
     "tar-bad-gzip-crc": ("2.tar.gz", lambda: _flip_gzip_crc(a.targz_bytes(a.model_files(2))), "corrupt", Limits()),
-    "tar-duplicate-entry": ("2.tar.gz", lambda: a.targz_with([a.tar_member("saved_model.pb", data=b"again")]), "duplicate_entry", Limits()),
-    "tar-file-then-dir": ("2.tar.gz", lambda: a.targz_with([a.tar_member("saved_model.pb/x", data=b"again")]), "duplicate_entry", Limits()),
+    "tar-duplicate-entry": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("saved_model.pb", data=b"again")]),
+        "duplicate_entry",
+        Limits(),
+    ),
+    "tar-file-then-dir": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("saved_model.pb/x", data=b"again")]),
+        "duplicate_entry",
+        Limits(),
+    ),
     "tar-no-saved-model": ("2.tar.gz", lambda: a.targz_bytes({"variables/x": b"1"}), "no_saved_model", Limits()),
     # zip members compressed with anything but stored / deflated, refused before inflating
-    "zip-bzip2": ("2.zip", lambda: a.zip_compressed(12, a.bzip2_zeros(4), 32 * MiB), "unsupported_compression", Limits()),
-    "zip-lzma": ("2.zip", lambda: a.zip_compressed(14, a.lzma_zip_data(16 * MiB), 16 * MiB), "unsupported_compression", Limits()),
+    "zip-bzip2": (
+        "2.zip",
+        lambda: a.zip_compressed(12, a.bzip2_zeros(4), 32 * MiB),
+        "unsupported_compression",
+        Limits(),
+    ),
+    "zip-lzma": (
+        "2.zip",
+        lambda: a.zip_compressed(14, a.lzma_zip_data(16 * MiB), 16 * MiB),
+        "unsupported_compression",
+        Limits(),
+    ),
     "zip-zstd": ("2.zip", lambda: a.zip_compressed(93, os.urandom(100), 1000), "unsupported_compression", Limits()),
     # the central directory, judged by the end records before it is read
     "zip64-declares-too-many-files": (
@@ -93,7 +168,12 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str, Limits]] = {
         Limits(),
     ),
     "zip64-end-record-cut-short": ("2.zip", a.zip64_end_record_cut_short, "corrupt", Limits()),
-    "zip-directory-oversized": ("2.zip", lambda: a.zip_model_and([], directory_filler=MiB), "oversized_header", Limits()),
+    "zip-directory-oversized": (
+        "2.zip",
+        lambda: a.zip_model_and([], directory_filler=MiB),
+        "oversized_header",
+        Limits(),
+    ),
     "zip-entry-comment-oversized": (
         "2.zip",
         lambda: a.zip_model_and([a.RawMember(b"x", b"", comment=b"c" * 2000)]),
@@ -105,8 +185,18 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str, Limits]] = {
     "zip-long-directory-name": ("2.zip", lambda: a.zip_raw_name("d" * 300 + "/f"), "unsafe_path", Limits()),
     "zip-long-file-name": ("2.zip", lambda: a.zip_raw_name("f" * 300), "unsafe_path", Limits()),
     "zip-long-raw-name": ("2.zip", lambda: a.zip_raw_name("/".join(["n" * 200] * 25)), "unsafe_path", Limits()),
-    "tar-deep-path": ("2.tar.gz", lambda: a.targz_with([a.tar_member("a/" * 1000 + "f", data=b"x")]), "unsafe_path", Limits()),
-    "tar-long-directory-name": ("2.tar.gz", lambda: a.targz_with([a.tar_member("d" * 300 + "/f", data=b"x")]), "unsafe_path", Limits()),
+    "tar-deep-path": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("a/" * 1000 + "f", data=b"x")]),
+        "unsafe_path",
+        Limits(),
+    ),
+    "tar-long-directory-name": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("d" * 300 + "/f", data=b"x")]),
+        "unsafe_path",
+        Limits(),
+    ),
     "tar-long-path": (
         "2.tar.gz",
         lambda: a.targz_with([a.tar_member("/".join(["p" * 250] * 17) + "/f", data=b"x")]),
@@ -116,23 +206,65 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str, Limits]] = {
     # tar metadata headers bigger than a real archive needs; refused before being read (a
     # 100 KiB long name would otherwise be read and then refused as unsafe_path, a pax
     # comment read and ignored: the exact reason proves the bound runs)
-    "tar-gnu-long-name-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"L", b"a" * 100_000), "oversized_header", Limits()),
-    "tar-gnu-long-link-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"K", b"a" * 100_000), "oversized_header", Limits()),
-    "tar-pax-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"x", a.pax_record("comment", "c" * 100_000)), "oversized_header", Limits()),
-    "tar-pax-global-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"g", a.pax_record("comment", "c" * 100_000)), "oversized_header", Limits()),
-    "tar-solaris-oversized": ("2.tar.gz", lambda: a.targz_metadata(b"X", a.pax_record("comment", "c" * 100_000)), "oversized_header", Limits()),
+    "tar-gnu-long-name-oversized": (
+        "2.tar.gz",
+        lambda: a.targz_metadata(b"L", b"a" * 100_000),
+        "oversized_header",
+        Limits(),
+    ),
+    "tar-gnu-long-link-oversized": (
+        "2.tar.gz",
+        lambda: a.targz_metadata(b"K", b"a" * 100_000),
+        "oversized_header",
+        Limits(),
+    ),
+    "tar-pax-oversized": (
+        "2.tar.gz",
+        lambda: a.targz_metadata(b"x", a.pax_record("comment", "c" * 100_000)),
+        "oversized_header",
+        Limits(),
+    ),
+    "tar-pax-global-oversized": (
+        "2.tar.gz",
+        lambda: a.targz_metadata(b"g", a.pax_record("comment", "c" * 100_000)),
+        "oversized_header",
+        Limits(),
+    ),
+    "tar-solaris-oversized": (
+        "2.tar.gz",
+        lambda: a.targz_metadata(b"X", a.pax_record("comment", "c" * 100_000)),
+        "oversized_header",
+        Limits(),
+    ),
     "tar-pax-globals-add-up": ("2.tar.gz", a.targz_pax_globals, "oversized_header", Limits()),
     # 400 long-name headers in a row made tarfile recurse past Python's limit
     "tar-header-run": ("2.tar.gz", lambda: a.targz_metadata(b"L", b"x" * 10, times=400), "oversized_header", Limits()),
-    "tar-gnu-sparse": ("2.tar.gz", lambda: a.targz_with([a.tar_member("variables/s", tarfile.GNUTYPE_SPARSE)]), "unsupported", Limits()),
+    "tar-gnu-sparse": (
+        "2.tar.gz",
+        lambda: a.targz_with([a.tar_member("variables/s", tarfile.GNUTYPE_SPARSE)]),
+        "unsupported",
+        Limits(),
+    ),
     "tar-pax-sparse": ("2.tar.gz", a.targz_pax_sparse, "unsupported", Limits()),
     # every byte out of the gzip stream counts, not only file content
-    "tar-trailing-zeros-bytes": ("2.tgz", lambda: a.targz_trailing_zeros(64 * MiB), "too_many_bytes", Limits(max_bytes=16 * MiB, max_ratio=1e9)),
+    "tar-trailing-zeros-bytes": (
+        "2.tgz",
+        lambda: a.targz_trailing_zeros(64 * MiB),
+        "too_many_bytes",
+        Limits(max_bytes=16 * MiB, max_ratio=1e9),
+    ),
     "tar-trailing-zeros-ratio": ("2.tgz", lambda: a.targz_trailing_zeros(64 * MiB), "compression_ratio", Limits()),
-    "tar-directory-data": ("2.tgz", lambda: a.targz_directory_data(64 * MiB), "too_many_bytes", Limits(max_bytes=16 * MiB, max_ratio=1e9)),
+    "tar-directory-data": (
+        "2.tgz",
+        lambda: a.targz_directory_data(64 * MiB),
+        "too_many_bytes",
+        Limits(max_bytes=16 * MiB, max_ratio=1e9),
+    ),
     "tar-headers-counted": (
         "2.tgz",
-        lambda: a.gzip_with_zeros(a.tar_entries({**a.model_files(9), **{f"e/{i}": b"" for i in range(1000)}}) + a.TAR_END, 0),
+        lambda: a.gzip_with_zeros(
+            a.tar_entries({**a.model_files(9), **{f"e/{i}": b"" for i in range(1000)}}) + a.TAR_END, 0
+        ),
         "too_many_bytes",
         Limits(max_bytes=128 << 10),  # 500 KB of headers, 8 KB of content
     ),

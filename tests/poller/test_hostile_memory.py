@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from local_services import archives as a
 from tests.poller.kit import Dirs, EngineFactory
 from tests.poller.procs import PollerProcess
@@ -118,7 +119,9 @@ def test_tar_trailing_zeros_stop_at_max_bytes(dirs: Dirs, make_engine: EngineFac
     """2 GiB of zeros after the end-of-archive blocks (a 2 MB tar.gz): they count against
     --max-bytes like file content (the ratio is out of the way here)."""
     blob = a.targz_trailing_zeros(2 * GiB)
-    run = poll_once_with(dirs, make_engine, "2.tgz", blob, "too_many_bytes", "--max-bytes", "64Mi", "--max-ratio", "1e9")
+    run = poll_once_with(
+        dirs, make_engine, "2.tgz", blob, "too_many_bytes", "--max-bytes", "64Mi", "--max-ratio", "1e9"
+    )
     assert_refused(run, "too_many_bytes", f"more than {64 * MiB} bytes")
 
 

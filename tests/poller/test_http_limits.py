@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_services.archives import model_files, zip_bytes
-from tests.poller.kit import Dirs
-from tests.poller.procs import PollerProcess
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from model_poller.http import HANDLER_THREADS, MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
 from model_poller.probes import Probes
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from local_services.archives import model_files, zip_bytes
 from local_services.process import wait_for
+from tests.poller.kit import Dirs
+from tests.poller.procs import PollerProcess
 
 
 def request(port: int, raw: bytes, timeout: float = 5) -> bytes:
@@ -124,7 +124,11 @@ def test_endpoints_answer_as_before(make_server: ServerFactory, probes: Probes) 
 
     status, headers, body = get("/healthz")
     assert (status, headers["Content-Type"], headers["Content-Length"], body) == (
-        "HTTP/1.0 200 OK", "text/plain; charset=utf-8", "3", b"ok\n")
+        "HTTP/1.0 200 OK",
+        "text/plain; charset=utf-8",
+        "3",
+        b"ok\n",
+    )
     assert get("/readyz")[::2] == ("HTTP/1.0 503 Service Unavailable", b"initial sync not done\n")
     assert get("/serving-ready")[::2] == ("HTTP/1.0 503 Service Unavailable", b"no version inside the policy yet\n")
     probes.ready.set()
@@ -140,7 +144,9 @@ def test_endpoints_answer_as_before(make_server: ServerFactory, probes: Probes) 
     assert b"Error code: 400" in request(port, b"NONSENSE\r\n\r\n")  # an HTTP/0.9 answer: no status line
     assert request(port, b"GET /healthz HTTP/1.0\n\n").endswith(b"\r\n\r\nok\n")  # bare newlines
     assert request(port, b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 414")
-    assert request(port, b"GET /healthz HTTP/1.0\r\n" + b"X-Big: yyyyyyyyyy\r\n" * 5000 + b"\r\n").startswith(b"HTTP/1.0 431")
+    assert request(port, b"GET /healthz HTTP/1.0\r\n" + b"X-Big: yyyyyyyyyy\r\n" * 5000 + b"\r\n").startswith(
+        b"HTTP/1.0 431"
+    )
 
 
 def test_a_request_in_pieces_within_the_timeout_is_answered(make_server: ServerFactory) -> None:
@@ -224,8 +230,9 @@ def threads_of(pid: int) -> int:
 @pytest.mark.slow
 def test_the_poller_survives_idle_and_trickling_connections(dirs: Dirs, tmp_path: Path) -> None:
     (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
-    poller = PollerProcess(["--source", dirs.uri, "--model-dir", str(dirs.models), "--poll-interval", "3600"],
-                           tmp_path / "poller.log")
+    poller = PollerProcess(
+        ["--source", dirs.uri, "--model-dir", str(dirs.models), "--poll-interval", "3600"], tmp_path / "poller.log"
+    )
     idle: list[socket.socket] = []
     trickler: Trickler | None = None
     try:
@@ -245,7 +252,11 @@ def test_the_poller_survives_idle_and_trickling_connections(dirs: Dirs, tmp_path
         open_now = sum(not closed_by_server(sock) for sock in idle + trickler.socks)
         assert open_now <= MAX_CONNECTIONS
         socks = idle + trickler.socks
-        wait_for("the server closed every idle and trickling connection", lambda: all(closed_by_server(sock) for sock in socks), REQUEST_TIMEOUT + 10)
+        wait_for(
+            "the server closed every idle and trickling connection",
+            lambda: all(closed_by_server(sock) for sock in socks),
+            REQUEST_TIMEOUT + 10,
+        )
         assert time.monotonic() - opened >= REQUEST_TIMEOUT - 1  # the tricklers lasted until the deadline
         assert min(trickler.sent) >= REQUEST_TIMEOUT - 4
         assert poller.get("/readyz") == (200, "ready\n")

@@ -14,15 +14,15 @@ import zlib
 from pathlib import Path
 
 import pytest
-from local_services import archives as a
-from tests.poller.kit import Dirs, EngineFactory
-
 from model_poller import inflate
 from model_poller.durable import Syncer
 from model_poller.errors import Rejected
 from model_poller.extract import INFLATE_OUT, Limits, Unpacker, extract
 from model_poller.policy import Policy
 from model_poller.versions import Kind
+
+from local_services import archives as a
+from tests.poller.kit import Dirs, EngineFactory
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -35,11 +35,11 @@ def deflated_zeros(n: int) -> bytes:
     return a.gzip_with_zeros(b"", n)[10:-8]  # (the gzip stream without its header and trailer)
 
 
-def unpack(tmp_path: Path, blob: bytes, kind: Kind, limits: Limits = Limits(), workers: int = 1) -> Unpacker:
+def unpack(tmp_path: Path, blob: bytes, kind: Kind, limits: Limits | None = None, workers: int = 1) -> Unpacker:
     dest = tmp_path / "out"
     dest.mkdir()
     with Syncer() as syncer:
-        unpacker = Unpacker(dest, limits, syncer, threading.Event(), archive_size=len(blob))
+        unpacker = Unpacker(dest, limits or Limits(), syncer, threading.Event(), archive_size=len(blob))
         extract(io.BytesIO(blob), kind, unpacker, workers=workers)
     return unpacker
 
@@ -195,5 +195,5 @@ def test_inflating_releases_the_gil() -> None:
     # Holding the GIL, the call would leave one gap as long as itself (a 0.4 s
     # bytes.translate did: 0.39 s); released, the other thread's gaps are scheduling noise.
     inside = [start, *(t for t in ticks if start < t < end), end]
-    longest = max(later - earlier for earlier, later in zip(inside, inside[1:]))
+    longest = max(later - earlier for earlier, later in zip(inside, inside[1:], strict=False))
     assert longest < 0.5 * (end - start), f"another thread stood still {longest:.3f} s of a {end - start:.3f} s inflate"

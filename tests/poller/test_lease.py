@@ -15,18 +15,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-from local_services.archives import model_files, zip_bytes
-from local_services.process import free_port
-
 import model_poller.runner as runner_module
+import pytest
 from model_poller.config import build_settings
 from model_poller.errors import Abandoned
 from model_poller.runner import Poller
 from model_poller.stores import Store, Transfer
 from model_poller.stores.base import Sink
 from model_poller.versions import SourceObject
-from local_services.process import wait_for
+
+from local_services.archives import model_files, zip_bytes
+from local_services.process import free_port, wait_for
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
@@ -68,7 +67,6 @@ def leftover_messages(subscriber: Any, subscription: str) -> list[str]:
     except api.DeadlineExceeded:
         return []
     return [m.message.attributes["objectId"] for m in response.received_messages]
-
 
 
 def test_download_longer_than_ack_deadline_installs_once(
@@ -120,8 +118,13 @@ def test_download_longer_than_ack_deadline_installs_once(
         blob.reload()
         publisher = pubsub_v1.PublisherClient()
         publisher.publish(
-            fake_gcs.notification_topic, b"{}", bucketId=bucket.name, objectId=blob.name,
-            objectGeneration=str(blob.generation), eventType="OBJECT_FINALIZE", payloadFormat="JSON_API_V1",
+            fake_gcs.notification_topic,
+            b"{}",
+            bucketId=bucket.name,
+            objectId=blob.name,
+            objectGeneration=str(blob.generation),
+            eventType="OBJECT_FINALIZE",
+            payloadFormat="JSON_API_V1",
         ).result(timeout=30)
         time.sleep(ACK_DEADLINE + 2)
         assert not (models / "7").exists(), "the slow download should still be running"
@@ -130,7 +133,11 @@ def test_download_longer_than_ack_deadline_installs_once(
         assert time.monotonic() - started > ACK_DEADLINE  # the install outlived the lease
         # Give any redelivery time to arrive and be handled, then check nothing ran twice.
         sample = poller.metrics.registry.get_sample_value
-        wait_for("the duplicate notification was handled", lambda: (sample("model_poller_notifications_total", {"outcome": "ignored"}) or 0) >= 1, ACK_DEADLINE + 10)
+        wait_for(
+            "the duplicate notification was handled",
+            lambda: (sample("model_poller_notifications_total", {"outcome": "ignored"}) or 0) >= 1,
+            ACK_DEADLINE + 10,
+        )
         time.sleep(ACK_DEADLINE + 2)
         assert source.downloads == ["7.zip"]
         assert sample("model_poller_installs_total") == 1

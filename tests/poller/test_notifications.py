@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_services.archives import model_files, zip_bytes
-from tests.poller.procs import PollerProcess
-
 from model_poller.notifications import subscription_filter, subscription_name
+
+from local_services.archives import model_files, zip_bytes
 from local_services.process import wait_for
+from tests.poller.procs import PollerProcess
 
 pytestmark = [pytest.mark.gcs, pytest.mark.pubsub, pytest.mark.slow]
 
@@ -22,7 +22,6 @@ def versions_in(models: Path) -> list[int]:
     if not models.exists():
         return []
     return sorted(int(p.name) for p in models.iterdir() if p.name.isdigit())
-
 
 
 def our_subscriptions(project: str, topic: str) -> list[str]:
@@ -40,7 +39,18 @@ def test_three_replicas_in_topic_mode(fake_gcs: Any, bucket: Any, tmp_path: Path
     pods = [f"replica-{i}-{uuid.uuid4().hex[:5]}" for i in range(3)]
     pollers = [
         PollerProcess(
-            ["--source", source, "--model-dir", str(tmp_path / pod), "--topic", topic, "--poll-interval", "3600", "--keep", "10"],
+            [
+                "--source",
+                source,
+                "--model-dir",
+                str(tmp_path / pod),
+                "--topic",
+                topic,
+                "--poll-interval",
+                "3600",
+                "--keep",
+                "10",
+            ],
             tmp_path / f"{pod}.log",
             env={"POD_NAME": pod},
         )
@@ -53,7 +63,7 @@ def test_three_replicas_in_topic_mode(fake_gcs: Any, bucket: Any, tmp_path: Path
         # The poll interval is an hour: only notifications can bring these in.
         for v in (1, 2, 3):
             bucket.blob(f"models/{v}.zip").upload_from_string(zip_bytes(model_files(v)))
-        for pod, p in zip(pods, pollers):
+        for pod, p in zip(pods, pollers, strict=False):
             wait_for(f"{pod}: {p.output()}", lambda pod=pod: versions_in(tmp_path / pod) == [1, 2, 3], 30)
         for p in pollers:
             wait_for(p.output(), lambda p=p: p.metric("model_poller_installs_total") == 3, 10)
@@ -66,11 +76,20 @@ def test_three_replicas_in_topic_mode(fake_gcs: Any, bucket: Any, tmp_path: Path
         for v in (3, 2, 2, 1, 3, 1):
             blob = bucket.get_blob(f"models/{v}.zip")
             publisher.publish(
-                topic, b"{}", bucketId=bucket.name, objectId=blob.name, objectGeneration=str(blob.generation),
-                eventType="OBJECT_FINALIZE", payloadFormat="JSON_API_V1",
+                topic,
+                b"{}",
+                bucketId=bucket.name,
+                objectId=blob.name,
+                objectGeneration=str(blob.generation),
+                eventType="OBJECT_FINALIZE",
+                payloadFormat="JSON_API_V1",
             ).result(timeout=30)
         for i, p in enumerate(pollers):
-            wait_for(p.output(), lambda p=p, i=i: p.metric("model_poller_notifications_total", 'outcome="ignored"') >= ignored[i] + 6, 20)
+            wait_for(
+                p.output(),
+                lambda p=p, i=i: p.metric("model_poller_notifications_total", 'outcome="ignored"') >= ignored[i] + 6,
+                20,
+            )
         for i, p in enumerate(pollers):
             assert p.metric("model_poller_installs_total") == 3
             assert p.metric("model_poller_downloaded_bytes_total") == downloaded[i]
@@ -97,7 +116,16 @@ def test_shared_subscription_mode(fake_gcs: Any, bucket: Any, tmp_path: Path) ->
     subscriber.create_subscription(request={"name": name, "topic": fake_gcs.notification_topic})
     models = tmp_path / "models"
     poller = PollerProcess(
-        ["--source", f"gs://{bucket.name}/m/", "--model-dir", str(models), "--subscription", name, "--poll-interval", "3600"],
+        [
+            "--source",
+            f"gs://{bucket.name}/m/",
+            "--model-dir",
+            str(models),
+            "--subscription",
+            name,
+            "--poll-interval",
+            "3600",
+        ],
         tmp_path / "poller.log",
     )
     try:
@@ -116,14 +144,24 @@ def test_missing_topic_logs_one_line_and_keeps_listing(fake_gcs: Any, bucket: An
     bucket.blob("m/1.zip").upload_from_string(zip_bytes(model_files(1)))
     models = tmp_path / "models"
     poller = PollerProcess(
-        ["--source", f"gs://{bucket.name}/m/", "--model-dir", str(models),
-         "--topic", f"projects/{fake_gcs.project}/topics/no-such-topic", "--poll-interval", "1"],
+        [
+            "--source",
+            f"gs://{bucket.name}/m/",
+            "--model-dir",
+            str(models),
+            "--topic",
+            f"projects/{fake_gcs.project}/topics/no-such-topic",
+            "--poll-interval",
+            "1",
+        ],
         tmp_path / "poller.log",
     )
     try:
         poller.wait_for("/readyz")
         assert versions_in(models) == [1]
-        wait_for("a condition", lambda: "topic projects/" in poller.output() and "does not exist" in poller.output(), 10)
+        wait_for(
+            "a condition", lambda: "topic projects/" in poller.output() and "does not exist" in poller.output(), 10
+        )
         bucket.blob("m/2.zip").upload_from_string(zip_bytes(model_files(2)))
         wait_for(poller.output(), lambda: versions_in(models) == [1, 2], 15)
     finally:
@@ -158,8 +196,18 @@ def test_names_that_are_no_version_never_stop_the_poller(fake_gcs: Any, bucket: 
     )
     models = tmp_path / "models"
     poller = PollerProcess(
-        ["--source", f"gs://{bucket.name}/m/", "--model-dir", str(models), "--subscription", name,
-         "--poll-interval", "3600", "--keep", "10"],
+        [
+            "--source",
+            f"gs://{bucket.name}/m/",
+            "--model-dir",
+            str(models),
+            "--subscription",
+            name,
+            "--poll-interval",
+            "3600",
+            "--keep",
+            "10",
+        ],
         tmp_path / "poller.log",
     )
     try:
@@ -170,15 +218,27 @@ def test_names_that_are_no_version_never_stop_the_poller(fake_gcs: Any, bucket: 
             blob = bucket.get_blob(object_name)
             for event in ("OBJECT_FINALIZE", "OBJECT_DELETE"):
                 publisher.publish(
-                    fake_gcs.notification_topic, b"{}", bucketId=bucket.name, objectId=object_name,
-                    objectGeneration=str(blob.generation), eventType=event, payloadFormat="JSON_API_V1",
+                    fake_gcs.notification_topic,
+                    b"{}",
+                    bucketId=bucket.name,
+                    objectId=object_name,
+                    objectGeneration=str(blob.generation),
+                    eventType=event,
+                    payloadFormat="JSON_API_V1",
                 ).result(timeout=30)
         # A generation that is not ASCII digits is no generation (int() would take it).
         publisher.publish(
-            fake_gcs.notification_topic, b"{}", bucketId=bucket.name, objectId="m/1.zip",
-            objectGeneration="١٢", eventType="OBJECT_FINALIZE", payloadFormat="JSON_API_V1",
+            fake_gcs.notification_topic,
+            b"{}",
+            bucketId=bucket.name,
+            objectId="m/1.zip",
+            objectGeneration="١٢",
+            eventType="OBJECT_FINALIZE",
+            payloadFormat="JSON_API_V1",
         ).result(timeout=30)
-        wait_for(poller.output(), lambda: poller.metric("model_poller_notifications_total", 'outcome="ignored"') >= 8, 20)
+        wait_for(
+            poller.output(), lambda: poller.metric("model_poller_notifications_total", 'outcome="ignored"') >= 8, 20
+        )
         # Still following notifications: a later valid version arrives through one.
         bucket.blob("m/2.zip").upload_from_string(zip_bytes(model_files(2)))
         wait_for(poller.output(), lambda: versions_in(models) == [1, 2], 30)

@@ -18,10 +18,6 @@ from typing import Any
 
 import google_crc32c
 import pytest
-from local_services.archives import installed_files, model_files
-from tests.poller.kit import Dirs, EngineFactory
-from tests.poller.recording import recording_store
-
 from model_poller import crc32c
 from model_poller.durable import Syncer
 from model_poller.errors import Rejected
@@ -29,6 +25,10 @@ from model_poller.extract import Limits, Unpacker, extract
 from model_poller.stores.base import Transfer
 from model_poller.stores.gcs import GcsStore
 from model_poller.versions import Kind, SourceObject
+
+from local_services.archives import installed_files, model_files
+from tests.poller.kit import Dirs, EngineFactory
+from tests.poller.recording import recording_store
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.gcs]
@@ -71,7 +71,7 @@ def test_crc32c_combined_from_slices_is_the_objects() -> None:
     for _ in range(20):
         cuts = sorted({0, len(data), *(rng.randrange(len(data)) for _ in range(rng.randrange(1, 9)))})
         slices = []
-        for start, end in zip(cuts, cuts[1:]):
+        for start, end in zip(cuts, cuts[1:], strict=False):
             piece = crc32c.Slice()
             piece.update(data[start:end])
             slices.append(piece)
@@ -82,7 +82,9 @@ def test_crc32c_combined_from_slices_is_the_objects() -> None:
 # -- archives in slices ------------------------------------------------------------------------------
 
 
-def test_zip_downloads_in_slices_side_by_side(fake_gcs: Any, bucket: Any, dirs: Dirs, make_engine: EngineFactory) -> None:
+def test_zip_downloads_in_slices_side_by_side(
+    fake_gcs: Any, bucket: Any, dirs: Dirs, make_engine: EngineFactory
+) -> None:
     files = {**model_files(1), **{f"variables/shard-{i}": noise(3 * MiB + i, seed=i) for i in range(4)}}
     blob = zip_of(files, zipfile.ZIP_DEFLATED)
     bucket.blob("m/1.zip").upload_from_string(blob)
@@ -349,7 +351,8 @@ def test_download_flags_reach_the_source(dirs: Dirs) -> None:
     from model_poller.config import build_settings
 
     env = {"MODEL_POLLER_DOWNLOAD_STREAMS": "3", "MODEL_POLLER_READ_TIMEOUT": "5s"}
-    args = make_parser().parse_args(["--source", "gs://b/m/", "--model-dir", str(dirs.models), "--download-slice", "8Mi"])
+    args = make_parser().parse_args(
+        ["--source", "gs://b/m/", "--model-dir", str(dirs.models), "--download-slice", "8Mi"]
+    )
     settings = build_settings(resolve(args, env), env)
     assert settings.transfer == Transfer(streams=3, read_timeout=5.0, slice_bytes=8 * MiB)
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from model_poller.policy import Policy, install_order, removable
 
 

@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from local_services.archives import model_files, zip_bytes
+from local_services.process import wait_for
 from tests.poller.kit import Dirs
 from tests.poller.procs import PollerProcess
-from local_services.process import wait_for
 
 StartPoller = Callable[..., PollerProcess]
 

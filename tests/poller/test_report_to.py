@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_poller.model_dir import ModelDir
 from model_poller_api.models import ReportReason
-from tests.poller import kube_identity as ki
+
 from local_services.archives import model_files, zip_bytes
+from local_services.kube import KubeControlPlane
+from local_services.process import wait_for
+from tests.poller import kube_identity as ki
 from tests.poller.kit import run_cli
 from tests.poller.procs import PollerProcess
-from local_services.kube import KubeControlPlane
-
-from model_poller.model_dir import ModelDir
-from local_services.process import wait_for
 
 POD = "m-abc12"
 OTHER_POD = "m-def34"
@@ -78,10 +78,14 @@ class Setup:
     def start(self, pod: str = POD) -> PollerProcess:
         proc = PollerProcess(
             [
-                "--source", f"file://{self.src}/",
-                "--model-dir", str(self.models(pod)),
-                "--report-to", self.target,
-                "--poll-interval", "1",
+                "--source",
+                f"file://{self.src}/",
+                "--model-dir",
+                str(self.models(pod)),
+                "--report-to",
+                self.target,
+                "--poll-interval",
+                "1",
             ],
             self.root / f"poller-{pod}.log",
             # The poller's own kubeconfig; no KUBERNETES_SERVICE_HOST, so it is used.
@@ -279,7 +283,11 @@ def test_forbidden_status_write_is_logged_once_and_syncing_goes_on(setup: Setup)
     setup.upload(3)
     # Syncing does not depend on the API server: the new version is installed.
     setup.wait_disk([2, 3], proc)
-    wait_for("a forbidden status write in /metrics", lambda: proc.metric("model_poller_status_writes_total", 'outcome="forbidden"') > 0, 15)
+    wait_for(
+        "a forbidden status write in /metrics",
+        lambda: proc.metric("model_poller_status_writes_total", 'outcome="forbidden"') > 0,
+        15,
+    )
     # A few more syncs (one a second) and write attempts.
     time.sleep(5)
     assert proc.proc.poll() is None, proc.output()
@@ -361,8 +369,16 @@ def test_deleted_modeldeployment_is_logged_and_syncing_goes_on(setup: Setup) -> 
     ki.delete_md(setup.kube, setup.namespace, MD)
     setup.upload(3)
     setup.wait_disk([2, 3], proc)
-    wait_for(f"a log line saying ModelDeployment {setup.target} is gone", lambda: f"ModelDeployment {setup.target} is gone" in full_log(proc), 15)
-    wait_for("a not_found status write in /metrics", lambda: proc.metric("model_poller_status_writes_total", 'outcome="not_found"') > 0, 15)
+    wait_for(
+        f"a log line saying ModelDeployment {setup.target} is gone",
+        lambda: f"ModelDeployment {setup.target} is gone" in full_log(proc),
+        15,
+    )
+    wait_for(
+        "a not_found status write in /metrics",
+        lambda: proc.metric("model_poller_status_writes_total", 'outcome="not_found"') > 0,
+        15,
+    )
     # It goes on: another version later is installed too.
     setup.upload(4)
     setup.wait_disk([3, 4], proc)

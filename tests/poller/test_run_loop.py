@@ -7,19 +7,21 @@ import time
 from pathlib import Path
 
 import pytest
+
 from local_services.archives import model_files, zip_bytes
+from local_services.process import wait_for
 from tests.poller.kit import Dirs
 from tests.poller.procs import PollerProcess
-from local_services.process import wait_for
-
 
 
 @pytest.mark.slow
 def test_probes_metrics_polling_and_sigterm(dirs: Dirs, tmp_path: Path) -> None:
     (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
     (dirs.src / "junk.txt").write_bytes(b"x")
-    poller = PollerProcess(["--source", dirs.uri, "--model-dir", str(dirs.models), "--poll-interval", "0.5", "--keep", "1"],
-                           tmp_path / "poller.log")
+    poller = PollerProcess(
+        ["--source", dirs.uri, "--model-dir", str(dirs.models), "--poll-interval", "0.5", "--keep", "1"],
+        tmp_path / "poller.log",
+    )
     try:
         poller.wait_for("/healthz")
         poller.wait_for("/readyz")
@@ -50,7 +52,9 @@ def test_sigterm_during_a_large_install_exits_zero_and_cleanly(dirs: Dirs, tmp_p
     poller = PollerProcess(["--source", dirs.uri, "--model-dir", str(dirs.models)], tmp_path / "poller.log")
     try:
         poller.wait_for("/healthz")
-        wait_for("a staging dir", lambda: any(p.name.startswith(".model-poller-staging-") for p in dirs.models.iterdir()), 30)
+        wait_for(
+            "a staging dir", lambda: any(p.name.startswith(".model-poller-staging-") for p in dirs.models.iterdir()), 30
+        )
     finally:
         started = time.monotonic()
         code = poller.terminate()

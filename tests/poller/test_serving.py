@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from model_poller_api.models import PollerReport, ReportReason
-from local_services.archives import model_files, zip_bytes
-from tests.poller.kit import Dirs
-from tests.poller.procs import PollerProcess
-from local_services.tf_serving import TfServingProcess
-
 from model_poller.report import build_report
 from model_poller.serving import fetch
+from model_poller_api.models import PollerReport, ReportReason
+
+from local_services.archives import model_files, zip_bytes
 from local_services.process import wait_for
+from local_services.tf_serving import TfServingProcess
+from tests.poller.kit import Dirs
+from tests.poller.procs import PollerProcess
 
 MODEL = "m"
 SAMPLE_EVERY = 0.05
@@ -63,8 +63,12 @@ def standin(dirs: Dirs, tmp_path: Path) -> Iterator[StandIn]:
 
     def make(load_seconds: float = 0.2) -> TfServingProcess:
         proc = TfServingProcess(
-            dirs.models, tmp_path / f"tf-serving-{len(made)}.log", model_name=MODEL, load_seconds=load_seconds,
-            poll_seconds=1, extra_args=["--max_num_load_retries=0"],
+            dirs.models,
+            tmp_path / f"tf-serving-{len(made)}.log",
+            model_name=MODEL,
+            load_seconds=load_seconds,
+            poll_seconds=1,
+            extra_args=["--max_num_load_retries=0"],
         )
         made.append(proc)
         return proc
@@ -279,8 +283,15 @@ def report_from_tf_serving(tf: TfServingProcess, on_disk: tuple[int, ...], wante
     """The pod's entry as the poller builds it, from TF Serving's real answer."""
     status = fetch(tf.url, MODEL)
     assert status.reachable, status.problem
-    return build_report(on_disk=on_disk, latest=max(on_disk), wanted=frozenset(wanted), problems=[],
-                        finished_at=time.time(), serving=status, confirms=True)
+    return build_report(
+        on_disk=on_disk,
+        latest=max(on_disk),
+        wanted=frozenset(wanted),
+        problems=[],
+        finished_at=time.time(),
+        serving=status,
+        confirms=True,
+    )
 
 
 @pytest.mark.slow

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from model_poller.serving import ServingStatus, VersionStatus, load_failures, parse_status, serving_ready, serving_version
+from model_poller.serving import (
+    ServingStatus,
+    VersionStatus,
+    load_failures,
+    parse_status,
+    serving_ready,
+    serving_version,
+)
 
 
 def tf(*versions: tuple[int, str] | tuple[int, str, str]) -> ServingStatus:

@@ -18,7 +18,10 @@ def imported_modules(*args: str, env: dict[str, str] | None = None) -> tuple[int
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_POLLER_")}
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "model_poller", *args],
-        capture_output=True, text=True, env={**clean, **(env or {})}, timeout=60,
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=60,
     )
     modules = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     return result.returncode, modules
@@ -40,7 +43,8 @@ def test_once_does_not_import_the_kubernetes_client(dirs: Dirs) -> None:
 def test_report_to_imports_the_kubernetes_client(dirs: Dirs, tmp_path: Path) -> None:
     """The other side: the check above would see the client if it were imported."""
     env = {"KUBECONFIG": str(tmp_path / "no-kubeconfig"), "POD_NAME": "p"}
-    code, modules = imported_modules("--source", dirs.uri, "--model-dir", str(dirs.models), "--report-to", "ns/m",
-                                     env=env)
+    code, modules = imported_modules(
+        "--source", dirs.uri, "--model-dir", str(dirs.models), "--report-to", "ns/m", env=env
+    )
     assert code == 2  # no credentials: one line, exit 2
     assert "kubernetes" in kubernetes_modules(modules)

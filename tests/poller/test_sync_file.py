@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from local_services.archives import installed_files, model_files, targz_bytes, write_folder, zip_bytes
-from tests.poller.kit import Dirs, EngineFactory
-
 from model_poller.model_dir import BOOKKEEPING_DIR
 from model_poller.policy import Policy
+
+from local_services.archives import installed_files, model_files, targz_bytes, write_folder, zip_bytes
+from tests.poller.kit import Dirs, EngineFactory
 
 LAYOUTS = {
     "zip-top-folder": lambda v: (f"{v:04d}.zip", zip_bytes(model_files(v), top=f"{v:04d}")),
@@ -121,7 +121,9 @@ def test_source_emptied_leaves_installed_versions(dirs: Dirs, make_engine: Engin
     assert numeric_dirs(dirs.models) == [1]
 
 
-def test_junk_names_never_break_a_sync(dirs: Dirs, make_engine: EngineFactory, caplog: pytest.LogCaptureFixture) -> None:
+def test_junk_names_never_break_a_sync(
+    dirs: Dirs, make_engine: EngineFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     for junk in ["README.md", "model", "a.b.c", "2.zip.tmp", "latest.zip", ".DS_Store"]:
         (dirs.src / junk).write_bytes(b"junk")
     (dirs.src / "notes").mkdir()
@@ -190,7 +192,9 @@ def test_storage_limit_refuses_a_version_that_would_overflow_the_volume(dirs: Di
     assert engine.sync().complete and numeric_dirs(dirs.models) == [1, 2]
 
 
-def test_latest_stays_the_newest_valid_version_after_a_rollback_removes_it(dirs: Dirs, make_engine: EngineFactory) -> None:
+def test_latest_stays_the_newest_valid_version_after_a_rollback_removes_it(
+    dirs: Dirs, make_engine: EngineFactory
+) -> None:
     for v in (1, 2, 3):
         (dirs.src / f"{v}.zip").write_bytes(zip_bytes(model_files(v)))
     engine = make_engine(Policy(keep=2))
@@ -202,7 +206,9 @@ def test_latest_stays_the_newest_valid_version_after_a_rollback_removes_it(dirs:
     assert engine.sync().installed == []  # and is not downloaded again to know it
 
 
-def test_memory_of_rejected_uploads_is_dropped_when_they_leave_the_source(dirs: Dirs, make_engine: EngineFactory) -> None:
+def test_memory_of_rejected_uploads_is_dropped_when_they_leave_the_source(
+    dirs: Dirs, make_engine: EngineFactory
+) -> None:
     (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
     engine = make_engine(Policy(keep=1))
     for n in range(2, 12):

@@ -14,7 +14,19 @@ def test_archive_names() -> None:
     assert parse_archive_name("2.zip") == (2, Kind.ZIP)
     assert parse_archive_name("10.tar.gz") == (10, Kind.TAR_GZ)
     assert parse_archive_name("007.tgz") == (7, Kind.TAR_GZ)
-    for junk in ["model.zip", "2", "2.zip.tmp", "2.tar", "v2.zip", "2.ZIP.bak", "a.b.c", "", ".zip", "2..zip", " 2.zip"]:
+    for junk in [
+        "model.zip",
+        "2",
+        "2.zip.tmp",
+        "2.tar",
+        "v2.zip",
+        "2.ZIP.bak",
+        "a.b.c",
+        "",
+        ".zip",
+        "2..zip",
+        " 2.zip",
+    ]:
         assert parse_archive_name(junk) is None, junk
 
 
@@ -41,7 +53,9 @@ def test_directory_placeholders_ignored() -> None:
 
 
 def test_same_version_twice_newest_generation_wins() -> None:
-    artifacts, skipped = parse_listing([obj("2.zip", 5), obj("0002.tar.gz", 9), obj("0002/saved_model.pb", 1), obj("0002/_READY", 3)])
+    artifacts, skipped = parse_listing(
+        [obj("2.zip", 5), obj("0002.tar.gz", 9), obj("0002/saved_model.pb", 1), obj("0002/_READY", 3)]
+    )
     assert artifacts[2].name == "0002.tar.gz"
     assert {s.name for s in skipped} >= {"2.zip", "0002/"}
 
@@ -76,14 +90,30 @@ def test_parse_version_is_ascii_digits_within_int64() -> None:
 
 
 def test_listing_ignores_non_ascii_and_out_of_range_names_with_a_reason() -> None:
-    names = ["١٢.zip", "²/_READY", "²/saved_model.pb", "99999999999999999999.zip", "١٢/_READY",
-             "١٢/saved_model.pb", "99999999999999999999/_READY", "99999999999999999999/saved_model.pb",
-             "2.zip\n", "７.tgz"]
+    names = [
+        "١٢.zip",
+        "²/_READY",
+        "²/saved_model.pb",
+        "99999999999999999999.zip",
+        "١٢/_READY",
+        "١٢/saved_model.pb",
+        "99999999999999999999/_READY",
+        "99999999999999999999/saved_model.pb",
+        "2.zip\n",
+        "７.tgz",
+    ]
     artifacts, skipped = parse_listing([obj(n) for n in names] + [obj("3.zip")])
     assert set(artifacts) == {3}
     reasons = {s.name: s.reason for s in skipped}
-    assert set(reasons) == {"١٢.zip", "²/", "99999999999999999999.zip", "١٢/", "99999999999999999999/", "2.zip\n",
-                            "７.tgz"}
+    assert set(reasons) == {
+        "١٢.zip",
+        "²/",
+        "99999999999999999999.zip",
+        "١٢/",
+        "99999999999999999999/",
+        "2.zip\n",
+        "７.tgz",
+    }
     assert "beyond int64" in reasons["99999999999999999999.zip"]
     assert "beyond int64" in reasons["99999999999999999999/"]
     assert "ASCII" in reasons["١٢.zip"] and "ASCII" in reasons["²/"]

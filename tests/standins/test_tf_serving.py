@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from local_services.process import port_open
 from local_services.tf_serving import (
     Action,
-    Health,
     HarnessState,
+    Health,
     Snapshot,
     TfServingProcess,
     UsageError,

@@ -33,7 +33,6 @@ one component at a time with ``mkdir``, files are created with ``O_EXCL | O_NOFO
 and no link is ever created, so no path inside ``dest`` can lead outside it.
 """
 
-
 from __future__ import annotations
 
 from typing import BinaryIO

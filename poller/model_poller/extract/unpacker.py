@@ -56,7 +56,9 @@ class Unpacker:
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 rel = path.relative_to(self.dest)
-                raise Rejected("duplicate_entry", f"entry {short_name(name)}: {str(rel)!r} collides with a file") from None
+                raise Rejected(
+                    "duplicate_entry", f"entry {short_name(name)}: {str(rel)!r} collides with a file"
+                ) from None
         except NotADirectoryError:
             raise Rejected("duplicate_entry", f"entry {short_name(name)} goes through a file") from None
         except OSError as exc:
@@ -104,7 +106,9 @@ class Unpacker:
 
     def _check_total(self, total: int, what: str) -> None:
         if total > self.limits.max_bytes:
-            raise Rejected("too_many_bytes", f"{what} more than {self.limits.max_bytes} bytes ({self.limits.max_bytes_origin})")
+            raise Rejected(
+                "too_many_bytes", f"{what} more than {self.limits.max_bytes} bytes ({self.limits.max_bytes_origin})"
+            )
         if (
             self.archive_size is not None
             and total > RATIO_FLOOR

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import gzip
 import tarfile
-from typing import IO, BinaryIO, Callable, cast
+from collections.abc import Callable
+from typing import IO, BinaryIO, cast
 
 from model_poller import inflate
 from model_poller.errors import Rejected
@@ -40,7 +41,6 @@ def _copy(read: Callable[[int], bytes], sink: FileSink, what: str) -> None:
         sink.discard()
         raise
     sink.close()
-
 
 
 MAX_TAR_HEADER = 64 << 10
@@ -78,18 +78,14 @@ class _BoundedTarInfo(tarfile.TarInfo):
         else:
             where = f"the {kind} header at offset {self.offset}"
             if self.size > MAX_TAR_HEADER:
-                raise Rejected(
-                    "oversized_header", f"{where} declares {self.size} bytes (at most {MAX_TAR_HEADER})"
-                )
+                raise Rejected("oversized_header", f"{where} declares {self.size} bytes (at most {MAX_TAR_HEADER})")
             tf.header_run += 1
             if tf.header_run > MAX_TAR_HEADER_RUN:
                 raise Rejected("oversized_header", f"{where} is one of more than {MAX_TAR_HEADER_RUN} in a row")
             if self.type == tarfile.XGLTYPE:
                 tf.global_bytes += self.size
                 if tf.global_bytes > MAX_TAR_HEADER:
-                    raise Rejected(
-                        "oversized_header", f"global pax headers declare over {MAX_TAR_HEADER} bytes in all"
-                    )
+                    raise Rejected("oversized_header", f"global pax headers declare over {MAX_TAR_HEADER} bytes in all")
         member: tarfile.TarInfo = super()._proc_member(tf)  # type: ignore[misc]
         return member
 

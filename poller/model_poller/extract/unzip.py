@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from typing import BinaryIO, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Protocol
 
 from model_poller import inflate
 from model_poller.errors import Abandoned, Rejected
@@ -29,6 +30,7 @@ ZIP_READ = 1 << 20
 # Upper bound of one inflate step's output: memory stays bounded even for a bomb. (Its
 # size suits the implementation: see inflate.MAX_STEP.)
 INFLATE_OUT = inflate.MAX_STEP
+
 
 class Cancelled(Exception):
     """A member given up because a member before it failed (never reported)."""
@@ -257,7 +259,9 @@ def _inflate_zip_member(member: ArchiveRange, entry: ZipEntry, sink: FileSink, m
     sink.close()
 
 
-def _copy_member(member: ArchiveRange, entry: ZipEntry, sink: FileSink, members: _Members, what: str) -> tuple[int, int]:
+def _copy_member(
+    member: ArchiveRange, entry: ZipEntry, sink: FileSink, members: _Members, what: str
+) -> tuple[int, int]:
     """Read the member's data, inflated if it is deflated, into ``sink``: (CRC-32, bytes written)."""
     left = entry.compressed
     # (an empty deflated entry may be written as zero bytes: nothing to inflate)

@@ -42,7 +42,6 @@ ZIP_MAX_COMMENT = 1024
 ZIP_RECORD_MAX = _CENTRAL.size + MAX_PATH_BYTES + ZIP_MAX_EXTRA + ZIP_MAX_COMMENT
 
 
-
 @dataclass(frozen=True)
 class ZipDirectory:
     entries: int
@@ -206,7 +205,9 @@ def zip_entries(archive: BinaryIO, directory: ZipDirectory) -> list[ZipEntry]:
             ZipEntry(name, raw_name, flags, method, crc, compressed, size, offset + directory.shift, external >> 16)
         )
     if consumed != directory.size:
-        raise Rejected("corrupt", f"the central directory holds {consumed} bytes of records, it declares {directory.size}")
+        raise Rejected(
+            "corrupt", f"the central directory holds {consumed} bytes of records, it declares {directory.size}"
+        )
     return entries
 
 

@@ -9,8 +9,9 @@ where it stopped instead of restarted.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from model_poller.errors import SourceError
 from model_poller.versions import SourceObject
