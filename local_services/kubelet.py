@@ -86,7 +86,7 @@ T = TypeVar("T")
 
 Obj = dict[str, Any]
 
-# The container names operator/model_poller_operator/render.py gives the pod's two containers.
+# The container names operator/model_poller_operator/render/pod_containers.py gives the pod's two containers.
 POLLER = "poller"
 SERVING = "serving"
 

@@ -3,7 +3,7 @@
 Everything that needs to know the children reads :data:`CHILDREN`: the reconcile (what to
 render and apply, in which order, what waits for what), the drift-repair watches
 (``handlers.py``), the REST paths (``apply.py``). Adding a child kind is one line here
-(plus its render function in ``render.py``, the chart's RBAC and admission policy).
+(plus its render function in the ``render`` package, the chart's RBAC and admission policy).
 
 An *optional* child's render function may return None: that child must not exist for this
 spec. The reconcile then deletes the live object of that name if, and only if, this
@@ -19,8 +19,8 @@ from typing import Any, Final
 
 from model_poller_api import models
 
-from model_poller_operator import render
-from model_poller_operator.render import Owner
+from model_poller_operator.render import budget, deployment, monitoring, rbac, service
+from model_poller_operator.render.ownership import Owner
 
 Obj = dict[str, Any]
 Render = Callable[[Owner, models.ModelDeploymentSpec], Obj | None]
@@ -68,16 +68,16 @@ _RBAC: Final = "rbac.authorization.k8s.io"
 # whatever rights it grants).
 # fmt: off
 CHILDREN: Final[tuple[ChildKind, ...]] = (
-    ChildKind("", "v1", "ServiceAccount", "serviceaccounts", render.render_service_account, render.poller_identity, external=True),
-    ChildKind(_RBAC, "v1", "Role", "roles", render.render_role, render.poller_identity, external=True),
-    ChildKind(_RBAC, "v1", "RoleBinding", "rolebindings", render.render_role_binding, render.poller_identity, external=True,
+    ChildKind("", "v1", "ServiceAccount", "serviceaccounts", rbac.render_service_account, rbac.poller_identity, external=True),
+    ChildKind(_RBAC, "v1", "Role", "roles", rbac.render_role, rbac.poller_identity, external=True),
+    ChildKind(_RBAC, "v1", "RoleBinding", "rolebindings", rbac.render_role_binding, rbac.poller_identity, external=True,
               depends_on=("ServiceAccount", "Role")),
-    ChildKind("", "v1", "Service", "services", render.render_service, _model_deployment_name),
-    ChildKind("", "v1", "ConfigMap", "configmaps", render.render_monitoring_config, render.monitoring_config_name, optional=True),
+    ChildKind("", "v1", "Service", "services", service.render_service, _model_deployment_name),
+    ChildKind("", "v1", "ConfigMap", "configmaps", monitoring.render_monitoring_config, monitoring.monitoring_config_name, optional=True),
     # The pods mount the ConfigMap as TF Serving's monitoring config: never someone else's.
-    ChildKind("apps", "v1", "Deployment", "deployments", render.render_deployment, _model_deployment_name,
+    ChildKind("apps", "v1", "Deployment", "deployments", deployment.render_deployment, _model_deployment_name,
               depends_on=("ServiceAccount", "Role", "RoleBinding", "ConfigMap")),
-    ChildKind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", render.render_disruption_budget,
+    ChildKind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", budget.render_disruption_budget,
               _model_deployment_name, optional=True),
 )
 # fmt: on

@@ -6,7 +6,7 @@ one". The user's pods carry ``modelpoller.dev/model-deployment=<name>`` instead,
 are watched here: one list-then-watch per namespace that holds an external-mode
 ModelDeployment (none at all otherwise), server-side filtered by that label
 (``informer.py``). What each pod says about itself becomes a
-:class:`~model_poller_operator.status.PodState`, as for the operator's own pods, and every
+:class:`~model_poller_operator.pod_states.PodState`, as for the operator's own pods, and every
 change calls ``on_change(namespace, name)`` so the status of that ModelDeployment is
 recomputed.
 
@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from model_poller_api import names
 
-from model_poller_operator import status as st
+from model_poller_operator import pod_states
 from model_poller_operator.apply import Api
 from model_poller_operator.informer import NamespaceWatch
 
@@ -82,7 +82,7 @@ class ExternalPods:
             "watching the pods labelled %s in %s (an external-mode ModelDeployment lives there)", SELECTOR, namespace
         )
 
-    def pods(self, namespace: str, name: str, wait: float = 0) -> list[st.PodState] | None:
+    def pods(self, namespace: str, name: str, wait: float = 0) -> list[pod_states.PodState] | None:
         """The pods labelled for ModelDeployment ``name``; None until the namespace is
         listed (waiting up to ``wait`` seconds for that)."""
         with self._lock:
@@ -90,7 +90,7 @@ class ExternalPods:
         if watch is None or not watch.listed.wait(wait):
             return None
         return [
-            st.PodState.from_object(str(pod["metadata"]["name"]), pod.get("status") or {})
+            pod_states.PodState.from_object(str(pod["metadata"]["name"]), pod.get("status") or {})
             for pod in watch.items()
             if model_deployment_of(pod) == name
         ]
@@ -120,8 +120,8 @@ class ExternalPods:
         self.on_change(namespace, name)
 
 
-def deployment_state(pods: list[st.PodState]) -> st.DeploymentState:
+def deployment_state(pods: list[pod_states.PodState]) -> pod_states.DeploymentState:
     """What the Deployment's status would say, from the pods themselves (the user's
     workload may be a Deployment, a StatefulSet, bare pods...: the operator reads none)."""
     ready = sum(1 for p in pods if p.ready)
-    return st.DeploymentState(replicas=len(pods), ready_replicas=ready, updated_replicas=len(pods))
+    return pod_states.DeploymentState(replicas=len(pods), ready_replicas=ready, updated_replicas=len(pods))

@@ -41,7 +41,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from model_poller_api import names
 
-from model_poller_operator import children
+from model_poller_operator import children, pod_states
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api
 from model_poller_operator.children import ChildKind
@@ -194,20 +194,20 @@ def model_deployments(namespace: str | None, name: str, body: kopf.Body, **_: An
 @kopf.index("v1", "pods", labels={**MANAGED, names.LABEL_INSTANCE: kopf.PRESENT})
 def model_pods(
     namespace: str | None, name: str, labels: kopf.Labels, status: kopf.Status, **_: Any
-) -> dict[Key, st.PodState]:
-    return {(namespace, labels[names.LABEL_INSTANCE]): st.PodState.from_object(name, status)}
+) -> dict[Key, pod_states.PodState]:
+    return {(namespace, labels[names.LABEL_INSTANCE]): pod_states.PodState.from_object(name, status)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
 def model_workloads(
     namespace: str | None, name: str, body: kopf.Body, status: kopf.Status, **_: Any
-) -> dict[Key, st.DeploymentState]:
+) -> dict[Key, pod_states.DeploymentState]:
     # Only a Deployment controlled by a ModelDeployment of its name feeds that one's
     # status: a look-alike with our label but another owner is not ours to report.
     ref = controller_of(plain(dict(body)))
     if ref is None or not is_model_deployment_ref(ref) or ref.get("name") != name:
         return {}
-    return {(namespace, name): st.DeploymentState.from_object(status)}
+    return {(namespace, name): pod_states.DeploymentState.from_object(status)}
 
 
 # --- status --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ pod into the injected one (empty when the pod is already injected), or raises
 :class:`Refused` with a message the user can act on. No API calls here, so every case is
 unit tested (``tests/operator/test_inject.py``) and the webhook only does I/O.
 
-The poller container, its volumes and the serving readiness probe come from ``render.py``:
+The poller container, its volumes and the serving readiness probe come from ``render``:
 the same functions render the operator's own Deployment, so an injected poller has the same
 env, probes, security context and token mount as one the operator runs itself.
 """
@@ -23,13 +23,14 @@ from typing import Any, Final
 
 from model_poller_api import models, names
 
-from model_poller_operator import overrides, render
+from model_poller_operator import overrides
+from model_poller_operator.render import deployment, ownership, pod_containers, rbac
 
 Obj = dict[str, Any]
 
 # The injected volumes get names of their own: a user's pod may well have a volume called
 # "models" or "tmp" already.
-INJECTED_VOLUMES: Final = render.PollerVolumes(
+INJECTED_VOLUMES: Final = pod_containers.PollerVolumes(
     models="model-poller-models",
     tmp="model-poller-tmp",
     token="model-poller-token",
@@ -81,7 +82,7 @@ class Refused(Exception):
 class Target:
     """The ModelDeployment a labelled pod names, read and checked."""
 
-    owner: render.Owner
+    owner: ownership.Owner
     spec: models.ModelDeploymentSpec
 
 
@@ -104,12 +105,12 @@ def target_of(md: Mapping[str, Any] | None, namespace: str, name: str) -> Target
             RefusalReason.MODEL_DEPLOYMENT_NOT_FOUND,
             f"pod label {label}: ModelDeployment {name!r} in namespace {namespace!r} is being deleted",
         )
-    problem = render.name_problem(name)
+    problem = ownership.name_problem(name)
     if problem:
         raise Refused(RefusalReason.INVALID_MODEL_DEPLOYMENT, f"pod label {label}: ModelDeployment {problem}")
     try:
         spec = models.ModelDeploymentSpec.from_object(name, md.get("spec") or {})
-        render.storage_limit(spec)
+        pod_containers.storage_limit(spec)
         overrides.check(spec)  # e.g. a poller resource quantity stored before it had a schema
     except (ValueError, KeyError, TypeError) as error:
         raise Refused(
@@ -123,14 +124,14 @@ def target_of(md: Mapping[str, Any] | None, namespace: str, name: str) -> Target
             f"its pods itself (Deployment {name}); only a ModelDeployment with spec.workload: external injects the "
             "poller into your own pods: create one (spec.workload cannot be changed), or remove the label",
         )
-    return Target(render.Owner(name=name, namespace=namespace, uid=str(meta.get("uid", ""))), spec)
+    return Target(ownership.Owner(name=name, namespace=namespace, uid=str(meta.get("uid", ""))), spec)
 
 
 def check_identity(account: Mapping[str, Any] | None, target: Target) -> None:
     """The poller's ServiceAccount must exist and be controlled by this ModelDeployment: the
     pod will run under it, with the rights its Role grants."""
     owner = target.owner
-    identity = render.poller_identity(owner)
+    identity = rbac.poller_identity(owner)
     if account is None:
         raise Refused(
             RefusalReason.IDENTITY_NOT_READY,
@@ -171,19 +172,19 @@ def inject(pod: Mapping[str, Any], target: Target) -> Obj:
     _drop_auto_token(spec)
     spec.setdefault("volumes", [])
     if volumes.models == INJECTED_VOLUMES.models:
-        spec["volumes"].append(render.models_volume(target.spec, INJECTED_VOLUMES.models))
+        spec["volumes"].append(deployment.models_volume(target.spec, INJECTED_VOLUMES.models))
         serving.setdefault("volumeMounts", []).append(
             {"name": INJECTED_VOLUMES.models, "mountPath": names.MODELS_MOUNT, "readOnly": True}
         )
-    spec["volumes"] += [render.tmp_volume(INJECTED_VOLUMES.tmp), render.token_volume(INJECTED_VOLUMES.token)]
-    credentials = render.credentials_volume(target.spec, INJECTED_VOLUMES.credentials)
+    spec["volumes"] += [deployment.tmp_volume(INJECTED_VOLUMES.tmp), deployment.token_volume(INJECTED_VOLUMES.token)]
+    credentials = deployment.credentials_volume(target.spec, INJECTED_VOLUMES.credentials)
     if credentials is not None:
         spec["volumes"].append(credentials)
     # Last of the init containers: the pod's own init containers run first; the poller's
     # startup probe then holds the serving container back until the initial sync is done.
-    spec.setdefault("initContainers", []).append(render.poller_container(target.owner, target.spec, volumes))
+    spec.setdefault("initContainers", []).append(pod_containers.poller_container(target.owner, target.spec, volumes))
     if "readinessProbe" not in serving:
-        serving["readinessProbe"] = render.serving_readiness_probe()
+        serving["readinessProbe"] = pod_containers.serving_readiness_probe()
     # Only the poller gets an API token (its own volume): none for TF Serving or the
     # pod's other containers, which now run under the poller's ServiceAccount.
     spec["automountServiceAccountToken"] = False
@@ -192,7 +193,7 @@ def inject(pod: Mapping[str, Any], target: Target) -> Obj:
 
 def _set_service_account(spec: Obj, target: Target) -> None:
     """Run the pod as the poller's ServiceAccount: its RBAC is bound to that one only."""
-    identity = render.poller_identity(target.owner)
+    identity = rbac.poller_identity(target.owner)
     current = spec.get("serviceAccountName") or spec.get("serviceAccount") or ""
     if current in ("", "default"):
         spec["serviceAccountName"] = identity
@@ -212,11 +213,11 @@ def _containers(spec: Mapping[str, Any], *keys: str) -> list[Obj]:
     return [c for key in keys for c in spec.get(key) or ()]
 
 
-def _has_our_poller(spec: Mapping[str, Any], owner: render.Owner) -> bool:
+def _has_our_poller(spec: Mapping[str, Any], owner: ownership.Owner) -> bool:
     """Whether the pod already holds the poller injected for this ModelDeployment."""
     report_to = names.env_name("--report-to")
     for container in spec.get("initContainers") or ():
-        if container.get("name") != render.POLLER_CONTAINER or container.get("restartPolicy") != "Always":
+        if container.get("name") != pod_containers.POLLER_CONTAINER or container.get("restartPolicy") != "Always":
             continue
         env = {e.get("name"): e.get("value") for e in container.get("env") or ()}
         if env.get(report_to) == f"{owner.namespace}/{owner.name}":
@@ -274,10 +275,10 @@ def _serving_container(pod: Obj) -> Obj:
 def _check_names(spec: Mapping[str, Any], target: Target) -> None:
     """The names and the port the injection adds must be free in the pod."""
     for container in _containers(spec, "initContainers", "containers", "ephemeralContainers"):
-        if container.get("name") == render.POLLER_CONTAINER:
+        if container.get("name") == pod_containers.POLLER_CONTAINER:
             raise Refused(
                 RefusalReason.NAME_TAKEN,
-                f"the pod already has a container named {render.POLLER_CONTAINER!r} (not the poller of ModelDeployment "
+                f"the pod already has a container named {pod_containers.POLLER_CONTAINER!r} (not the poller of ModelDeployment "
                 f"{target.owner.name!r}): rename it",
             )
         for port in container.get("ports") or ():
@@ -319,7 +320,7 @@ def _set_flags(serving: Obj, spec: models.ModelDeploymentSpec) -> None:
             f"{where} runs a shell ({command[0]}): the webhook can neither read nor set TF Serving's flags through "
             "it; run tensorflow_model_server (or the image's entrypoint) directly, with the flags as args",
         )
-    base_path = render.model_dir(spec)
+    base_path = pod_containers.model_dir(spec)
     flags = _flags(serving)
     if FLAG_CONFIG_FILE in flags:
         raise Refused(
@@ -341,7 +342,7 @@ def _set_flags(serving: Obj, spec: models.ModelDeploymentSpec) -> None:
         raise Refused(
             RefusalReason.CONTRADICTING_FLAG,
             f"{where}: {FLAG_REST_PORT}={rest}: the poller asks TF Serving which version it serves at "
-            f"{render.SERVING_URL}: remove the flag or set it to {names.SERVING_REST_PORT}",
+            f"{pod_containers.SERVING_URL}: remove the flag or set it to {names.SERVING_REST_PORT}",
         )
     if not command or posixpath.basename(command[0]) == ENTRYPOINT:
         _check_entrypoint_env(serving, spec, where)
@@ -363,7 +364,7 @@ def _check_entrypoint_env(serving: Mapping[str, Any], spec: models.ModelDeployme
             raise Refused(
                 RefusalReason.CONTRADICTING_FLAG,
                 f"{where}: env {variable}={have} contradicts the ModelDeployment, which serves model "
-                f"{spec.model_name!r} from {render.model_dir(spec)}: remove the variable or set it to {want}",
+                f"{spec.model_name!r} from {pod_containers.model_dir(spec)}: remove the variable or set it to {want}",
             )
 
 
@@ -371,7 +372,7 @@ def _check_entrypoint_env(serving: Mapping[str, Any], spec: models.ModelDeployme
 _READ_ONLY_VOLUMES: Final = ("configMap", "secret", "downwardAPI", "projected", "image")
 
 
-def _models_volume(spec: Obj, serving: Obj, md_spec: models.ModelDeploymentSpec) -> render.PollerVolumes:
+def _models_volume(spec: Obj, serving: Obj, md_spec: models.ModelDeploymentSpec) -> pod_containers.PollerVolumes:
     """The poller's volume names: share the volume the serving container already mounts at
     the models path (made read-only for TF Serving), else the injected emptyDir's name."""
     where = f"container {serving.get('name')!r}"
@@ -381,7 +382,7 @@ def _models_volume(spec: Obj, serving: Obj, md_spec: models.ModelDeploymentSpec)
             raise Refused(
                 RefusalReason.UNSUPPORTED_VOLUME,
                 f"{where} mounts volume {mount.get('name')!r} at {path}, inside {names.MODELS_MOUNT} where the poller "
-                f"keeps {render.model_dir(md_spec)}: mount it at {names.MODELS_MOUNT} (it is then shared with the "
+                f"keeps {pod_containers.model_dir(md_spec)}: mount it at {names.MODELS_MOUNT} (it is then shared with the "
                 "poller) or elsewhere",
             )
         if path != names.MODELS_MOUNT:
@@ -396,7 +397,7 @@ def _models_volume(spec: Obj, serving: Obj, md_spec: models.ModelDeploymentSpec)
                 f"there, or remove the mount and let the webhook add one",
             )
         mount["readOnly"] = True
-        return render.PollerVolumes(
+        return pod_containers.PollerVolumes(
             models=str(mount["name"]),
             tmp=INJECTED_VOLUMES.tmp,
             token=INJECTED_VOLUMES.token,

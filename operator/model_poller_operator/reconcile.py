@@ -14,13 +14,14 @@ from typing import Any
 import kopf
 from model_poller_api import models, names
 
-from model_poller_operator import children, render
+from model_poller_operator import children, status_reasons
 from model_poller_operator import status as st
 from model_poller_operator.apply import ApplyError
 from model_poller_operator.children import ChildKind
 from model_poller_operator.compare import Conflict, controller_of, is_model_deployment_ref
 from model_poller_operator.overrides import InvalidOverride
 from model_poller_operator.refresh import Logger, Snapshot
+from model_poller_operator.render import ownership, spec_paths
 from model_poller_operator.state import Key, State, plain, spec_external
 
 
@@ -43,35 +44,37 @@ def converge(state: State, key: Key, snapshot: Snapshot, logger: Logger) -> Reco
     def failed(reason: str, message: str, *, retry: str | None = None) -> Reconciled:
         return Reconciled(st.Synced(generation, False, reason, message), retry=retry, error=retry is None)
 
-    problem = render.name_problem(snapshot.name)
+    problem = ownership.name_problem(snapshot.name)
     if problem:
         # Retrying cannot help: a name cannot change. Say so in the status, and stop.
-        return failed(st.REASON_INVALID_NAME, f"{problem}; delete it and create it again under a valid name")
+        return failed(
+            status_reasons.REASON_INVALID_NAME, f"{problem}; delete it and create it again under a valid name"
+        )
     try:
         spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
         desired = children.desired_children(snapshot.owner, spec)
     except InvalidOverride as error:
-        return failed(st.REASON_INVALID_OVERRIDE, str(error))  # names the field; Degraded says it too
+        return failed(status_reasons.REASON_INVALID_OVERRIDE, str(error))  # names the field; Degraded says it too
     except (ValueError, KeyError, TypeError) as error:
         # Something the CRD schema let through but the operator cannot render: say so, and
         # wait for the next spec change (retrying the same spec cannot help).
-        return failed(st.REASON_INVALID_SPEC, f"spec cannot be rendered: {error}")
+        return failed(status_reasons.REASON_INVALID_SPEC, f"spec cannot be rendered: {error}")
     try:
         with state.lock(key):
             outcome = state.api.converge_all(desired)
     except ApplyError as error:
         message = st.apply_failed_message(
-            str(error), render.spec_fields(snapshot.owner, spec, error.kind, error.fields)
+            str(error), spec_paths.spec_fields(snapshot.owner, spec, error.kind, error.fields)
         )
-        return failed(st.REASON_APPLY_FAILED, message, retry=f"applying the children failed: {error}")
+        return failed(status_reasons.REASON_APPLY_FAILED, message, retry=f"applying the children failed: {error}")
     for change in outcome.changes:
         logger.info("%s %s %s", change.action, change.kind, change.name)
     if outcome.conflicts:
         # Someone else's objects hold our children's names: report, never overwrite, and
         # look again later (their deletion makes no event the operator watches).
         message = outcome.conflict_message(key[0] or "")
-        return failed(st.REASON_NAME_CONFLICT, message, retry=f"name conflict: {message}")
-    return Reconciled(st.Synced(generation, True, st.REASON_APPLIED, applied_message(snapshot, desired)))
+        return failed(status_reasons.REASON_NAME_CONFLICT, message, retry=f"name conflict: {message}")
+    return Reconciled(st.Synced(generation, True, status_reasons.REASON_APPLIED, applied_message(snapshot, desired)))
 
 
 def applied_message(snapshot: Snapshot, desired: list[children.Desired]) -> str:
@@ -108,7 +111,7 @@ def desired_child(child: ChildKind, snapshot: Snapshot, name: str) -> children.D
     """What the child ``name`` of kind ``child`` should be, rendered alone; None when
     this ModelDeployment renders no such child (another mode, another name, or a name
     that cannot name children)."""
-    if render.name_problem(snapshot.name):
+    if ownership.name_problem(snapshot.name):
         return None
     spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
     if child not in children.kinds_for(spec) or child.name(snapshot.owner) != name:

@@ -24,9 +24,10 @@ from model_poller_api import models
 from model_poller_api.conditions import find_condition
 from model_poller_api.formats import rfc3339
 
-from model_poller_operator import render
+from model_poller_operator import missing_secret, pod_states, poller_entries
 from model_poller_operator import status as st
 from model_poller_operator.apply import Api, StatusConflict
+from model_poller_operator.render import ownership
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -59,8 +60,8 @@ class Snapshot:
         )
 
     @property
-    def owner(self) -> render.Owner:
-        return render.Owner(name=self.name, namespace=self.namespace, uid=self.uid)
+    def owner(self) -> ownership.Owner:
+        return ownership.Owner(name=self.name, namespace=self.namespace, uid=self.uid)
 
 
 def now() -> str:
@@ -74,32 +75,34 @@ class PodEventsCache:
 
     api: Api
     interval: float
-    _events: dict[str, tuple[float, tuple[st.PodEvent, ...]]] = field(default_factory=dict)
+    _events: dict[str, tuple[float, tuple[pod_states.PodEvent, ...]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(
-        self, namespace: str, spec: models.ModelDeploymentSpec, pods: Sequence[st.PodState], logger: Logger
-    ) -> tuple[st.PodEvent, ...]:
+        self, namespace: str, spec: models.ModelDeploymentSpec, pods: Sequence[pod_states.PodState], logger: Logger
+    ) -> tuple[pod_states.PodEvent, ...]:
         """The Events about pods of ``namespace`` worth reading, when needed: only while a
         pod waits to start with a credentials Secret configured (a steady state lists nothing)."""
-        if not st.pod_events_needed(spec, pods):
+        if not missing_secret.pod_events_needed(spec, pods):
             return ()
         with self._lock:
             cached = self._events.get(namespace)
         if cached and time.monotonic() - cached[0] < self.interval:
             return cached[1]
-        events = tuple(event for reason in st.POD_EVENT_REASONS for event in self._list(namespace, reason, logger))
+        events = tuple(
+            event for reason in missing_secret.POD_EVENT_REASONS for event in self._list(namespace, reason, logger)
+        )
         with self._lock:
             self._events[namespace] = (time.monotonic(), events)
         return events
 
-    def _list(self, namespace: str, reason: str, logger: Logger) -> list[st.PodEvent]:
+    def _list(self, namespace: str, reason: str, logger: Logger) -> list[pod_states.PodEvent]:
         items = self.api.list_events(namespace, f"involvedObject.kind=Pod,reason={reason}")
         if items is None:
             logger.warning("not allowed to list Events in %s: a missing Secret will not be reported", namespace)
             return []
         return [
-            st.PodEvent(
+            pod_states.PodEvent(
                 pod=str((item.get("involvedObject") or {}).get("name", "")),
                 type=str(item.get("type") or ""),
                 reason=str(item.get("reason") or ""),
@@ -127,8 +130,8 @@ class StatusWriter:
     def write_if_changed(
         self,
         snapshot: Snapshot,
-        pods: Sequence[st.PodState],
-        deployment: st.DeploymentState | None,
+        pods: Sequence[pod_states.PodState],
+        deployment: pod_states.DeploymentState | None,
         logger: Logger,
         *,
         synced: st.Synced | None = None,
@@ -144,9 +147,13 @@ class StatusWriter:
         current, resource_version = snapshot.status, snapshot.resource_version
         for _attempt in range(5):
             desired = st.desired_status(
-                current, observed, now=now(), synced=synced, selector=render.pod_selector(snapshot.owner, observed.spec)
+                current,
+                observed,
+                now=now(),
+                synced=synced,
+                selector=ownership.pod_selector(snapshot.owner, observed.spec),
             )
-            patch = st.status_patch(current, desired, st.stale_pollers(current, observed.pods))
+            patch = st.status_patch(current, desired, poller_entries.stale_pollers(current, observed.pods))
             if not patch:
                 return False
             try:
@@ -162,10 +169,14 @@ class StatusWriter:
         raise RuntimeError(f"status of {snapshot.namespace}/{snapshot.name} kept changing while being written")
 
     def _observed(
-        self, snapshot: Snapshot, pods: Sequence[st.PodState], deployment: st.DeploymentState | None, logger: Logger
-    ) -> st.Observed:
+        self,
+        snapshot: Snapshot,
+        pods: Sequence[pod_states.PodState],
+        deployment: pod_states.DeploymentState | None,
+        logger: Logger,
+    ) -> pod_states.Observed:
         spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
-        return st.Observed(
+        return pod_states.Observed(
             name=snapshot.name,
             namespace=snapshot.namespace,
             spec=spec,

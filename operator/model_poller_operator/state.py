@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from model_poller_api import names
 
-from model_poller_operator import status as st
+from model_poller_operator import pod_states
 from model_poller_operator.apply import Api
 from model_poller_operator.config import OperatorConfig
 from model_poller_operator.external import ExternalPods, deployment_state
@@ -25,9 +25,9 @@ from model_poller_operator.webhook import Webhook
 
 Key = tuple[str | None, str]
 MDIndex = kopf.Index[Key, Snapshot]
-PodIndex = kopf.Index[Key, st.PodState]
-WorkloadIndex = kopf.Index[Key, st.DeploymentState]
-Observation = tuple[list[st.PodState], st.DeploymentState | None]
+PodIndex = kopf.Index[Key, pod_states.PodState]
+WorkloadIndex = kopf.Index[Key, pod_states.DeploymentState]
+Observation = tuple[list[pod_states.PodState], pod_states.DeploymentState | None]
 
 
 @dataclass(frozen=True)

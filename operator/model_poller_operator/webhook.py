@@ -39,10 +39,11 @@ from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 from model_poller_api import names
 
-from model_poller_operator import certs, inject, render
+from model_poller_operator import certs, inject
 from model_poller_operator.apply import Api
 from model_poller_operator.config import SettingsError, host, object_name, read_env, setting
 from model_poller_operator.informer import NamespaceWatch
+from model_poller_operator.render import ownership, rbac
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class Admission:
             return {"allowed": True}  # not ours: the objectSelector should not have sent it
         namespace = str(request.get("namespace") or meta.get("namespace") or "")
         pod_name = meta.get("name") or f"{meta.get('generateName', '')}<generated>"
-        identity = render.poller_identity(render.Owner(name=name, namespace=namespace, uid=""))
+        identity = rbac.poller_identity(ownership.Owner(name=name, namespace=namespace, uid=""))
         cached_md = self.cache.model_deployment(namespace, name) if self.cache else None
         cached_account = self.cache.service_account(namespace, identity) if self.cache else None
         account = None

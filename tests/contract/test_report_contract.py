@@ -22,6 +22,7 @@ from model_poller.stores import open_store
 from model_poller.sync import SyncOutcome
 from model_poller_api import models
 from model_poller_api.conditions import find_condition
+from model_poller_operator import pod_states
 from model_poller_operator import status as st
 
 from local_services.archives import model_files, zip_bytes, zip_raw_name
@@ -59,12 +60,12 @@ def entry_of(outcome: SyncOutcome, serving: ServingStatus | None, problems: Any 
 
 def operator_status(entry: dict[str, Any], *, spec: dict[str, Any], ready: bool) -> dict[str, Any]:
     """The status the operator computes for one pod (ready or not) that wrote ``entry``."""
-    observed = st.Observed(
+    observed = pod_states.Observed(
         name="m",
         namespace="ml",
         spec=models.ModelDeploymentSpec.from_object("m", {"replicas": 1, "source": {"uri": "gs://b/m/"}, **spec}),
-        deployment=st.DeploymentState(replicas=1, ready_replicas=1 if ready else 0, updated_replicas=1),
-        pods=(st.PodState(POD, ready=ready),),
+        deployment=pod_states.DeploymentState(replicas=1, ready_replicas=1 if ready else 0, updated_replicas=1),
+        pods=(pod_states.PodState(POD, ready=ready),),
     )
     return st.desired_status({"pollers": {POD: entry}}, observed, now=NOW, selector=SELECTOR)
 

@@ -45,9 +45,9 @@ def condition_reasons() -> set[str]:
     """Every reason a ModelDeployment condition can carry, from the code: the operator's
     REASON_* constants (read from the source, so no module with side effects is imported),
     the pollers' typed reasons, and the kubelet's reasons the Ready condition passes on."""
-    from model_poller_operator import status
+    from model_poller_operator import status_reasons
 
-    reasons = {r.value for r in models.ReportReason} | set(status.POD_FAILURE_REASONS)
+    reasons = {r.value for r in models.ReportReason} | set(status_reasons.POD_FAILURE_REASONS)
     for path in sorted(OPERATOR_PACKAGE.glob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             target = (

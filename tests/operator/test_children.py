@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 from model_poller_api import models, names
-from model_poller_operator import children, render
+from model_poller_operator import children
 from model_poller_operator.apply import Api
 from model_poller_operator.children import ChildKind, Desired
 from model_poller_operator.compare import Change
+from model_poller_operator.render import ownership, rbac
 
 from local_services import operator_kit as kit
 
-OWNER = render.Owner("m", "ml", "00000000-0000-4000-8000-000000000000")
+OWNER = ownership.Owner("m", "ml", "00000000-0000-4000-8000-000000000000")
 
 
 def _spec(body: dict[str, Any], name: str = OWNER.name) -> models.ModelDeploymentSpec:
@@ -75,7 +76,7 @@ def _optional_service_account(present: bool) -> ChildKind:
     return dataclasses.replace(kind, optional=True, render=lambda owner, spec: None)
 
 
-def _desired(kind: ChildKind, owner: render.Owner, spec: models.ModelDeploymentSpec) -> list[Desired]:
+def _desired(kind: ChildKind, owner: ownership.Owner, spec: models.ModelDeploymentSpec) -> list[Desired]:
     return [children.render_one(kind, owner, spec)]
 
 
@@ -84,9 +85,9 @@ def test_an_optional_child_is_created_then_deleted_when_it_must_not_exist(
     cluster: kit.Cluster, namespace: str, cases: dict[str, dict[str, Any]]
 ) -> None:
     md = cluster.create_md(namespace, "opt", cases["minimal"])
-    owner = render.Owner("opt", namespace, md["metadata"]["uid"])
+    owner = ownership.Owner("opt", namespace, md["metadata"]["uid"])
     spec, api = _spec(cases["minimal"], "opt"), Api(cluster.api)
-    name = render.poller_identity(owner)
+    name = rbac.poller_identity(owner)
 
     created = api.converge_all(_desired(_optional_service_account(True), owner, spec))
     assert created.changes == (Change("ServiceAccount", name, "created"),)
@@ -106,11 +107,11 @@ def test_an_optional_child_it_does_not_control_is_never_touched(
     cluster: kit.Cluster, namespace: str, cases: dict[str, dict[str, Any]], controller: str
 ) -> None:
     md = cluster.create_md(namespace, "opt", cases["minimal"])
-    owner = render.Owner("opt", namespace, md["metadata"]["uid"])
-    name = render.poller_identity(owner)
+    owner = ownership.Owner("opt", namespace, md["metadata"]["uid"])
+    name = rbac.poller_identity(owner)
     meta: dict[str, Any] = {"name": name, "labels": {"team": "payments"}}
     if controller == "earlier":  # a leftover of an earlier ModelDeployment of the same name
-        meta["ownerReferences"] = [{**render.owner_reference(owner), "uid": str(uuid.uuid4())}]
+        meta["ownerReferences"] = [{**ownership.owner_reference(owner), "uid": str(uuid.uuid4())}]
     theirs = cluster.core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=meta))
 
     outcome = Api(cluster.api).converge_all(

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from model_poller_api import models, names
-from model_poller_operator import inject, render
+from model_poller_operator import inject
+from model_poller_operator.render import deployment, ownership, pod_containers
 
 NS = "ml"
 NAME = "resnet"
@@ -34,7 +35,7 @@ def target(**spec: Any) -> inject.Target:
 def user_pod(**spec: Any) -> dict[str, Any]:
     """A user's pod as the webhook receives it: the ServiceAccount admission plugin has set
     the default ServiceAccount and mounted its token into every container."""
-    token_mount = {"name": AUTO_TOKEN, "mountPath": render.TOKEN_DIR, "readOnly": True}
+    token_mount = {"name": AUTO_TOKEN, "mountPath": pod_containers.TOKEN_DIR, "readOnly": True}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -72,15 +73,15 @@ def test_injected_pod_has_the_poller_volumes_mounts_flags_and_identity() -> None
     pod = inject.inject(user_pod(), tgt)
     spec = pod["spec"]
     (poller,) = spec["initContainers"]
-    assert poller == render.poller_container(tgt.owner, tgt.spec, inject.INJECTED_VOLUMES)
+    assert poller == pod_containers.poller_container(tgt.owner, tgt.spec, inject.INJECTED_VOLUMES)
     (tf,) = spec["containers"]
     assert tf["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2", "--rest_api_port=8501"]
     assert tf["volumeMounts"] == [{"name": "model-poller-models", "mountPath": "/models", "readOnly": True}]
-    assert tf["readinessProbe"] == render.serving_readiness_probe()
+    assert tf["readinessProbe"] == pod_containers.serving_readiness_probe()
     assert spec["volumes"] == [
-        render.models_volume(tgt.spec, "model-poller-models"),
-        render.tmp_volume("model-poller-tmp"),
-        render.token_volume("model-poller-token"),
+        deployment.models_volume(tgt.spec, "model-poller-models"),
+        deployment.tmp_volume("model-poller-tmp"),
+        deployment.token_volume("model-poller-token"),
     ]
     assert (spec["serviceAccountName"], spec["serviceAccount"]) == (IDENTITY, IDENTITY)
     assert spec["automountServiceAccountToken"] is False
@@ -90,12 +91,12 @@ def test_injected_poller_is_the_operators_poller_under_other_volume_names() -> N
     """The same function renders both: env, probes, ports, resources, security context."""
     tgt = target(storage={"sizeLimit": "10Gi"}, source={"uri": "gs://b/r/", "credentialsSecret": "gcs-key"})
     (poller,) = inject.inject(user_pod(), tgt)["spec"]["initContainers"]
-    (operator_poller,) = render.render_deployment(tgt.owner, tgt.spec)["spec"]["template"]["spec"]["initContainers"]
+    (operator_poller,) = deployment.render_deployment(tgt.owner, tgt.spec)["spec"]["template"]["spec"]["initContainers"]
     renamed = {
-        render.MODELS_VOLUME: "model-poller-models",
-        render.TMP_VOLUME: "model-poller-tmp",
-        render.TOKEN_VOLUME: "model-poller-token",
-        render.CREDENTIALS_VOLUME: "model-poller-gcs-credentials",
+        pod_containers.MODELS_VOLUME: "model-poller-models",
+        pod_containers.TMP_VOLUME: "model-poller-tmp",
+        pod_containers.TOKEN_VOLUME: "model-poller-token",
+        pod_containers.CREDENTIALS_VOLUME: "model-poller-gcs-credentials",
     }
     expected = copy.deepcopy(operator_poller)
     for mount in expected["volumeMounts"]:
@@ -120,7 +121,11 @@ def test_patch_turns_the_pod_into_the_injected_one_and_is_empty_once_injected() 
 def test_the_plugin_token_is_removed_from_every_container() -> None:
     pod = user_pod()
     pod["spec"]["initContainers"] = [
-        {"name": "warmup", "image": "busybox", "volumeMounts": [{"name": AUTO_TOKEN, "mountPath": render.TOKEN_DIR}]}
+        {
+            "name": "warmup",
+            "image": "busybox",
+            "volumeMounts": [{"name": AUTO_TOKEN, "mountPath": pod_containers.TOKEN_DIR}],
+        }
     ]
     spec = inject.inject(pod, target())["spec"]
     assert AUTO_TOKEN not in {v["name"] for v in spec["volumes"]}
@@ -219,12 +224,14 @@ def test_unrenderable_spec_is_refused() -> None:
 
 def test_identity_must_exist_and_be_controlled_by_the_model_deployment() -> None:
     tgt = target()
-    owned = {"metadata": {"name": IDENTITY, "ownerReferences": [render.owner_reference(tgt.owner)]}}
+    owned = {"metadata": {"name": IDENTITY, "ownerReferences": [ownership.owner_reference(tgt.owner)]}}
     inject.check_identity(owned, tgt)
     with pytest.raises(inject.Refused) as caught:
         inject.check_identity(None, tgt)
     assert caught.value.reason == inject.RefusalReason.IDENTITY_NOT_READY and IDENTITY in str(caught.value)
-    foreign = {"metadata": {"name": IDENTITY, "ownerReferences": [{**render.owner_reference(tgt.owner), "uid": "x"}]}}
+    foreign = {
+        "metadata": {"name": IDENTITY, "ownerReferences": [{**ownership.owner_reference(tgt.owner), "uid": "x"}]}
+    }
     with pytest.raises(inject.Refused) as caught:
         inject.check_identity(foreign, tgt)
     assert caught.value.reason == inject.RefusalReason.IDENTITY_CONFLICT

@@ -19,8 +19,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from model_poller_api import models, names
-from model_poller_operator import children, render
+from model_poller_operator import children
 from model_poller_operator.apply import Api, ApplyError
+from model_poller_operator.render import ownership
 
 from local_services import operator_kit as kit
 
@@ -37,7 +38,7 @@ def operator_token(kube: Any, operator_kubeconfig: Any) -> str:
 
 def rendered(namespace: str, name: str = "victim") -> dict[str, dict[str, Any]]:
     """The children the operator would render for a ModelDeployment ``name`` (by kind)."""
-    owner = render.Owner(name=name, namespace=namespace, uid=FAKE_UID)
+    owner = ownership.Owner(name=name, namespace=namespace, uid=FAKE_UID)
     spec = models.ModelDeploymentSpec.from_object(name, {"source": {"uri": f"gs://bkt/{name}/"}})
     return {child["kind"]: child for child in children.render_children(owner, spec)}
 
@@ -322,8 +323,8 @@ def test_a_model_deployment_never_overwrites_objects_it_does_not_own(
         child = cluster.child(kind, namespace, name)
         assert child is not None, kind
         assert child["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"], kind
-    assert (cluster.child("Service", namespace, "payments") or {})["spec"]["selector"] == render.selector_labels(
-        render.Owner("payments", namespace, md["metadata"]["uid"])
+    assert (cluster.child("Service", namespace, "payments") or {})["spec"]["selector"] == ownership.selector_labels(
+        ownership.Owner("payments", namespace, md["metadata"]["uid"])
     )
 
 

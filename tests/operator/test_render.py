@@ -13,15 +13,18 @@ from typing import Any
 import pytest
 import yaml
 from model_poller_api import models, names
-from model_poller_operator import children, render
+from model_poller_operator import children
+from model_poller_operator.render import ownership, pod_containers
 
 NAMESPACE = "ml"
 UID = "00000000-0000-4000-8000-000000000000"
 CASES = ["minimal", "full", "pinned-subscription", "gpu", "budget-percent", "external-identity"]
 
 
-def _owner(case: str) -> render.Owner:
-    return render.Owner(name="faster-rcnn" if case != "pinned-subscription" else "resnet", namespace=NAMESPACE, uid=UID)
+def _owner(case: str) -> ownership.Owner:
+    return ownership.Owner(
+        name="faster-rcnn" if case != "pinned-subscription" else "resnet", namespace=NAMESPACE, uid=UID
+    )
 
 
 def _render(case: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -104,8 +107,8 @@ def _poller_env(children: list[dict[str, Any]]) -> dict[str, Any]:
 )
 def test_the_size_limit_reaches_the_poller_as_its_storage_limit(storage: dict[str, Any], expected: int | None) -> None:
     spec = models.ModelDeploymentSpec.from_object("m", {"source": {"uri": "gs://b/m/"}, "storage": storage})
-    assert render.storage_limit(spec) == expected
-    env = _poller_env(children.render_children(render.Owner("m", "ml", UID), spec))
+    assert pod_containers.storage_limit(spec) == expected
+    env = _poller_env(children.render_children(ownership.Owner("m", "ml", UID), spec))
     assert env.get(names.env_name("--storage-limit")) == (None if expected is None else str(expected))
     assert names.env_name("--max-bytes") not in env
 
@@ -115,7 +118,7 @@ def test_a_size_limit_that_is_not_a_quantity_is_named() -> None:
         "m", {"source": {"uri": "gs://b/m/"}, "storage": {"sizeLimit": "lots"}}
     )
     with pytest.raises(ValueError, match="spec.storage.sizeLimit"):
-        render.storage_limit(spec)
+        pod_containers.storage_limit(spec)
 
 
 def test_poller_has_a_memory_limit_unless_the_user_sets_one(cases: dict[str, dict[str, Any]]) -> None:
@@ -145,7 +148,7 @@ def test_poller_resources_merge_over_the_defaults(resources: dict[str, Any], exp
     spec = models.ModelDeploymentSpec.from_object(
         "m", {"source": {"uri": "gs://b/m/"}, "poller": {"resources": resources}}
     )
-    assert render.poller_resources(spec) == expected
+    assert pod_containers.poller_resources(spec) == expected
 
 
 def test_secret_is_mounted_into_the_poller_only(cases: dict[str, dict[str, Any]]) -> None:
@@ -156,12 +159,15 @@ def test_secret_is_mounted_into_the_poller_only(cases: dict[str, dict[str, Any]]
     assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/run/secrets/model-poller/gcs/key.json"} in poller[
         "env"
     ]
-    assert any(m["name"] == render.CREDENTIALS_VOLUME and m["readOnly"] for m in poller["volumeMounts"])
-    assert all(m["name"] not in (render.CREDENTIALS_VOLUME, render.TOKEN_VOLUME) for m in serving["volumeMounts"])
+    assert any(m["name"] == pod_containers.CREDENTIALS_VOLUME and m["readOnly"] for m in poller["volumeMounts"])
+    assert all(
+        m["name"] not in (pod_containers.CREDENTIALS_VOLUME, pod_containers.TOKEN_VOLUME)
+        for m in serving["volumeMounts"]
+    )
     assert all(e["name"] != "GOOGLE_APPLICATION_CREDENTIALS" for e in serving.get("env", []))
     assert pod["automountServiceAccountToken"] is False
     minimal = _render("minimal", cases["minimal"])[-1]["spec"]["template"]["spec"]
-    assert all(v["name"] != render.CREDENTIALS_VOLUME for v in minimal["volumes"])
+    assert all(v["name"] != pod_containers.CREDENTIALS_VOLUME for v in minimal["volumes"])
 
 
 def test_pod_contract_with_the_poller_and_tf_serving(cases: dict[str, dict[str, Any]]) -> None:
@@ -186,7 +192,7 @@ def test_pod_contract_with_the_poller_and_tf_serving(cases: dict[str, dict[str, 
     assert {"name": "models", "mountPath": "/models"} in poller["volumeMounts"]
     assert pod["volumes"][0] == {"name": "models", "emptyDir": {"medium": "Memory", "sizeLimit": "20Gi"}}
     for container in (poller, serving):
-        assert container["securityContext"] == render.restricted_security_context()
+        assert container["securityContext"] == pod_containers.restricted_security_context()
 
 
 def test_role_grants_only_its_own_model_deployment(cases: dict[str, dict[str, Any]]) -> None:
@@ -221,12 +227,14 @@ def test_role_grants_only_its_own_model_deployment(cases: dict[str, dict[str, An
     ],
 )
 def test_name_problem(name: str, ok: bool) -> None:
-    problem = render.name_problem(name)
+    problem = ownership.name_problem(name)
     assert (problem is None) == ok
     if problem:
         assert name[:10] in problem
 
 
 def test_selector_string_matches_the_deployment_selector() -> None:
-    owner = render.Owner("faster-rcnn", "ml", UID)
-    assert render.selector_string(owner) == "app.kubernetes.io/instance=faster-rcnn,app.kubernetes.io/name=model-poller"
+    owner = ownership.Owner("faster-rcnn", "ml", UID)
+    assert (
+        ownership.selector_string(owner) == "app.kubernetes.io/instance=faster-rcnn,app.kubernetes.io/name=model-poller"
+    )

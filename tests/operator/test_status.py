@@ -6,6 +6,7 @@ from typing import Any
 
 from model_poller_api import models
 from model_poller_api.conditions import find_condition
+from model_poller_operator import degradation, missing_secret, pod_states, poller_entries, status_reasons
 from model_poller_operator import status as st
 
 NOW = "2026-01-01T00:00:00Z"
@@ -20,18 +21,18 @@ def spec(**overrides: Any) -> models.ModelDeploymentSpec:
 
 
 def observed(
-    pods: tuple[st.PodState, ...] = (),
+    pods: tuple[pod_states.PodState, ...] = (),
     ready: int = 0,
     want: int = 2,
-    pod_events: tuple[st.PodEvent, ...] = (),
+    pod_events: tuple[pod_states.PodEvent, ...] = (),
     conditions: tuple[tuple[str, str, str, str], ...] = (),
     **spec_overrides: Any,
-) -> st.Observed:
-    return st.Observed(
+) -> pod_states.Observed:
+    return pod_states.Observed(
         name="m",
         namespace="ml",
         spec=spec(replicas=want, **spec_overrides),
-        deployment=st.DeploymentState(
+        deployment=pod_states.DeploymentState(
             replicas=want, ready_replicas=ready, updated_replicas=want, conditions=conditions
         ),
         pods=pods,
@@ -58,7 +59,11 @@ def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_aggregates_versions_over_existing_pods() -> None:
-    pods = (st.PodState("m-a", ready=True), st.PodState("m-b", ready=True), st.PodState("m-c", ready=False))
+    pods = (
+        pod_states.PodState("m-a", ready=True),
+        pod_states.PodState("m-b", ready=True),
+        pod_states.PodState("m-c", ready=False),
+    )
     current = {
         "pollers": {
             "m-a": entry([2, 3], 3, latest=3),
@@ -75,34 +80,34 @@ def test_aggregates_versions_over_existing_pods() -> None:
     assert desired[models.STATUS_SELECTOR] == SELECTOR
     assert desired[models.STATUS_MODEL_NAME] == "m"
     assert cond(desired, "Ready")["status"] == "True"
-    assert cond(desired, "Ready")["reason"] == st.REASON_ALL_SERVING
+    assert cond(desired, "Ready")["reason"] == status_reasons.REASON_ALL_SERVING
     assert cond(desired, "Degraded")["status"] == "False"
-    assert st.stale_pollers(current, pods) == ["m-gone"]
-    patch = st.status_patch(current, desired, st.stale_pollers(current, pods))
+    assert poller_entries.stale_pollers(current, pods) == ["m-gone"]
+    patch = st.status_patch(current, desired, poller_entries.stale_pollers(current, pods))
     assert patch["pollers"] == {"m-gone": None}
 
 
 def test_steady_state_makes_an_empty_patch() -> None:
-    pods = (st.PodState("m-a", ready=True),)
+    pods = (pod_states.PodState("m-a", ready=True),)
     current: dict[str, Any] = {"pollers": {"m-a": entry([3], 3, latest=3)}}
     obs = observed(pods, ready=1, want=1)
-    synced = st.Synced(generation=3, ok=True, reason=st.REASON_APPLIED, message="applied")
+    synced = st.Synced(generation=3, ok=True, reason=status_reasons.REASON_APPLIED, message="applied")
     first = st.desired_status(current, obs, now=NOW, synced=synced, selector=SELECTOR)
     stored = {**current, **{k: v for k, v in first.items() if v is not None}}
     again = st.desired_status(stored, obs, now=LATER, selector=SELECTOR)
-    assert st.status_patch(stored, again, st.stale_pollers(stored, pods)) == {}
+    assert st.status_patch(stored, again, poller_entries.stale_pollers(stored, pods)) == {}
     # The reconcile of the same generation does not change anything either.
     again = st.desired_status(stored, obs, now=LATER, synced=synced, selector=SELECTOR)
     assert st.status_patch(stored, again, []) == {}
 
 
 def test_last_transition_time_moves_only_with_status() -> None:
-    pods = (st.PodState("m-a", ready=False),)
+    pods = (pod_states.PodState("m-a", ready=False),)
     current: dict[str, Any] = {"pollers": {"m-a": entry([3], None, latest=3)}}
     first = st.desired_status(current, observed(pods, ready=0), now=NOW, selector=SELECTOR)
     assert cond(first, "Ready")["lastTransitionTime"] == NOW
     stored = {**current, **first}
-    ready_pods = (st.PodState("m-a", ready=True), st.PodState("m-b", ready=True))
+    ready_pods = (pod_states.PodState("m-a", ready=True), pod_states.PodState("m-b", ready=True))
     stored["pollers"]["m-b"] = entry([3], 3, latest=3)
     stored["pollers"]["m-a"] = entry([3], 3, latest=3)
     second = st.desired_status(stored, observed(ready_pods, ready=2), now=LATER, selector=SELECTOR)
@@ -113,23 +118,23 @@ def test_last_transition_time_moves_only_with_status() -> None:
 
 def test_ready_reasons_tell_the_user_what_to_do() -> None:
     waiting = st.desired_status({}, observed(), now=NOW, selector=SELECTOR)
-    assert cond(waiting, "Ready")["reason"] == st.REASON_INITIAL_SYNC
+    assert cond(waiting, "Ready")["reason"] == status_reasons.REASON_INITIAL_SYNC
     assert "gs://b/m/" in cond(waiting, "Ready")["message"]
-    pods = (st.PodState("m-a"),)
+    pods = (pod_states.PodState("m-a"),)
     empty = st.desired_status({"pollers": {"m-a": entry([], None)}}, observed(pods), now=NOW, selector=SELECTOR)
-    assert cond(empty, "Ready")["reason"] == st.REASON_NO_VERSION
+    assert cond(empty, "Ready")["reason"] == status_reasons.REASON_NO_VERSION
     assert "gs://b/m/1.zip" in cond(empty, "Ready")["message"]
     partial = st.desired_status(
         {"pollers": {"m-a": entry([1], 1, latest=1)}},
-        observed((st.PodState("m-a", True),), ready=1),
+        observed((pod_states.PodState("m-a", True),), ready=1),
         now=NOW,
         selector=SELECTOR,
     )
-    assert cond(partial, "Ready")["reason"] == st.REASON_NOT_READY
+    assert cond(partial, "Ready")["reason"] == status_reasons.REASON_NOT_READY
     assert "1/2 replicas ready" in cond(partial, "Ready")["message"]
     assert "describe deployment m" in cond(partial, "Ready")["message"]
     zero = st.desired_status({}, observed(want=0), now=NOW, selector=SELECTOR)
-    assert cond(zero, "Ready")["reason"] == st.REASON_SCALED_TO_ZERO
+    assert cond(zero, "Ready")["reason"] == status_reasons.REASON_SCALED_TO_ZERO
     assert zero[models.STATUS_SERVING_VERSION] is None
 
 
@@ -176,7 +181,7 @@ PENDING_ON_MOUNT: dict[str, Any] = {
         },
     ],
 }
-FAILED_MOUNT = st.PodEvent(
+FAILED_MOUNT = pod_states.PodEvent(
     pod="m-a",
     type="Warning",
     reason="FailedMount",
@@ -208,45 +213,47 @@ WITH_SECRET = {"source": {"uri": "gs://b/m/", "credentialsSecret": "gcs-key"}}
 
 
 def test_missing_secret_volume_is_degraded_from_the_pods_failed_mount_event() -> None:
-    pods = (st.PodState.from_object("m-a", PENDING_ON_MOUNT),)
-    assert st.pod_events_needed(spec(**WITH_SECRET), pods)
+    pods = (pod_states.PodState.from_object("m-a", PENDING_ON_MOUNT),)
+    assert missing_secret.pod_events_needed(spec(**WITH_SECRET), pods)
     desired = st.desired_status(
         {}, observed(pods, pod_events=(FAILED_MOUNT,), **WITH_SECRET), now=NOW, selector=SELECTOR
     )
     degraded = cond(desired, "Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", st.REASON_SECRET_MISSING)
+    assert (degraded["status"], degraded["reason"]) == ("True", status_reasons.REASON_SECRET_MISSING)
     assert "spec.source.credentialsSecret" in degraded["message"]
     assert "m-a" in degraded["message"] and 'secret "gcs-key" not found' in degraded["message"]
     assert "kubectl -n ml create secret generic gcs-key" in degraded["message"]
     events = st.events({}, desired, "gs://b/m/")
-    assert st.PostedEvent("Warning", st.REASON_SECRET_MISSING, degraded["message"]) in events
+    assert st.PostedEvent("Warning", status_reasons.REASON_SECRET_MISSING, degraded["message"]) in events
 
 
 def test_missing_secret_is_degraded_from_a_containers_waiting_message() -> None:
-    pods = (st.PodState.from_object("m-a", CONFIG_ERROR),)
+    pods = (pod_states.PodState.from_object("m-a", CONFIG_ERROR),)
     desired = st.desired_status({}, observed(pods, **WITH_SECRET), now=NOW, selector=SELECTOR)
-    assert cond(desired, "Degraded")["reason"] == st.REASON_SECRET_MISSING
+    assert cond(desired, "Degraded")["reason"] == status_reasons.REASON_SECRET_MISSING
     assert "CreateContainerConfigError" in cond(desired, "Degraded")["message"]
 
 
 def test_secret_is_not_reported_missing_without_evidence_from_this_secret_or_once_the_pod_runs() -> None:
-    pending = (st.PodState.from_object("m-a", PENDING_ON_MOUNT),)
-    other_pod = st.PodEvent("m-zzz", "Warning", "FailedMount", FAILED_MOUNT.message)
-    other_secret = st.PodEvent("m-a", "Warning", "FailedMount", 'MountVolume.SetUp failed: secret "other" not found')
-    running = (st.PodState.from_object("m-a", RUNNING),)
+    pending = (pod_states.PodState.from_object("m-a", PENDING_ON_MOUNT),)
+    other_pod = pod_states.PodEvent("m-zzz", "Warning", "FailedMount", FAILED_MOUNT.message)
+    other_secret = pod_states.PodEvent(
+        "m-a", "Warning", "FailedMount", 'MountVolume.SetUp failed: secret "other" not found'
+    )
+    running = (pod_states.PodState.from_object("m-a", RUNNING),)
     for pods, pod_events in ((pending, ()), (pending, (other_pod, other_secret)), (running, (FAILED_MOUNT,))):
         desired = st.desired_status(
             {}, observed(pods, pod_events=pod_events, **WITH_SECRET), now=NOW, selector=SELECTOR
         )
         assert cond(desired, "Degraded")["status"] == "False", (pods, pod_events)
     # Without a credentials Secret, or once the pods run, no Event is worth listing.
-    assert not st.pod_events_needed(spec(), pending)
-    assert not st.pod_events_needed(spec(**WITH_SECRET), running)
+    assert not missing_secret.pod_events_needed(spec(), pending)
+    assert not missing_secret.pod_events_needed(spec(**WITH_SECRET), running)
 
 
 def test_poller_errors_become_degraded_reasons_by_type_not_text() -> None:
     R = models.ReportReason
-    pods = (st.PodState("m-a", True), st.PodState("m-b", True), st.PodState("m-c", True))
+    pods = (pod_states.PodState("m-a", True), pod_states.PodState("m-b", True), pod_states.PodState("m-c", True))
     current = {
         "pollers": {
             "m-a": entry(
@@ -271,8 +278,8 @@ def test_poller_errors_become_degraded_reasons_by_type_not_text() -> None:
     assert "poller of pod m-b: something forbidden happened" in degraded["message"]
     # Each typed reason is the condition's reason as it is; an untyped error is PollerError.
     for reason in R:
-        assert st.error_reason(models.PollerReport(error="x", reason=reason)) == reason.value
-    assert st.error_reason(models.PollerReport(error="x")) == st.REASON_POLLER_ERROR
+        assert degradation.error_reason(models.PollerReport(error="x", reason=reason)) == reason.value
+    assert degradation.error_reason(models.PollerReport(error="x")) == status_reasons.REASON_POLLER_ERROR
     assert models.ReportReason.parse("SomethingNewer") is None
 
 
@@ -283,12 +290,14 @@ def test_deployment_failures_are_degraded() -> None:
         )
     )
     desired = st.desired_status({}, obs, now=NOW, selector=SELECTOR)
-    assert cond(desired, "Degraded")["reason"] == st.REASON_REPLICA_FAILURE
+    assert cond(desired, "Degraded")["reason"] == status_reasons.REASON_REPLICA_FAILURE
     assert "PodSecurity" in cond(desired, "Degraded")["message"]
 
 
 def test_synced_and_observed_generation_come_from_the_reconcile_only() -> None:
-    failed = st.Synced(generation=2, ok=False, reason=st.REASON_APPLY_FAILED, message="Deployment m: 422 Invalid")
+    failed = st.Synced(
+        generation=2, ok=False, reason=status_reasons.REASON_APPLY_FAILED, message="Deployment m: 422 Invalid"
+    )
     desired = st.desired_status(
         {models.STATUS_OBSERVED_GENERATION: 1}, observed(), now=NOW, synced=failed, selector=SELECTOR
     )
@@ -322,11 +331,11 @@ def test_status_patch_clears_fields_that_became_unknown() -> None:
 
 
 def test_pod_and_deployment_state_from_objects() -> None:
-    assert st.PodState.from_object("p", {"conditions": [{"type": "Ready", "status": "True"}]}).ready
-    assert not st.PodState.from_object("p", {}).ready
-    d = st.DeploymentState.from_object({"replicas": 2, "readyReplicas": 1})
+    assert pod_states.PodState.from_object("p", {"conditions": [{"type": "Ready", "status": "True"}]}).ready
+    assert not pod_states.PodState.from_object("p", {}).ready
+    d = pod_states.DeploymentState.from_object({"replicas": 2, "readyReplicas": 1})
     assert (d.replicas, d.ready_replicas, d.updated_replicas) == (2, 1, 0)
-    assert st.DeploymentState.from_object(None) == st.DeploymentState()
+    assert pod_states.DeploymentState.from_object(None) == pod_states.DeploymentState()
 
 
 def test_pod_state_keeps_what_the_pod_itself_says() -> None:
@@ -368,16 +377,18 @@ def test_pod_state_keeps_what_the_pod_itself_says() -> None:
             },
         ],
     }
-    pod = st.PodState.from_object("m-a", status)
-    assert pod == st.PodState(
+    pod = pod_states.PodState.from_object("m-a", status)
+    assert pod == pod_states.PodState(
         name="m-a",
         ready=False,
         phase="Running",
         conditions=(
-            st.PodCondition("Ready", "False", "ContainersNotReady", "containers with unready status: [serving]"),
+            pod_states.PodCondition(
+                "Ready", "False", "ContainersNotReady", "containers with unready status: [serving]"
+            ),
         ),
         containers=(
-            st.ContainerState(
+            pod_states.ContainerState(
                 "poller",
                 init=True,
                 state="waiting",
@@ -386,7 +397,7 @@ def test_pod_state_keeps_what_the_pod_itself_says() -> None:
                 restart_count=4,
                 last_termination_reason="OOMKilled",
             ),
-            st.ContainerState(
+            pod_states.ContainerState(
                 "serving",
                 init=False,
                 state="waiting",
@@ -397,7 +408,9 @@ def test_pod_state_keeps_what_the_pod_itself_says() -> None:
     )
     assert [c.reason for c in pod.waiting] == ["CrashLoopBackOff", "ImagePullBackOff"]
     assert pod.started  # the poller has run (and crashed) before
-    assert not st.PodState.from_object("m-b", PENDING_ON_MOUNT).started
-    assert st.PodState.from_object("m-c", RUNNING).started
-    evicted = st.PodState.from_object("m-d", {"phase": "Failed", "reason": "Evicted", "message": "ephemeral storage"})
+    assert not pod_states.PodState.from_object("m-b", PENDING_ON_MOUNT).started
+    assert pod_states.PodState.from_object("m-c", RUNNING).started
+    evicted = pod_states.PodState.from_object(
+        "m-d", {"phase": "Failed", "reason": "Evicted", "message": "ephemeral storage"}
+    )
     assert (evicted.phase, evicted.reason, evicted.message) == ("Failed", "Evicted", "ephemeral storage")

@@ -20,8 +20,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from model_poller_api import models, names
-from model_poller_operator import inject, render
+from model_poller_operator import inject
 from model_poller_operator.compare import is_subset
+from model_poller_operator.render import ownership, pod_containers
 
 from local_services import operator_kit as kit
 from local_services import webhook_kit as wk
@@ -82,14 +83,14 @@ def test_labelled_pod_is_injected_and_an_unlabelled_one_is_never_sent(
     kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
 ) -> None:
     md = wk.create_external_md(cluster, ns, NAME, modelName="resnet_v2")
-    owner = render.Owner(NAME, ns, md["metadata"]["uid"])
+    owner = ownership.Owner(NAME, ns, md["metadata"]["uid"])
     spec = models.ModelDeploymentSpec.from_object(NAME, md["spec"])
     since = kit.audit_offset(kube.audit_log)
 
     pod = create_pod(cluster, ns, wk.user_pod("labelled", NAME))["spec"]
     (poller,) = pod["initContainers"]
     # Exactly the rendered container, plus what the API server defaults (the operator's own comparison).
-    assert is_subset(render.poller_container(owner, spec, inject.INJECTED_VOLUMES), poller), poller
+    assert is_subset(pod_containers.poller_container(owner, spec, inject.INJECTED_VOLUMES), poller), poller
     (serving,) = pod["containers"]
     assert serving["args"] == ["--model_name=resnet_v2", "--model_base_path=/models/resnet_v2", "--rest_api_port=8501"]
     assert serving["volumeMounts"] == [{"name": "model-poller-models", "mountPath": "/models", "readOnly": True}]

@@ -20,8 +20,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from model_poller_api import models, names
-from model_poller_operator import children, render
+from model_poller_operator import children
 from model_poller_operator.apply import Api
+from model_poller_operator.render import ownership
 
 from local_services import operator_kit as kit
 
@@ -75,7 +76,7 @@ def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restrict
     )
     _scheduling_classes(cluster)
     md = _create(cluster, namespace, cases["gpu"])
-    owner = render.Owner(NAME, namespace, md["metadata"]["uid"])
+    owner = ownership.Owner(NAME, namespace, md["metadata"]["uid"])
     desired = children.desired_children(owner, models.ModelDeploymentSpec.from_object(NAME, md["spec"]))
     # Applied as the operator applies them; the API server validates each (affinity, spread...).
     outcome = Api(cluster.api).converge_all(desired)

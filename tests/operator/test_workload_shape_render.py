@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from model_poller_api import models, names, workload
-from model_poller_operator import children, inject, overrides, render
-from model_poller_operator import status as st
+from model_poller_operator import children, degradation, inject, overrides, pod_states, status_reasons
+from model_poller_operator.render import budget, monitoring, ownership, pod_containers, spec_paths
 
-OWNER = render.Owner("faster-rcnn", "ml", "00000000-0000-4000-8000-000000000000")
+OWNER = ownership.Owner("faster-rcnn", "ml", "00000000-0000-4000-8000-000000000000")
 SOURCE = {"uri": "gs://ml-models/faster_rcnn/"}
 
 
@@ -51,8 +51,8 @@ def test_no_optional_children_and_no_metrics_port_without_their_fields() -> None
     assert "PodDisruptionBudget" not in kinds and "ConfigMap" not in kinds
     assert [p["name"] for p in kinds["Service"]["spec"]["ports"]] == ["grpc", "http"]
     assert not any("monitoring" in a for a in _container({"source": SOURCE}, "serving")["args"])
-    assert render.render_disruption_budget(OWNER, _spec({"source": SOURCE})) is None
-    assert render.render_monitoring_config(OWNER, _spec({"source": SOURCE})) is None
+    assert budget.render_disruption_budget(OWNER, _spec({"source": SOURCE})) is None
+    assert monitoring.render_monitoring_config(OWNER, _spec({"source": SOURCE})) is None
 
 
 def test_external_mode_renders_no_budget_or_monitoring_but_the_identity_annotations() -> None:
@@ -66,8 +66,8 @@ def test_external_mode_renders_no_budget_or_monitoring_but_the_identity_annotati
     assert kinds["ServiceAccount"]["metadata"]["annotations"] == body["serviceAccount"]["annotations"]
     # Stored before the CEL rule refusing them in external mode: still nothing rendered.
     stale = _spec({**body, "disruptionBudget": {"minAvailable": 1}, "serving": {"monitoring": True}})
-    assert render.render_disruption_budget(OWNER, stale) is None
-    assert render.render_monitoring_config(OWNER, stale) is None
+    assert budget.render_disruption_budget(OWNER, stale) is None
+    assert monitoring.render_monitoring_config(OWNER, stale) is None
 
 
 def test_monitoring_renders_the_config_the_flag_the_mount_and_the_service_port() -> None:
@@ -143,16 +143,16 @@ def test_containers_merge_by_name_over_the_rendered_ones() -> None:
     # env and mounts: appended after the operator's own.
     assert serving["env"] == [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "1"}]
     assert (
-        serving["volumeMounts"][: len(render.serving_container(base)["volumeMounts"])]
-        == render.serving_container(base)["volumeMounts"]
+        serving["volumeMounts"][: len(pod_containers.serving_container(base)["volumeMounts"])]
+        == pod_containers.serving_container(base)["volumeMounts"]
     )
     assert serving["volumeMounts"][-1] == {"name": "shm", "mountPath": "/dev/shm"}
-    rendered_env = render.poller_env(OWNER, base)
+    rendered_env = pod_containers.poller_env(OWNER, base)
     assert poller["env"] == [*rendered_env, {"name": "GRPC_VERBOSITY", "value": "ERROR"}]
     # The poller keeps its memory limit under a cpu-only override.
     assert poller["resources"] == {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
     # What the product owns is the operator's whatever the template says.
-    assert serving["securityContext"] == poller["securityContext"] == render.restricted_security_context()
+    assert serving["securityContext"] == poller["securityContext"] == pod_containers.restricted_security_context()
 
 
 def test_template_metadata_and_pod_fields_are_added_and_the_owned_ones_kept() -> None:
@@ -342,9 +342,9 @@ def test_an_override_of_what_the_product_owns_is_refused_naming_the_field(
     assert error.value.field == field
     assert str(error.value).startswith(f"{field}: ") and words in str(error.value), str(error.value)
     # The status says it too: Degraded=True InvalidOverride, the field first.
-    observed = st.Observed(name=OWNER.name, namespace=OWNER.namespace, spec=parsed, deployment=None, pods=())
-    degraded = st.degraded_condition(st.problems(observed, {}))
-    assert (degraded.status, degraded.reason) == ("True", st.REASON_INVALID_OVERRIDE)
+    observed = pod_states.Observed(name=OWNER.name, namespace=OWNER.namespace, spec=parsed, deployment=None, pods=())
+    degraded = degradation.degraded_condition(degradation.problems(observed, {}))
+    assert (degraded.status, degraded.reason) == ("True", status_reasons.REASON_INVALID_OVERRIDE)
     assert degraded.message.startswith(f"{field}: ")
 
 
@@ -398,8 +398,8 @@ def test_owned_flags(arg: str, owned: bool) -> None:
 )
 def test_a_refused_rendered_field_is_named_by_its_spec_field(field: str, expected: str | None) -> None:
     spec = _spec(_with_template({"volumes": [{"name": "extra", "configMap": {"name": "c"}}]}))
-    assert render.spec_field(OWNER, spec, "Deployment", field) == expected
-    assert render.spec_field(OWNER, spec, "Service", field) is None
+    assert spec_paths.spec_field(OWNER, spec, "Deployment", field) == expected
+    assert spec_paths.spec_field(OWNER, spec, "Service", field) is None
 
 
 def _external_md(**spec: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, cast
 import yaml
 from kubernetes import client
 from model_poller_api import models, names
-from model_poller_operator import render
+from model_poller_operator.render import ownership, rbac
 
 from local_services.kube import KubeControlPlane
 
@@ -58,9 +58,9 @@ def pollers(kube: KubeControlPlane, namespace: str, name: str) -> dict[str, dict
     return entries
 
 
-def _owner(md: dict[str, Any]) -> render.Owner:
+def _owner(md: dict[str, Any]) -> ownership.Owner:
     meta = md["metadata"]
-    return render.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    return ownership.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
 def rendered_identity(md: dict[str, Any]) -> list[dict[str, Any]]:
@@ -69,7 +69,7 @@ def rendered_identity(md: dict[str, Any]) -> list[dict[str, Any]]:
     owner = _owner(md)
     spec = models.ModelDeploymentSpec.from_object(owner.name, md["spec"])
     objects = []
-    for fn in (render.render_service_account, render.render_role, render.render_role_binding):
+    for fn in (rbac.render_service_account, rbac.render_role, rbac.render_role_binding):
         obj: dict[str, Any] = json.loads(json.dumps(fn(owner, spec)))
         obj["metadata"].pop("ownerReferences", None)
         objects.append(obj)
@@ -77,7 +77,7 @@ def rendered_identity(md: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def identity_name(md: dict[str, Any]) -> str:
-    return render.poller_identity(_owner(md))
+    return rbac.poller_identity(_owner(md))
 
 
 def poller_user(md: dict[str, Any]) -> str:
