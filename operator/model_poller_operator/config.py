@@ -3,7 +3,7 @@
 Every setting is a dataclass field with ``metadata["help"]``; its variable is the module's
 (and class's) ``ENV_PREFIX`` plus the field name in upper case (:func:`env_name`), so a
 reference can be generated from the classes (here :class:`ConsoleSettings` and
-:class:`OperatorConfig`; the webhook's are ``webhook.WebhookSettings``). Settings are read once at
+:class:`OperatorConfig`; the webhook's are ``webhook_settings.WebhookSettings``). Settings are read once at
 startup (the console script before anything else, and kopf's startup handler under
 ``kopf run``); a value that cannot be used is a :class:`SettingsError` whose message names
 the variable, reported as one line with exit code 2.

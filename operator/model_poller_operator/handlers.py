@@ -62,7 +62,8 @@ from model_poller_operator.state import (
     resource_handler_state,
     spec_external,
 )
-from model_poller_operator.webhook import Webhook, WebhookSettings
+from model_poller_operator.webhook import Webhook
+from model_poller_operator.webhook_settings import WebhookSettings
 
 MD: Final = (names.GROUP, names.VERSION, names.PLURAL)
 CHILD_SELECTOR: Final = f"{names.LABEL_MANAGED_BY}={names.MANAGER}"

@@ -2,7 +2,7 @@
 
 Used outside kopf, in threads of their own: for the labelled pods of external-mode
 ModelDeployments (``external.py``: kopf's pod watch selects the operator's own label only)
-and for the webhook's lookups (``webhook.py``: its answers must not wait for two API round
+and for the webhook's lookups (``admission.py``: its answers must not wait for two API round
 trips per pod, nor depend on kopf). A lost connection or an expired resourceVersion (410)
 lists again; nothing is missed, changes are only late.
 """

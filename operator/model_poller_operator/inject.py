@@ -3,8 +3,10 @@
 The admission webhook (``webhook.py``) looks the ModelDeployment and the poller's
 ServiceAccount up, then calls :func:`mutation`, which returns the JSON patch that turns the
 pod into the injected one (empty when the pod is already injected), or raises
-:class:`Refused` with a message the user can act on. No API calls here, so every case is
-unit tested (``tests/operator/test_inject.py``) and the webhook only does I/O.
+:class:`~model_poller_operator.refusals.Refused` with a message the user can act on. No
+API calls here, so every case is unit tested (``tests/operator/test_inject.py``) and the
+webhook only does I/O. The serving container's flags are checked and completed in
+``serving_flags.py``; the patch itself is computed by ``json_patch.py``.
 
 The poller container, its volumes and the serving readiness probe come from ``render``:
 the same functions render the operator's own Deployment, so an injected poller has the same
@@ -14,8 +16,6 @@ env, probes, security context and token mount as one the operator runs itself.
 from __future__ import annotations
 
 import copy
-import enum
-import json
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +24,10 @@ from typing import Any, Final
 from model_poller_api import models, names
 
 from model_poller_operator import overrides
+from model_poller_operator.json_patch import json_patch
+from model_poller_operator.refusals import RefusalReason, Refused
 from model_poller_operator.render import deployment, ownership, pod_containers, rbac
+from model_poller_operator.serving_flags import set_flags
 
 Obj = dict[str, Any]
 
@@ -41,41 +44,6 @@ INJECTED_VOLUMES: Final = pod_containers.PollerVolumes(
 AUTO_TOKEN_PREFIX: Final = "kube-api-access-"
 SERVING_IMAGE: Final = "tensorflow/serving"
 _DOCKER_HUB_PREFIXES: Final = ("docker.io/", "index.docker.io/", "registry-1.docker.io/")
-_SHELLS: Final = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
-# The stock image's entrypoint runs tensorflow_model_server with
-# --model_name=${MODEL_NAME} --model_base_path=${MODEL_BASE_PATH}/${MODEL_NAME} "$@".
-ENTRYPOINT: Final = "tf_serving_entrypoint.sh"
-ENTRYPOINT_MODEL_NAME: Final = "MODEL_NAME"
-ENTRYPOINT_BASE_PATH: Final = "MODEL_BASE_PATH"
-FLAG_MODEL_NAME: Final = "--model_name"
-FLAG_BASE_PATH: Final = "--model_base_path"
-FLAG_REST_PORT: Final = "--rest_api_port"
-FLAG_CONFIG_FILE: Final = "--model_config_file"
-
-
-class RefusalReason(str, enum.Enum):
-    """Why a labelled pod is refused (the admission message says it for humans)."""
-
-    MODEL_DEPLOYMENT_NOT_FOUND = "ModelDeploymentNotFound"
-    NOT_EXTERNAL = "NotExternalWorkload"
-    INVALID_MODEL_DEPLOYMENT = "InvalidModelDeployment"
-    IDENTITY_NOT_READY = "IdentityNotReady"
-    IDENTITY_CONFLICT = "IdentityConflict"
-    FOREIGN_SERVICE_ACCOUNT = "ForeignServiceAccount"
-    NO_SERVING_CONTAINER = "NoServingContainer"
-    CONTRADICTING_FLAG = "ContradictingFlag"
-    UNSUPPORTED_COMMAND = "UnsupportedCommand"
-    NAME_TAKEN = "NameTaken"
-    UNSUPPORTED_VOLUME = "UnsupportedVolume"
-    ROOT_USER = "RootUser"
-
-
-class Refused(Exception):
-    """The pod must not be admitted; ``str()`` is the message shown to the user."""
-
-    def __init__(self, reason: RefusalReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -167,7 +135,7 @@ def inject(pod: Mapping[str, Any], target: Target) -> Obj:
     _check_not_root(spec)
     serving = _serving_container(injected)
     _check_names(spec, target)
-    _set_flags(serving, target.spec)
+    set_flags(serving, target.spec)
     volumes = _models_volume(spec, serving, target.spec)
     _drop_auto_token(spec)
     spec.setdefault("volumes", [])
@@ -297,77 +265,6 @@ def _check_names(spec: Mapping[str, Any], target: Target) -> None:
             )
 
 
-def _flags(container: Mapping[str, Any]) -> dict[str, str]:
-    """TF Serving's ``--flag=value`` arguments in the container's command and args (the last wins)."""
-    found: dict[str, str] = {}
-    for arg in [*(container.get("command") or ())[1:], *(container.get("args") or ())]:
-        flag, sep, value = str(arg).partition("=")
-        if sep and flag.startswith("--"):
-            found[flag] = value
-    return found
-
-
-def _set_flags(serving: Obj, spec: models.ModelDeploymentSpec) -> None:
-    """Add --model_name, --model_base_path and --rest_api_port when absent; refuse what
-    contradicts the spec. (tensorflow_model_server serves no REST API unless
-    --rest_api_port is given, and the poller asks TF Serving there which version it
-    serves; the stock image's entrypoint gives 8501.)"""
-    where = f"container {serving.get('name')!r}"
-    command = [str(c) for c in serving.get("command") or ()]
-    if command and posixpath.basename(command[0]) in _SHELLS:
-        raise Refused(
-            RefusalReason.UNSUPPORTED_COMMAND,
-            f"{where} runs a shell ({command[0]}): the webhook can neither read nor set TF Serving's flags through "
-            "it; run tensorflow_model_server (or the image's entrypoint) directly, with the flags as args",
-        )
-    base_path = pod_containers.model_dir(spec)
-    flags = _flags(serving)
-    if FLAG_CONFIG_FILE in flags:
-        raise Refused(
-            RefusalReason.CONTRADICTING_FLAG,
-            f"{where}: {FLAG_CONFIG_FILE}={flags[FLAG_CONFIG_FILE]} serves the models a config file names, but the "
-            f"poller fills one model at {base_path}: remove the flag",
-        )
-    expected = {FLAG_MODEL_NAME: spec.model_name, FLAG_BASE_PATH: base_path}
-    for flag, want in expected.items():
-        have = flags.get(flag)
-        if have is not None and have.rstrip("/") != want:
-            raise Refused(
-                RefusalReason.CONTRADICTING_FLAG,
-                f"{where}: {flag}={have} contradicts the ModelDeployment, which serves model {spec.model_name!r} "
-                f"from {base_path}: remove the flag (the webhook sets {flag}={want}) or set it to {want}",
-            )
-    rest = flags.get(FLAG_REST_PORT)
-    if rest is not None and rest != str(names.SERVING_REST_PORT):
-        raise Refused(
-            RefusalReason.CONTRADICTING_FLAG,
-            f"{where}: {FLAG_REST_PORT}={rest}: the poller asks TF Serving which version it serves at "
-            f"{pod_containers.SERVING_URL}: remove the flag or set it to {names.SERVING_REST_PORT}",
-        )
-    if not command or posixpath.basename(command[0]) == ENTRYPOINT:
-        _check_entrypoint_env(serving, spec, where)
-    expected[FLAG_REST_PORT] = str(names.SERVING_REST_PORT)
-    missing = [f"{flag}={want}" for flag, want in expected.items() if flag not in flags]
-    if missing:
-        serving["args"] = [*(serving.get("args") or ()), *missing]
-
-
-def _check_entrypoint_env(serving: Mapping[str, Any], spec: models.ModelDeploymentSpec, where: str) -> None:
-    """The stock image's entrypoint turns MODEL_NAME and MODEL_BASE_PATH into flags: they
-    must not say something else than the ModelDeployment (a contradiction is refused, as
-    for flags, rather than silently overridden by the flags the webhook adds)."""
-    env = {e.get("name"): e.get("value") for e in serving.get("env") or () if "value" in e}
-    expected = {ENTRYPOINT_MODEL_NAME: spec.model_name, ENTRYPOINT_BASE_PATH: names.MODELS_MOUNT}
-    for variable, want in expected.items():
-        have = env.get(variable)
-        if have is not None and str(have).rstrip("/") != want:
-            raise Refused(
-                RefusalReason.CONTRADICTING_FLAG,
-                f"{where}: env {variable}={have} contradicts the ModelDeployment, which serves model "
-                f"{spec.model_name!r} from {pod_containers.model_dir(spec)}: remove the variable or set it to {want}",
-            )
-
-
 # Volume types that cannot hold the versions the poller writes.
 _READ_ONLY_VOLUMES: Final = ("configMap", "secret", "downwardAPI", "projected", "image")
 
@@ -423,57 +320,3 @@ def _drop_auto_token(spec: Obj) -> None:
     for container in _containers(spec, "initContainers", "containers"):
         if "volumeMounts" in container:
             container["volumeMounts"] = [m for m in container["volumeMounts"] if m.get("name") not in auto]
-
-
-# --- JSON patch ----------------------------------------------------------------------------
-
-
-def _pointer(path: str, key: str | int) -> str:
-    return f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
-
-
-def json_patch(old: Any, new: Any, path: str = "") -> list[Obj]:
-    """A JSON patch from ``old`` to ``new``: maps key by key, lists item by item when their
-    lengths match (else replaced whole), [] when equal."""
-    if old == new and type(old) is type(new):
-        return []
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        ops: list[Obj] = []
-        for key in old:
-            if key not in new:
-                ops.append({"op": "remove", "path": _pointer(path, key)})
-        for key, value in new.items():
-            if key not in old:
-                ops.append({"op": "add", "path": _pointer(path, key), "value": copy.deepcopy(value)})
-            else:
-                ops += json_patch(old[key], value, _pointer(path, key))
-        return ops
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [
-            op for i, (a, b) in enumerate(zip(old, new, strict=False)) for op in json_patch(a, b, _pointer(path, i))
-        ]
-    return [{"op": "replace", "path": path, "value": copy.deepcopy(new)}]
-
-
-def apply_patch(obj: Any, patch: list[Obj]) -> Any:
-    """Apply a patch made by :func:`json_patch` (add, remove, replace) to a copy of ``obj``:
-    what the API server does with the webhook's answer, for tests and the benchmark."""
-    result = copy.deepcopy(obj)
-    for op in patch:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        if not parts:
-            result = copy.deepcopy(op["value"])
-            continue
-        parent = result
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-        last: Any = int(parts[-1]) if isinstance(parent, list) else parts[-1]
-        if op["op"] == "remove":
-            del parent[last]
-        else:
-            parent[last] = copy.deepcopy(op["value"])
-    return result
-
-
-def dumps(patch: list[Obj]) -> bytes:
-    return json.dumps(patch, separators=(",", ":")).encode()

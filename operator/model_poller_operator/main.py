@@ -15,6 +15,7 @@ import kopf
 from model_poller_api import names
 
 from model_poller_operator.config import EXIT_BAD_SETTING, ConsoleSettings, OperatorConfig, SettingsError, env_name
+from model_poller_operator.webhook_settings import WebhookSettings
 
 PROG = "model-poller-operator"
 
@@ -58,8 +59,6 @@ def parse_args(argv: Sequence[str] | None = None, console: ConsoleSettings | Non
 def check_settings() -> ConsoleSettings:
     """Read every MODEL_POLLER_OPERATOR_* setting (the handlers read theirs again at startup,
     as under ``kopf run``); raises SettingsError naming the first bad variable."""
-    from model_poller_operator.webhook import WebhookSettings  # aiohttp: only once settings are needed
-
     console = ConsoleSettings.from_env()
     OperatorConfig.from_env()
     WebhookSettings.from_env()

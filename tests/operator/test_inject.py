@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from model_poller_api import models, names
-from model_poller_operator import inject
+from model_poller_operator import inject, json_patch, refusals
 from model_poller_operator.render import deployment, ownership, pod_containers
 
 NS = "ml"
@@ -62,8 +62,8 @@ def user_pod(**spec: Any) -> dict[str, Any]:
     }
 
 
-def refusal(pod: dict[str, Any], tgt: inject.Target | None = None) -> inject.Refused:
-    with pytest.raises(inject.Refused) as caught:
+def refusal(pod: dict[str, Any], tgt: inject.Target | None = None) -> refusals.Refused:
+    with pytest.raises(refusals.Refused) as caught:
         inject.mutation(pod, tgt or target())
     return caught.value
 
@@ -112,7 +112,7 @@ def test_patch_turns_the_pod_into_the_injected_one_and_is_empty_once_injected() 
     pod = user_pod()
     patch = inject.mutation(pod, tgt)
     assert patch and all(op["op"] in ("add", "remove", "replace") for op in patch)
-    injected = inject.apply_patch(pod, patch)
+    injected = json_patch.apply_patch(pod, patch)
     assert injected == inject.inject(pod, tgt)
     assert inject.mutation(injected, tgt) == []
     assert inject.inject(injected, tgt) == injected
@@ -170,7 +170,7 @@ def test_the_serving_container_is_found_by_annotation_or_image() -> None:
     pod["spec"]["containers"].insert(0, {"name": "proxy", "image": "envoyproxy/envoy:v1.30"})
     assert "args" in inject.inject(pod, target())["spec"]["containers"][1]
     pod["spec"]["containers"][1]["image"] = "registry.example/mirror/tf-serving@sha256:" + "a" * 64
-    assert refusal(pod).reason == inject.RefusalReason.NO_SERVING_CONTAINER
+    assert refusal(pod).reason == refusals.RefusalReason.NO_SERVING_CONTAINER
     pod["metadata"]["annotations"] = {names.ANNOTATION_SERVING_CONTAINER: "tf"}
     assert "args" in inject.inject(pod, target())["spec"]["containers"][1]
     pod["metadata"]["annotations"] = {names.ANNOTATION_SERVING_CONTAINER: "nope"}
@@ -196,9 +196,9 @@ def test_other_images_are_not(image: str) -> None:
 
 
 def test_missing_model_deployment_is_refused() -> None:
-    with pytest.raises(inject.Refused) as caught:
+    with pytest.raises(refusals.Refused) as caught:
         inject.target_of(None, NS, NAME)
-    assert caught.value.reason == inject.RefusalReason.MODEL_DEPLOYMENT_NOT_FOUND
+    assert caught.value.reason == refusals.RefusalReason.MODEL_DEPLOYMENT_NOT_FOUND
     assert f"no ModelDeployment '{NAME}' in namespace '{NS}'" in str(caught.value)
     assert names.LABEL_MODEL_DEPLOYMENT in str(caught.value)
 
@@ -206,19 +206,19 @@ def test_missing_model_deployment_is_refused() -> None:
 def test_operator_mode_model_deployment_is_refused() -> None:
     obj = md()
     obj["spec"]["workload"] = "operator"
-    with pytest.raises(inject.Refused) as caught:
+    with pytest.raises(refusals.Refused) as caught:
         inject.target_of(obj, NS, NAME)
-    assert caught.value.reason == inject.RefusalReason.NOT_EXTERNAL
+    assert caught.value.reason == refusals.RefusalReason.NOT_EXTERNAL
     assert "spec.workload: operator" in str(caught.value) and "spec.workload: external" in str(caught.value)
     del obj["spec"]["workload"]  # the default
-    with pytest.raises(inject.Refused):
+    with pytest.raises(refusals.Refused):
         inject.target_of(obj, NS, NAME)
 
 
 def test_unrenderable_spec_is_refused() -> None:
-    with pytest.raises(inject.Refused) as caught:
+    with pytest.raises(refusals.Refused) as caught:
         inject.target_of(md(storage={"sizeLimit": "lots"}), NS, NAME)
-    assert caught.value.reason == inject.RefusalReason.INVALID_MODEL_DEPLOYMENT
+    assert caught.value.reason == refusals.RefusalReason.INVALID_MODEL_DEPLOYMENT
     assert "spec.storage.sizeLimit" in str(caught.value)
 
 
@@ -226,20 +226,20 @@ def test_identity_must_exist_and_be_controlled_by_the_model_deployment() -> None
     tgt = target()
     owned = {"metadata": {"name": IDENTITY, "ownerReferences": [ownership.owner_reference(tgt.owner)]}}
     inject.check_identity(owned, tgt)
-    with pytest.raises(inject.Refused) as caught:
+    with pytest.raises(refusals.Refused) as caught:
         inject.check_identity(None, tgt)
-    assert caught.value.reason == inject.RefusalReason.IDENTITY_NOT_READY and IDENTITY in str(caught.value)
+    assert caught.value.reason == refusals.RefusalReason.IDENTITY_NOT_READY and IDENTITY in str(caught.value)
     foreign = {
         "metadata": {"name": IDENTITY, "ownerReferences": [{**ownership.owner_reference(tgt.owner), "uid": "x"}]}
     }
-    with pytest.raises(inject.Refused) as caught:
+    with pytest.raises(refusals.Refused) as caught:
         inject.check_identity(foreign, tgt)
-    assert caught.value.reason == inject.RefusalReason.IDENTITY_CONFLICT
+    assert caught.value.reason == refusals.RefusalReason.IDENTITY_CONFLICT
 
 
 def test_foreign_service_account_is_refused() -> None:
     error = refusal(user_pod(serviceAccountName="payments", serviceAccount="payments"))
-    assert error.reason == inject.RefusalReason.FOREIGN_SERVICE_ACCOUNT
+    assert error.reason == refusals.RefusalReason.FOREIGN_SERVICE_ACCOUNT
     assert "'payments'" in str(error) and IDENTITY in str(error)
 
 
@@ -259,7 +259,7 @@ def test_contradicting_flags_are_refused(container: dict[str, Any], needle: str)
     pod = user_pod()
     pod["spec"]["containers"][0].update(container)
     error = refusal(pod)
-    assert error.reason == inject.RefusalReason.CONTRADICTING_FLAG
+    assert error.reason == refusals.RefusalReason.CONTRADICTING_FLAG
     assert needle in str(error) and "container 'tf'" in str(error)
 
 
@@ -272,7 +272,7 @@ def test_entrypoint_env_that_agrees_is_fine() -> None:
 def test_a_shell_command_is_refused() -> None:
     pod = user_pod()
     pod["spec"]["containers"][0]["command"] = ["/bin/sh", "-c", "tensorflow_model_server --model_name=x"]
-    assert refusal(pod).reason == inject.RefusalReason.UNSUPPORTED_COMMAND
+    assert refusal(pod).reason == refusals.RefusalReason.UNSUPPORTED_COMMAND
 
 
 @pytest.mark.parametrize(
@@ -287,7 +287,7 @@ def test_a_shell_command_is_refused() -> None:
 def test_names_the_injection_needs_must_be_free(change: Any) -> None:
     pod = user_pod()
     change(pod["spec"])
-    assert refusal(pod).reason == inject.RefusalReason.NAME_TAKEN
+    assert refusal(pod).reason == refusals.RefusalReason.NAME_TAKEN
 
 
 @pytest.mark.parametrize(
@@ -301,11 +301,11 @@ def test_unusable_models_mounts_are_refused(volume: dict[str, Any], mount_path: 
     pod = user_pod()
     pod["spec"]["volumes"].append(volume)
     pod["spec"]["containers"][0]["volumeMounts"].append({"name": "models", "mountPath": mount_path})
-    assert refusal(pod).reason == inject.RefusalReason.UNSUPPORTED_VOLUME
+    assert refusal(pod).reason == refusals.RefusalReason.UNSUPPORTED_VOLUME
 
 
 def test_root_pod_is_refused() -> None:
-    assert refusal(user_pod(securityContext={"runAsUser": 0})).reason == inject.RefusalReason.ROOT_USER
+    assert refusal(user_pod(securityContext={"runAsUser": 0})).reason == refusals.RefusalReason.ROOT_USER
 
 
 def test_spec_default_workload_is_operator() -> None:
@@ -315,8 +315,8 @@ def test_spec_default_workload_is_operator() -> None:
 def test_json_patch_escapes_keys_and_replaces_lists_of_another_length() -> None:
     old = {"metadata": {"annotations": {"a/b": "1", "c~d": "2"}}, "l": [1, 2]}
     new = {"metadata": {"annotations": {"a/b": "3"}}, "l": [1, 2, 3]}
-    patch = inject.json_patch(old, new)
+    patch = json_patch.json_patch(old, new)
     assert {"op": "remove", "path": "/metadata/annotations/c~0d"} in patch
     assert {"op": "replace", "path": "/metadata/annotations/a~1b", "value": "3"} in patch
     assert {"op": "replace", "path": "/l", "value": [1, 2, 3]} in patch
-    assert inject.apply_patch(old, patch) == new
+    assert json_patch.apply_patch(old, patch) == new

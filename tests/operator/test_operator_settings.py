@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from model_poller_operator.config import ConsoleSettings, OperatorConfig, env_name
-from model_poller_operator.webhook import WebhookSettings
+from model_poller_operator.webhook_settings import WebhookSettings
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -177,7 +177,8 @@ def test_webhook_stopped_unlabelled_pods_admitted_at_once_labelled_refused(
 def test_a_certificate_folder_is_served_and_reloaded_when_it_changes(kube: Any, tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-    from model_poller_operator.webhook import Webhook, WebhookSettings
+    from model_poller_operator.webhook import Webhook
+    from model_poller_operator.webhook_settings import WebhookSettings
 
     folder = tmp_path / "tls"
     folder.mkdir()
@@ -205,7 +206,7 @@ def test_a_certificate_folder_is_served_and_reloaded_when_it_changes(kube: Any, 
 
 
 def test_webhook_settings_name_the_variable_that_is_wrong() -> None:
-    from model_poller_operator.webhook import WebhookSettings
+    from model_poller_operator.webhook_settings import WebhookSettings
 
     assert not WebhookSettings.from_env({}).enabled
     prefix = "MODEL_POLLER_OPERATOR_WEBHOOK_"

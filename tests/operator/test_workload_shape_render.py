@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from model_poller_api import models, names, workload
-from model_poller_operator import children, degradation, inject, overrides, pod_states, status_reasons
+from model_poller_operator import children, degradation, inject, overrides, pod_states, refusals, status_reasons
 from model_poller_operator.render import budget, monitoring, ownership, pod_containers, spec_paths
 
 OWNER = ownership.Owner("faster-rcnn", "ml", "00000000-0000-4000-8000-000000000000")
@@ -426,9 +426,9 @@ def test_the_injected_poller_keeps_its_memory_limit_under_a_cpu_override() -> No
 
 def test_injection_refuses_a_model_deployment_whose_poller_resources_are_no_quantity() -> None:
     """Stored before resources had a schema: the webhook refuses the pod naming the field."""
-    with pytest.raises(inject.Refused) as caught:
+    with pytest.raises(refusals.Refused) as caught:
         inject.target_of(
             _external_md(poller={"resources": {"limits": {"memory": "lots"}}}), OWNER.namespace, OWNER.name
         )
-    assert caught.value.reason == inject.RefusalReason.INVALID_MODEL_DEPLOYMENT
+    assert caught.value.reason == refusals.RefusalReason.INVALID_MODEL_DEPLOYMENT
     assert "spec.poller.resources.limits.memory: 'lots' is not a quantity" in str(caught.value)
