@@ -388,8 +388,24 @@ def env_var() -> Schema:
     }
 
 
-_OWNED_ENV = _cel_list(list(workload.OWNED_ENV))
-_OWNED_ENV_NAME = f"(e.name in {_OWNED_ENV} || e.name.startsWith('{workload.OWNED_ENV_PREFIX}'))"
+def _cel_any(value: str, method: str, affixes: tuple[str, ...]) -> str:
+    """``value`` starts (or ends) with one of ``affixes``, as one CEL disjunction."""
+    return " || ".join(f"{value}.{method}('{a}')" for a in affixes)
+
+
+# Compared upper-cased, as workload.owned_env does (http_proxy is a proxy too).
+_OWNED_ENV_NAME = (
+    f"(e.name.upperAscii() in {_cel_list(list(workload.OWNED_ENV))}"
+    f" || {_cel_any('e.name.upperAscii()', 'startsWith', workload.OWNED_ENV_PREFIXES)}"
+    f" || {_cel_any('e.name.upperAscii()', 'endsWith', workload.OWNED_ENV_SUFFIXES)})"
+)
+_OWNED_ENV_DOC = (
+    ", ".join(workload.OWNED_ENV)
+    + ", "
+    + ", ".join(f"{p}*" for p in workload.OWNED_ENV_PREFIXES)
+    + " or "
+    + ", ".join(f"*{s}" for s in workload.OWNED_ENV_SUFFIXES)
+)
 
 
 def container_override() -> Schema:
@@ -419,8 +435,10 @@ def container_override() -> Schema:
                 "x-kubernetes-list-map-keys": ["name"],
                 "description": (
                     "Environment variables appended to the rendered ones. In the poller, not "
-                    + ", ".join(workload.OWNED_ENV)
-                    + f" or {workload.OWNED_ENV_PREFIX}* (the operator sets its flags through them)."
+                    + _OWNED_ENV_DOC
+                    + " (in any case): the operator sets the poller's flags through them, and the others would "
+                    "send the poller's credentials elsewhere (API server address, proxies, emulators, metadata "
+                    "server) or run other code with them."
                 ),
             },
             "resources": resources("named"),
@@ -453,11 +471,12 @@ def container_override() -> Schema:
             ),
             _rule(
                 f"self.name != '{poller}' || !has(self.env) || !self.env.exists(e, {_OWNED_ENV_NAME})",
-                "the poller's env may not set the variables the operator sets",
+                "the poller's env may not set the variables the operator owns",
                 field_path=".env",
                 message_expression=(
-                    f"'env ' + self.env.filter(e, {_OWNED_ENV_NAME})[0].name + ' is set by the operator (the "
-                    "poller\\'s flags and identity): set the matching spec field instead'"
+                    f"'env ' + self.env.filter(e, {_OWNED_ENV_NAME})[0].name + ' is the operator\\'s (the "
+                    "poller\\'s flags, identity and where its credentials go): set the matching spec field, "
+                    "or leave it out'"
                 ),
             ),
         ],
@@ -466,10 +485,11 @@ def container_override() -> Schema:
 
 def pod_template_schema() -> Schema:
     owned_labels = ", ".join(workload.OWNED_LABELS) + f", {workload.OWNED_KEY_PREFIX}*"
-    owned_annotations = ", ".join(workload.OWNED_ANNOTATIONS) + f", {workload.OWNED_KEY_PREFIX}*"
+    owned_annotations = ", ".join([*workload.OWNED_ANNOTATIONS, *(f"{p}*" for p in workload.OWNED_ANNOTATION_PREFIXES)])
     labels_owned = f"(k in {_cel_list(list(workload.OWNED_LABELS))} || k.startsWith('{workload.OWNED_KEY_PREFIX}'))"
     annotations_owned = (
-        f"(k in {_cel_list(list(workload.OWNED_ANNOTATIONS))} || k.startsWith('{workload.OWNED_KEY_PREFIX}'))"
+        f"(k in {_cel_list(list(workload.OWNED_ANNOTATIONS))}"
+        f" || {_cel_any('k', 'startsWith', workload.OWNED_ANNOTATION_PREFIXES)})"
     )
     return {
         "type": "object",
@@ -509,7 +529,8 @@ def pod_template_schema() -> Schema:
                                     f"annotations {owned_annotations} are the operator's",
                                     message_expression=(
                                         f"'annotation ' + self.filter(k, {annotations_owned})[0] + ' is the "
-                                        "operator\\'s'"
+                                        "operator\\'s (its own keys, and the AppArmor and seccomp profiles of the "
+                                        "restricted security context)'"
                                     ),
                                 )
                             ]

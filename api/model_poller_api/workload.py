@@ -93,10 +93,30 @@ OWNED_LABELS: Final = (
 OWNED_KEY_PREFIX: Final = f"{names.GROUP}/"
 DEFAULT_CONTAINER_ANNOTATION: Final = "kubectl.kubernetes.io/default-container"
 OWNED_ANNOTATIONS: Final = (DEFAULT_CONTAINER_ANNOTATION,)
+# The pod annotations that set a container's AppArmor or seccomp profile (the older way,
+# before the securityContext fields): `container.apparmor.security.beta.kubernetes.io/serving:
+# unconfined` would take TF Serving out of the restricted baseline in a namespace that does
+# not enforce `restricted`. The security context is the product's, so these are too. The
+# chart's admission policy refuses them in the operator's Deployments as well.
+SECURITY_PROFILE_ANNOTATION_PREFIXES: Final = (
+    "container.apparmor.security.beta.kubernetes.io/",
+    "seccomp.security.alpha.kubernetes.io/",
+    "container.seccomp.security.alpha.kubernetes.io/",
+)
+OWNED_ANNOTATION_PREFIXES: Final = (OWNED_KEY_PREFIX, *SECURITY_PROFILE_ANNOTATION_PREFIXES)
 
-# Environment variables the product sets. Every MODEL_POLLER_* is a poller flag; the proof
-# of concept's PROJECT_ID, SUBSCRIPTION and SAVE_DIR are flags too (under other names).
+# Environment variables of the poller the product owns. Every MODEL_POLLER_* is a poller
+# flag; the proof of concept's PROJECT_ID, SUBSCRIPTION and SAVE_DIR are flags too (under
+# other names). The others would send the poller's credentials (its API token, its Google
+# access tokens) somewhere else, or run other code with them: the Kubernetes API's address
+# (KUBERNETES_SERVICE_*), a proxy (*_PROXY, any case: Python reads http_proxy too), a Google
+# emulator (*_EMULATOR_HOST: the client libraries then skip authentication, but Pub/Sub's and
+# GCS's traffic goes there), the metadata server that hands out Workload Identity tokens
+# (GCE_METADATA_*), a key file (GOOGLE_APPLICATION_CREDENTIALS), Python's own (PYTHONPATH,
+# PYTHONSTARTUP...). Names are compared upper-cased.
 OWNED_ENV_PREFIX: Final = names.ENV_PREFIX
+OWNED_ENV_PREFIXES: Final = (OWNED_ENV_PREFIX, "KUBERNETES_SERVICE_", "GCE_METADATA_", "PYTHON")
+OWNED_ENV_SUFFIXES: Final = ("_PROXY", "_EMULATOR_HOST")
 OWNED_ENV: Final = (
     "POD_NAME",
     "POD_NAMESPACE",
@@ -132,8 +152,10 @@ def owned_label(key: str) -> bool:
 
 
 def owned_annotation(key: str) -> bool:
-    return key in OWNED_ANNOTATIONS or key.startswith(OWNED_KEY_PREFIX)
+    return key in OWNED_ANNOTATIONS or key.startswith(OWNED_ANNOTATION_PREFIXES)
 
 
 def owned_env(name: str) -> bool:
-    return name in OWNED_ENV or name.startswith(OWNED_ENV_PREFIX)
+    """Whether ``name`` is a poller variable the product owns (compared upper-cased)."""
+    upper = name.upper()
+    return upper in OWNED_ENV or upper.startswith(OWNED_ENV_PREFIXES) or upper.endswith(OWNED_ENV_SUFFIXES)

@@ -57,9 +57,14 @@ def quantity(value: Any) -> Decimal:
 
 
 def problems(spec: models.ModelDeploymentSpec) -> list[InvalidOverride]:
-    """Every override in ``spec`` the operator refuses, in spec order (none in external mode,
-    where the CRD refuses the pod overrides and the operator renders no pods)."""
+    """Every override in ``spec`` the operator refuses, in spec order. In external mode only
+    the resources and the ServiceAccount's annotations (the CRD refuses the pod overrides
+    there, and the poller's ServiceAccount is rendered in both modes)."""
     found = list(_resource_problems(spec))
+    found += _merged_resource_problems(spec)
+    for key in spec.service_account_annotations:
+        if key.startswith(workload.OWNED_KEY_PREFIX):
+            found.append(InvalidOverride("spec.serviceAccount.annotations", f"{key} is the operator's"))
     if spec.external:
         return found
     template = spec.pod_template
@@ -68,9 +73,6 @@ def problems(spec: models.ModelDeploymentSpec) -> list[InvalidOverride]:
     found += _args_problems("spec.serving.args", spec.serving.args)
     for index, container in enumerate(template.containers):
         found += _container_problems(f"{CONTAINERS}[{index}]", container, template)
-    for key in spec.service_account_annotations:
-        if key.startswith(workload.OWNED_KEY_PREFIX):
-            found.append(InvalidOverride("spec.serviceAccount.annotations", f"{key} is the operator's"))
     return found
 
 
@@ -96,6 +98,46 @@ def _resource_problems(spec: models.ModelDeploymentSpec) -> Iterator[InvalidOver
                     yield InvalidOverride(f"{where}.{section}.{name}", str(error))
 
 
+def _merged_resource_problems(spec: models.ModelDeploymentSpec) -> Iterator[InvalidOverride]:
+    """A request above the limit of the same resource once the layers are merged (each layer
+    alone passes the CRD's rule: spec.serving.resources asks 2Gi, the template's serving
+    container limits to 1Gi). The API server would refuse the Deployment naming no spec field."""
+    overrides = {
+        c.name: (f"{CONTAINERS}[{i}].resources", c.resources) for i, c in enumerate(spec.pod_template.containers)
+    }
+    bases = {
+        workload.SERVING_CONTAINER: ("spec.serving.resources", spec.serving.resources),
+        workload.POLLER_CONTAINER: ("spec.poller.resources", spec.poller.resources),
+    }
+    for container, base in bases.items():
+        layers = [base, overrides[container]] if container in overrides else [base]
+        yield from _request_over_limit(layers)
+
+
+def _request_over_limit(layers: list[tuple[str, Mapping[str, Any]]]) -> Iterator[InvalidOverride]:
+    """Each request of the merged ``layers`` (later ones win) that exceeds its limit, naming
+    the field each amount comes from."""
+    source: dict[tuple[str, str], tuple[str, Any]] = {}
+    for where, resources in layers:
+        for section in ("requests", "limits"):
+            for name, value in (resources.get(section) or {}).items():
+                source[(section, name)] = (f"{where}.{section}.{name}", value)
+    for (section, name), (request_field, request) in source.items():
+        if section != "requests" or ("limits", name) not in source:
+            continue
+        limit_field, limit = source[("limits", name)]
+        try:
+            over = quantity(request) > quantity(limit)
+        except ValueError:
+            continue  # not a quantity: _resource_problems names it
+        if over:
+            yield InvalidOverride(
+                request_field,
+                f"the request {request} exceeds the limit {limit} of {limit_field} (the two are merged into one "
+                f"container, whose requests.{name} must not exceed limits.{name})",
+            )
+
+
 def _metadata_problems(template: models.PodTemplate) -> Iterator[InvalidOverride]:
     for key in template.labels:
         if workload.owned_label(key):
@@ -105,7 +147,11 @@ def _metadata_problems(template: models.PodTemplate) -> Iterator[InvalidOverride
             )
     for key in template.annotations:
         if workload.owned_annotation(key):
-            yield InvalidOverride(f"{PODTEMPLATE}.metadata.annotations", f"annotation {key} is the operator's")
+            yield InvalidOverride(
+                f"{PODTEMPLATE}.metadata.annotations",
+                f"annotation {key} is the operator's (its own keys, and the AppArmor and seccomp profiles of the "
+                "restricted security context)",
+            )
 
 
 def _pod_problems(template: models.PodTemplate) -> Iterator[InvalidOverride]:
@@ -183,7 +229,8 @@ def _env_problems(where: str, container: models.ContainerOverride) -> Iterator[I
         name = str(env.get("name", ""))
         if container.name == workload.POLLER_CONTAINER and workload.owned_env(name):
             yield InvalidOverride(
-                f"{where}[{index}].name", f"{name} is set by the operator (the poller's flags and identity)"
+                f"{where}[{index}].name",
+                f"{name} is the operator's (the poller's flags, identity and where its credentials go)",
             )
         if "secretKeyRef" in (env.get("valueFrom") or {}):
             yield InvalidOverride(

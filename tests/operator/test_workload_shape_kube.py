@@ -68,20 +68,39 @@ def test_every_new_field_is_admitted_and_stored_as_given(
     assert stored["serving"] == {**spec["serving"], "monitoring": True}
 
 
-def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restricted(
-    cluster: kit.Cluster, namespace: str, cases: dict[str, dict[str, Any]]
-) -> None:
+def _enforce_restricted(cluster: kit.Cluster, namespace: str) -> None:
     cluster.core.patch_namespace(
         namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
     )
-    _scheduling_classes(cluster)
-    md = _create(cluster, namespace, cases["gpu"])
-    owner = ownership.Owner(NAME, namespace, md["metadata"]["uid"])
-    desired = children.desired_children(owner, models.ModelDeploymentSpec.from_object(NAME, md["spec"]))
-    # Applied as the operator applies them; the API server validates each (affinity, spread...).
+
+
+def _apply_children(cluster: kit.Cluster, namespace: str, name: str, spec: dict[str, Any]) -> set[str]:
+    """Create the ModelDeployment and apply its rendered children as the operator does (the
+    API server validates each: affinity, spread...); the kinds applied."""
+    md = _create(cluster, namespace, spec, name=name)
+    owner = ownership.Owner(name, namespace, md["metadata"]["uid"])
+    desired = children.desired_children(owner, models.ModelDeploymentSpec.from_object(name, md["spec"]))
     outcome = Api(cluster.api).converge_all(desired)
     assert not outcome.conflicts
-    assert {c.kind for c in outcome.changes} == {
+    return {c.kind for c in outcome.changes}
+
+
+def _pod_of(cluster: kit.Cluster, namespace: str, name: str, pod_name: str) -> dict[str, Any]:
+    """A Pod as the ReplicaSet controller makes it from the live Deployment's template: its
+    labels, its annotations (the template's, which PodSecurity checks too) and its spec."""
+    live = cluster.child("Deployment", namespace, name)
+    assert live is not None
+    template = live["spec"]["template"]
+    metadata = {k: template["metadata"][k] for k in ("labels", "annotations") if k in template["metadata"]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {**metadata, "name": pod_name}, "spec": template["spec"]}
+
+
+def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restricted(
+    cluster: kit.Cluster, namespace: str, cases: dict[str, dict[str, Any]]
+) -> None:
+    _enforce_restricted(cluster, namespace)
+    _scheduling_classes(cluster)
+    assert _apply_children(cluster, namespace, NAME, cases["gpu"]) == {
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -90,23 +109,20 @@ def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restrict
         "Deployment",
         "PodDisruptionBudget",
     }
-    live = cluster.child("Deployment", namespace, NAME)
-    assert live is not None
-    template = live["spec"]["template"]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{NAME}-abc12", "labels": template["metadata"]["labels"]},
-    }
-    created = cluster.core.create_namespaced_pod(namespace, {**pod, "spec": template["spec"]})
+    pod = _pod_of(cluster, namespace, NAME, f"{NAME}-abc12")
+    # The user's annotations reach the pods (and PodSecurity sees them).
+    assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
+    created = cluster.core.create_namespaced_pod(namespace, pod)
     assert created.spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert created.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
+    assert created.metadata.annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
     # The control: the namespace really enforces "restricted" (the same pod without the
     # serving container's security context is refused by PodSecurity).
-    bare = copy.deepcopy(template["spec"])
-    del bare["containers"][0]["securityContext"]
+    bare = copy.deepcopy(pod)
+    bare["metadata"]["name"] = "bare"
+    del bare["spec"]["containers"][0]["securityContext"]
     with pytest.raises(ApiException) as error:
-        cluster.core.create_namespaced_pod(namespace, {**pod, "metadata": {"name": "bare"}, "spec": bare})
+        cluster.core.create_namespaced_pod(namespace, bare)
     assert error.value.status == 403 and "PodSecurity" in str(error.value.body)
 
 
@@ -145,6 +161,14 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
     ("mount-model-volume", _serving(volumeMounts=[{"name": "models", "mountPath": "/data"}]), f"{CONTAINER}.volumeMounts[0].name", "operator's"),
     ("poller-flag-env", _poller(env=[{"name": "MODEL_POLLER_SOURCE", "value": "gs://x/"}]), f"{CONTAINER}.env", "MODEL_POLLER_SOURCE"),
     ("poller-pod-name-env", _poller(env=[{"name": "POD_NAME", "value": "x"}]), f"{CONTAINER}.env", "POD_NAME"),
+    # Where the poller's credentials go: the API server, proxies (any case), emulators, the metadata server.
+    ("poller-api-server-env", _poller(env=[{"name": "KUBERNETES_SERVICE_HOST", "value": "10.0.0.1"}]), f"{CONTAINER}.env", "KUBERNETES_SERVICE_HOST is the operator's"),
+    ("poller-proxy-env", _poller(env=[{"name": "HTTPS_PROXY", "value": "http://x:3128"}]), f"{CONTAINER}.env", "HTTPS_PROXY"),
+    ("poller-lower-proxy-env", _poller(env=[{"name": "https_proxy", "value": "http://x:3128"}]), f"{CONTAINER}.env", "https_proxy"),
+    ("poller-emulator-env", _poller(env=[{"name": "STORAGE_EMULATOR_HOST", "value": "http://x"}]), f"{CONTAINER}.env", "STORAGE_EMULATOR_HOST"),
+    ("poller-metadata-env", _poller(env=[{"name": "GCE_METADATA_HOST", "value": "x"}]), f"{CONTAINER}.env", "GCE_METADATA_HOST"),
+    ("poller-credentials-env", _poller(env=[{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/x"}]), f"{CONTAINER}.env", "GOOGLE_APPLICATION_CREDENTIALS"),
+    ("poller-pythonpath-env", _poller(env=[{"name": "PYTHONPATH", "value": "/x"}]), f"{CONTAINER}.env", "PYTHONPATH"),
     (
         "secret-env",
         _serving(env=[{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
@@ -155,6 +179,9 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
     ("managed-by-label", _template(metadata={"labels": {names.LABEL_MANAGED_BY: "x"}}), "spec.podTemplate.metadata.labels", names.LABEL_MANAGED_BY),
     ("injection-label", _template(metadata={"labels": {names.LABEL_MODEL_DEPLOYMENT: "x"}}), "spec.podTemplate.metadata.labels", names.LABEL_MODEL_DEPLOYMENT),
     ("owned-annotation", _template(metadata={"annotations": {"modelpoller.dev/x": "y"}}), "spec.podTemplate.metadata.annotations", "modelpoller.dev/x"),
+    ("apparmor-unconfined", _template(metadata={"annotations": {"container.apparmor.security.beta.kubernetes.io/serving": "unconfined"}}), "spec.podTemplate.metadata.annotations", "container.apparmor.security.beta.kubernetes.io/serving is the operator's"),
+    ("seccomp-pod-unconfined", _template(metadata={"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}}), "spec.podTemplate.metadata.annotations", "seccomp.security.alpha.kubernetes.io/pod is the operator's"),
+    ("seccomp-container-unconfined", _template(metadata={"annotations": {"container.seccomp.security.alpha.kubernetes.io/poller": "unconfined"}}), "spec.podTemplate.metadata.annotations", "container.seccomp.security.alpha.kubernetes.io/poller"),
     ("other-container", _template({"containers": [{"name": "sidecar"}]}), f"{CONTAINER}.name", 'supported values: "serving", "poller"'),
     ("pod-security-context", _template({"securityContext": {"runAsUser": 0}}), "spec.podTemplate.spec.securityContext", "restricted"),
     ("container-security-context", _serving(securityContext={"privileged": True}), f"{CONTAINER}.securityContext", "restricted"),
@@ -227,16 +254,33 @@ def test_kubectl_apply_of_cpu_lots_is_refused_naming_the_field(kube: Any, namesp
     assert 'spec.serving.resources.limits.cpu: Invalid value: "lots"' in done.stderr, done.stderr
 
 
-def test_the_gpu_example_is_admitted(kube: Any, namespace: str) -> None:
+def test_the_gpu_example_is_admitted_and_its_pods_run_under_restricted(cluster: kit.Cluster, namespace: str) -> None:
+    """deploy/examples/gpu.yaml as written: stored, its children applied, and a pod of its
+    rendered Deployment admitted by a namespace that enforces `restricted`."""
     doc = yaml.safe_load((EXAMPLES / "gpu.yaml").read_text())
-    doc["metadata"]["namespace"] = namespace
-    stored = client.CustomObjectsApi(kube.api_client()).create_namespaced_custom_object(
-        names.GROUP, names.VERSION, namespace, names.PLURAL, doc
-    )
-    pod_spec = stored["spec"]["podTemplate"]["spec"]
+    name = doc["metadata"]["name"]
+    _enforce_restricted(cluster, namespace)
+    assert _apply_children(cluster, namespace, name, doc["spec"]) == {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+    }
+    stored = cluster.get_md(namespace, name)["spec"]
+    pod_spec = stored["podTemplate"]["spec"]
     assert pod_spec["tolerations"] and pod_spec["nodeSelector"]
-    assert stored["spec"]["serving"]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert [m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"]] == ["/dev/shm", "/etc/batching"]
+    assert stored["serving"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    created = cluster.core.create_namespaced_pod(namespace, _pod_of(cluster, namespace, name, f"{name}-abc12"))
+    serving = created.spec.containers[0]
+    assert serving.resources.limits["nvidia.com/gpu"] == "1"
+    assert [m.mount_path for m in serving.volume_mounts if m.name in ("shm", "batching")] == [
+        "/dev/shm",
+        "/etc/batching",
+    ]
+    assert created.spec.node_selector == pod_spec["nodeSelector"]
 
 
 def test_the_hpa_example_targets_the_model_deployments_scale_subresource(
