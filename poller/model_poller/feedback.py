@@ -26,7 +26,7 @@ from model_poller.policy import Policy, policy_from_json, policy_to_json
 from model_poller.removal import RemovalPolicy, RemoveWhenOnDisk, RemoveWhenServing
 from model_poller.report import EntryWriter, NoEntryWriter, Problem, build_report
 from model_poller.serving import ServingStatus, ServingWatcher, load_failures, serving_ready
-from model_poller.sync import SyncOutcome
+from model_poller.sync_outcome import SyncOutcome
 
 if TYPE_CHECKING:
     from model_poller.entry_writer import PodEntryWriter

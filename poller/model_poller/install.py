@@ -24,11 +24,13 @@ from pathlib import Path
 from model_poller.durable import Syncer, fsync_dir, remove_tree
 from model_poller.errors import Abandoned, ModelDirError, Rejected
 from model_poller.extract import FileSink, Limits, Unpacker, extract, find_model_root
+from model_poller.growing_reader import GrowingReader
 from model_poller.model_dir import ModelDir
+from model_poller.staged import Staged
 from model_poller.stores.base import Store
-from model_poller.streaming import GrowingReader, Staged, zip_tail
 from model_poller.transfer import Fetcher, ObjectWriter
 from model_poller.versions import Artifact, Kind
+from model_poller.zip_tail import zip_tail
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from model_poller.removal import RemovalPolicy
 from model_poller.report import EntryWriter, Problem, source_problem
 from model_poller.stores import Store, open_store
 from model_poller.stores.gcs import parse_gs_uri
-from model_poller.sync import Engine, SyncOutcome
+from model_poller.sync import Engine
+from model_poller.sync_outcome import SyncOutcome
 from model_poller.text import one_line
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """One sync: list the source, install what the policy wants, remove what it no longer does.
 
-``sync()`` is four steps: ``plan`` (pure: the listing, minus rejected uploads, under the
-policy), install what is missing, remove what left the policy, record the metrics.
+``sync()`` is four steps: ``plan`` (pure, ``sync_plan.py``: the listing, minus rejected
+uploads, under the policy), install what is missing, remove what left the policy, record
+the metrics; it returns a ``sync_outcome.SyncOutcome``.
 
 The engine is single-threaded by design: notifications and the poll timer only wake the
 loop that calls ``sync()``, so two installs of one version can never run at once.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from model_poller_api.models import ReportReason
@@ -23,71 +24,16 @@ from model_poller.install import InstallResult, validate
 from model_poller.install import install as install_version
 from model_poller.metrics import Metrics
 from model_poller.model_dir import ModelDir
-from model_poller.policy import Policy, install_order, removable, version_bytes_bound
+from model_poller.policy import Policy, removable, version_bytes_bound
 from model_poller.removal import RemovalPolicy, RemoveWhenOnDisk
 from model_poller.report import Problem, source_problem
 from model_poller.stores.base import Store
+from model_poller.sync_outcome import SyncOutcome
+from model_poller.sync_plan import Plan, plan
 from model_poller.text import one_line
 from model_poller.versions import Artifact, parse_listing
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SyncOutcome:
-    """What one sync found and did.
-
-    ``complete``: the policy's versions are on disk (``--once`` exits 0). ``settled``: every
-    version the policy wants that is valid at the source is on disk and nothing failed
-    (the initial sync is done: ``/readyz``). ``failed``: versions whose install failed for
-    a reason worth retrying soon.
-    """
-
-    latest: int | None
-    wanted: frozenset[int]
-    on_disk: tuple[int, ...]
-    installed: list[InstallResult] = field(default_factory=list)
-    removed: list[int] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    finished_at: float = 0.0
-    failed: frozenset[int] = frozenset()
-    missing_pins: frozenset[int] = frozenset()
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.wanted) and self.wanted <= set(self.on_disk) and not self.missing_pins
-
-    @property
-    def settled(self) -> bool:
-        return not self.failed and self.wanted <= set(self.on_disk)
-
-    def reason(self) -> str:
-        """One line saying why the sync is not complete ("" when it is)."""
-        if self.complete:
-            return ""
-        if self.problems:
-            return "; ".join(p.message for p in self.problems)
-        missing = sorted(self.wanted - set(self.on_disk))
-        return f"versions {missing} are not installed" if missing else "no valid version at the source"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a listing means under a policy: a pure function of both (see ``plan``)."""
-
-    usable: Mapping[int, Artifact]  # the listing minus the uploads known to be rejected
-    wanted: frozenset[int]  # the versions the policy wants on disk
-    missing_pins: frozenset[int]  # pinned versions that are not (validly) at the source
-
-    def next_install(self, on_disk: Container[int], failed: Container[int]) -> Artifact | None:
-        """The wanted version to install next (the newest missing one that did not fail)."""
-        todo = install_order(self.wanted, {v for v in self.wanted if v in on_disk})
-        return next((self.usable[v] for v in todo if v not in failed), None)
-
-
-def plan(artifacts: Mapping[int, Artifact], rejected: Container[tuple[int, int]], policy: Policy) -> Plan:
-    usable = {v: a for v, a in artifacts.items() if (v, a.generation) not in rejected}
-    return Plan(usable, policy.wanted(usable), policy.missing_pins(usable))
 
 
 @dataclass

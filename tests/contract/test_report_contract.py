@@ -19,7 +19,7 @@ from model_poller.policy import Policy
 from model_poller.report import build_report, source_problem
 from model_poller.serving import ServingStatus, parse_status
 from model_poller.stores import open_store
-from model_poller.sync import SyncOutcome
+from model_poller.sync_outcome import SyncOutcome
 from model_poller_api import models
 from model_poller_api.conditions import find_condition
 from model_poller_operator import pod_states

@@ -7,15 +7,17 @@ wait for the bytes they need, and their positions decide which pieces are fetche
 For a zip, the central directory at the end is fetched first with one small range read,
 so unpacking starts with the first bytes instead of after the last. The checksum of the
 whole object is verified before anything is renamed into place.
+
+This module holds the download (``Staged``) and the reader of one range (``StagedRange``);
+``growing_reader.py`` the view of the whole object, ``zip_tail.py`` the read-ahead of the
+zip's central directory.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import io
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -29,11 +31,6 @@ from model_poller.stores.base import Halt, RangedStore, Store, Transfer
 from model_poller.transfer import Piece, fetch, join_all, plan, pwrite_all
 from model_poller.versions import SourceObject
 
-MAX_TAIL = 64 << 20  # a bigger central directory is read from the finished download
-# The part of the staging archive already unpacked is dropped every this many bytes...
-DISCARD_EVERY = 64 << 20
-# ...except for this much just behind the read position (the BufferedReader's window).
-DISCARD_MARGIN = 8 << 20
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -58,46 +55,6 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
     if _fallocate is None or length <= 0:
         return False
     return bool(_fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0)
-
-
-_EOCD = b"PK\x05\x06"
-_ZIP64_LOCATOR = b"PK\x06\x07"
-
-
-def zip_tail(store: Store, obj: SourceObject) -> tuple[bytes, int]:
-    """(bytes, offset) covering the zip's central directory through the end of the object,
-    or (b"", size) when it cannot be located cheaply (then nothing is read ahead)."""
-    size = obj.size
-    first = min(size, 65536 + 22)
-    if first < 22:
-        return b"", size
-    tail = store.read_range(obj, size - first, size)
-    start = size - first
-    at = tail.rfind(_EOCD)
-    if at < 0 or at + 22 > len(tail):
-        return b"", size
-    cd_size, cd_offset = struct.unpack_from("<II", tail, at + 12)
-    if cd_offset == 0xFFFFFFFF or cd_size == 0xFFFFFFFF:
-        loc = at - 20
-        if loc < 0 or tail[loc : loc + 4] != _ZIP64_LOCATOR:
-            return b"", size
-        (eocd64,) = struct.unpack_from("<Q", tail, loc + 8)
-        if eocd64 < start:
-            if size - eocd64 > MAX_TAIL:
-                return b"", size
-            tail, start = store.read_range(obj, eocd64, size), eocd64
-        rel = eocd64 - start
-        if tail[rel : rel + 4] != b"PK\x06\x06" or rel + 56 > len(tail):  # (cut short: the unpacker says so)
-            return b"", size
-        cd_size, cd_offset = struct.unpack_from("<QQ", tail, rel + 40)
-    if cd_offset > size:
-        return b"", size
-    if cd_offset < start:
-        if size - cd_offset > MAX_TAIL:
-            return b"", size
-        extra = store.read_range(obj, cd_offset, start)
-        tail, start = extra + tail, cd_offset
-    return tail, start
 
 
 def _never() -> bool:
@@ -386,71 +343,3 @@ class StagedRange:
             self._key = None
             self._staged.release(self._released, self._pos)
             self._released = self._pos
-
-
-class GrowingReader(io.RawIOBase):
-    """A seekable view of the object being downloaded: ``[0, tail_start)`` from the
-    staged file (waiting as needed), ``[tail_start, size)`` from the read-ahead tail.
-
-    The tar.gz extractor reads front to back: what lies well behind the read position is
-    never read again and is freed (the BufferedReader on top keeps a window just behind
-    it, hence the margin); the zip extractor reads its directory through this view (from
-    the tail, or, when the tail could not be read ahead, from wherever the directory is:
-    those pieces are fetched first) and its members through ``Staged.open_range``.
-    Reading behind the freed part is refused, never answered with the hole's zeros.
-    """
-
-    def __init__(self, staged: Staged, tail: bytes, tail_start: int, sequential: bool) -> None:
-        super().__init__()
-        self._staged = staged
-        self._size = staged.obj.size
-        self._tail = tail
-        self._tail_start = tail_start if tail else self._size
-        self._pos = 0
-        self._sequential = sequential
-        self._key: int | None = staged.demand(0, self._tail_start) if sequential else None
-        self._discarded = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        if self._pos >= self._tail_start:
-            at = self._pos - self._tail_start
-            data = self._tail[at : at + want]
-        else:
-            if self._pos < self._discarded:
-                raise SourceError(f"internal: read at {self._pos}, before the discarded {self._discarded} bytes")
-            data = self._staged.read_at(self._pos, min(want, self._tail_start - self._pos))
-            if self._key is not None:
-                self._staged.advance(self._key, self._pos + len(data))
-                self._discard_behind()
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def _discard_behind(self) -> None:
-        upto = (self._pos - DISCARD_MARGIN) // DISCARD_EVERY * DISCARD_EVERY
-        if upto > self._discarded:
-            self._staged.release(self._discarded, upto)
-            self._discarded = upto
-
-    def close(self) -> None:
-        if not self.closed and self._key is not None:
-            self._staged.drop(self._key)
-            self._key = None
-        super().close()
