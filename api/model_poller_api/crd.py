@@ -12,17 +12,13 @@ from typing import Any
 import yaml
 
 from model_poller_api import defaults, models, names
+from model_poller_api.container_schema import poller_schema, serving_schema
+from model_poller_api.disruption_budget_schema import disruption_budget_schema
 from model_poller_api.formats import MODEL_NAME_PATTERN, SUBSCRIPTION_PATTERN, TOPIC_PATTERN
-from model_poller_api.shape_schema import (
-    QUANTITY_PATTERN,
-    disruption_budget_schema,
-    operator_mode_only_rules,
-    pod_template_schema,
-    poller_schema,
-    service_account_schema,
-    serving_schema,
-    string_schema,
-)
+from model_poller_api.pod_template_schema import pod_template_schema
+from model_poller_api.schema_blocks import QUANTITY_PATTERN, string_schema
+from model_poller_api.service_account_schema import service_account_schema
+from model_poller_api.workload_mode_schema import operator_mode_only_rules
 
 Schema = dict[str, Any]
 
