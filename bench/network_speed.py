@@ -16,10 +16,18 @@ into /dev/shm: download only), the poller through the proxy, and, straight to
 fake-gcs-server (no proxy), the poller vs bench/poller_throughput.py's baseline
 (streaming GET + ``zipfile.extractall``).
 
-Wall time includes process start; peak RSS is the child's VmHWM. For the poller, its
-debug log gives the time of the last byte received and of the rename into place.
+With ``--reference DIR`` (a folder holding another ``model_poller`` package, e.g. the
+``poller/`` of ``git archive <commit>``), the no-toxic zip runs are repeated right after
+with that code (``*_reference``), so a change is measured side by side under the same load.
+
+Wall time includes process start; peak RSS is the child's VmHWM; ``cpu_s`` is the child's
+user + system CPU time, ``services_cpu_s`` that of fake-gcs-server and Toxiproxy during the
+run (on 2 cores the install is CPU-bound: these say where the cycles went). For the poller,
+its debug log gives the time of the last byte received and of the rename into place. The
+load average before and after is printed: on a shared machine compare runs of one session.
 
     .venv/bin/python bench/network_speed.py [--size-gib 1] [--streams 8] [--rate-mib 100] [--rounds 1]
+        [--only SCENARIO,...] [--reference DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,6 +61,23 @@ MiB = 1 << 20
 GiB = 1 << 30
 UNZIP = "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])"
 _TIMES = re.compile(r"last byte received at ([0-9.]+)s, in place at ([0-9.]+)s")
+# The long-running services whose CPU time each run also reports (set once they start).
+SERVICE_PIDS: list[int] = []
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (``/proc/PID/stat`` utime, stime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of the children this process has waited for, so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -66,9 +92,25 @@ class Gcs:
     def start(self) -> Gcs:
         self.service = Service(
             "fake-gcs-server",
-            [str(binary("fake-gcs-server")), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-             "-external-url", self.external, "-public-host", self.external.removeprefix("http://"),
-             "-backend", "filesystem", "-filesystem-root", str(self.workdir / "storage"), "-log-level", "warn"],
+            [
+                str(binary("fake-gcs-server")),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-external-url",
+                self.external,
+                "-public-host",
+                self.external.removeprefix("http://"),
+                "-backend",
+                "filesystem",
+                "-filesystem-root",
+                str(self.workdir / "storage"),
+                "-log-level",
+                "warn",
+            ],
             self.workdir / "fake-gcs-server.log",
         )
         self.service.wait_until(self._ready, 60)
@@ -86,8 +128,9 @@ class Gcs:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        return storage.Client(project="bench", credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": endpoint})
+        return storage.Client(
+            project="bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+        )
 
     def stop(self) -> None:
         if self.service is not None:
@@ -106,6 +149,8 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Run:
     """One child process: wall time, peak RSS (VmHWM, sampled), its output in ``log``."""
     os.sync()
     time.sleep(1)
+    services_before = sum(process_cpu_s(pid) for pid in SERVICE_PIDS)
+    children_before = children_cpu_s()
     with open(log, "wb") as out:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -120,20 +165,36 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Run:
                 pass
             time.sleep(0.02)
         seconds = time.monotonic() - t0
+    cpu = {
+        "cpu_s": round(children_cpu_s() - children_before, 2),
+        "services_cpu_s": round(sum(process_cpu_s(pid) for pid in SERVICE_PIDS) - services_before, 2),
+    }
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed with {proc.returncode}:\n{text[-3000:]}")
-    return Run(seconds, peak_kib / 1024, text)
+    return Run(seconds, peak_kib / 1024, text, cpu)
 
 
 def poller(source: str, work: Path, streams: int, env: dict[str, str]) -> Run:
-    argv = [sys.executable, "-m", "model_poller", "--once", "--log-level", "DEBUG", "--source", source,
-            "--model-dir", str(work / "models"), "--download-streams", str(streams)]
+    argv = [
+        sys.executable,
+        "-m",
+        "model_poller",
+        "--once",
+        "--log-level",
+        "DEBUG",
+        "--source",
+        source,
+        "--model-dir",
+        str(work / "models"),
+        "--download-streams",
+        str(streams),
+    ]
     result = run(argv, env, work / "poller.log")
     found = _TIMES.findall(result.log)
     if found:
         last, placed = (float(x) for x in found[-1])
-        result.extra = {"last_byte_s": last, "in_place_s": placed, "after_last_byte_s": round(placed - last, 3)}
+        result.extra.update(last_byte_s=last, in_place_s=placed, after_last_byte_s=round(placed - last, 3))
     return result
 
 
@@ -147,16 +208,35 @@ def rclone_env(endpoint: str) -> dict[str, str]:
 
 
 def rclone(remote: str, dest: Path, streams: int, endpoint: str, work: Path, unzip: bool) -> Run:
-    argv = [str(binary("rclone")), "copy", remote, str(dest), "--transfers", str(streams),
-            "--multi-thread-streams", str(streams), "--checkers", str(streams)]
+    argv = [
+        str(binary("rclone")),
+        "copy",
+        remote,
+        str(dest),
+        "--transfers",
+        str(streams),
+        "--multi-thread-streams",
+        str(streams),
+        "--checkers",
+        str(streams),
+    ]
     copied = run(argv, rclone_env(endpoint), work / "rclone.log")
     if not unzip:
         return copied
     archive = next(dest.glob("*.zip"))
-    unpacked = run([sys.executable, "-c", UNZIP, str(archive), str(work / "unpacked")], dict(os.environ),
-                   work / "unzip.log")
-    return Run(copied.seconds + unpacked.seconds, max(copied.rss_mib, unpacked.rss_mib),
-               extra={"rclone_s": round(copied.seconds, 2), "unzip_s": round(unpacked.seconds, 2)})
+    unpacked = run(
+        [sys.executable, "-c", UNZIP, str(archive), str(work / "unpacked")], dict(os.environ), work / "unzip.log"
+    )
+    return Run(
+        copied.seconds + unpacked.seconds,
+        max(copied.rss_mib, unpacked.rss_mib),
+        extra={
+            "rclone_s": round(copied.seconds, 2),
+            "unzip_s": round(unpacked.seconds, 2),
+            "cpu_s": round(copied.extra["cpu_s"] + unpacked.extra["cpu_s"], 2),
+            "services_cpu_s": round(copied.extra["services_cpu_s"] + unpacked.extra["services_cpu_s"], 2),
+        },
+    )
 
 
 def seed_folder(gcs: Gcs, bucket: Any, prefix: str, size: int, shards: int, root: Path) -> None:
@@ -188,19 +268,29 @@ def targets(summary: dict[str, dict[str, float]], n: int, rate_mib: float, folde
         out[kind] = {
             "x_faster_than_one_stream (wall)": round(get(f"{kind}_poller_1_stream") / get(f"{kind}_poller"), 2),
             "x_faster_than_one_stream (install)": round(
-                get(f"{kind}_poller_1_stream", "median_in_place_s") / get(f"{kind}_poller", "median_in_place_s"), 2),
+                get(f"{kind}_poller_1_stream", "median_in_place_s") / get(f"{kind}_poller", "median_in_place_s"), 2
+            ),
             "rclone_s / poller_s (wall)": round(get(f"{kind}_rclone") / get(f"{kind}_poller"), 2),
             "rclone_s / poller_install_s": round(get(f"{kind}_rclone") / get(f"{kind}_poller", "median_in_place_s"), 2),
             "download_MiB_per_s": round(get(f"{kind}_poller", "median_download_MiB_per_s"), 1),
             # 70% of what N capped connections can carry, the ceiling of this machine at most
             "target_MiB_per_s (70% of min(N x rate, ceiling))": round(
-                0.7 * min(n * rate_mib, ceiling_rate or float("inf")), 1),
+                0.7 * min(n * rate_mib, ceiling_rate or float("inf")), 1
+            ),
             "after_last_byte_s": get(f"{kind}_poller", "median_after_last_byte_s"),
             "peak_rss_MiB": get(f"{kind}_poller", "peak_rss_MiB"),
         }
     out["no_toxic_direct: poller_s / baseline_s"] = round(get("zip_direct_poller") / get("zip_direct_baseline"), 3)
     out["no_toxic_direct: poller_install_s / baseline_s"] = round(
-        get("zip_direct_poller", "median_in_place_s") / get("zip_direct_baseline"), 3)
+        get("zip_direct_poller", "median_in_place_s") / get("zip_direct_baseline"), 3
+    )
+    if "zip_direct_poller_reference" in summary:
+        out["no_toxic_direct: reference_s / baseline_s"] = round(
+            get("zip_direct_poller_reference") / get("zip_direct_baseline"), 3
+        )
+        out["no_toxic_direct: reference_install_s / baseline_s"] = round(
+            get("zip_direct_poller_reference", "median_in_place_s") / get("zip_direct_baseline"), 3
+        )
     return out
 
 
@@ -211,6 +301,164 @@ def fresh(root: Path, name: str) -> Path:
     return work
 
 
+@dataclass
+class Bench:
+    """One run of the benchmark: the services, the seeded objects, the results so far."""
+
+    root: Path
+    streams: int
+    rate_mib: float
+    only: set[str]
+    reference: dict[str, str]  # the environment that runs the reference code, if any
+    gcs: Gcs
+    proxy: Proxy
+    bucket: Any
+    zip_bytes: int = 0
+    folder_bytes: int = 0
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def via_proxy(self) -> dict[str, str]:
+        return {**os.environ, "STORAGE_EMULATOR_HOST": self.proxy.url}
+
+    @property
+    def direct(self) -> dict[str, str]:
+        return {**os.environ, "STORAGE_EMULATOR_HOST": self.gcs.url}
+
+    @property
+    def zip_src(self) -> str:
+        return f"gs://{self.bucket.name}/zip/"
+
+    @property
+    def folder_src(self) -> str:
+        return f"gs://{self.bucket.name}/folder/"
+
+    def want(self, name: str) -> bool:
+        return not self.only or name in self.only
+
+    def record(self, name: str, result: Run, nbytes: int) -> None:
+        entry = {
+            "s": round(result.seconds, 2),
+            "rss_MiB": round(result.rss_mib, 1),
+            "MiB_per_s": round(nbytes / MiB / result.seconds, 1),
+            **result.extra,
+        }
+        self.results.setdefault(name, []).append(entry)
+        print(json.dumps({name: entry}), flush=True)
+
+    def seed(self, size: int) -> None:
+        archive = self.root / "upload.zip"
+        build_archive(archive, size)
+        self.zip_bytes = archive.stat().st_size
+        seed_object(self.gcs, self.bucket, "zip/0001.zip", archive)
+        folder_runs = (
+            "folder_poller",
+            "folder_poller_1_stream",
+            "folder_rclone",
+            "ceiling_rclone_shm",
+            "folder_poller_no_toxic",
+        )
+        if any(self.want(name) for name in folder_runs):
+            seed_folder(self.gcs, self.bucket, "folder/0001/", size, 8, self.root)
+        self.folder_bytes = sum(b.size for b in self.bucket.list_blobs(prefix="folder/"))
+
+    def poller_runs(self, name: str, source: str, env: dict[str, str], nbytes: int, streams: int = 0) -> None:
+        """``name`` with this code, then ``name_reference`` with the reference code, if any."""
+        if not self.want(name):
+            return
+        self.record(name, poller(source, fresh(self.root, "run"), streams or self.streams, env), nbytes)
+        if self.reference and name in ("zip_poller_no_toxic", "zip_direct_poller"):
+            self.record(
+                f"{name}_reference",
+                poller(source, fresh(self.root, "run"), self.streams, {**env, **self.reference}),
+                nbytes,
+            )
+
+    def toxic_round(self) -> None:
+        """Every connection capped at ``rate_mib``: the pollers, then rclone."""
+        cap = self.proxy.bandwidth(int(self.rate_mib * MiB / 1000))
+        try:
+            for streams, label in ((self.streams, "poller"), (1, "poller_1_stream")):
+                self.poller_runs(f"zip_{label}", self.zip_src, self.via_proxy, self.zip_bytes, streams)
+                self.poller_runs(f"folder_{label}", self.folder_src, self.via_proxy, self.folder_bytes, streams)
+            if self.want("zip_rclone"):
+                work = fresh(self.root, "run")
+                self.record(
+                    "zip_rclone",
+                    rclone(f"bench:{self.bucket.name}/zip", work / "dl", self.streams, self.proxy.url, work, True),
+                    self.zip_bytes,
+                )
+            if self.want("folder_rclone"):
+                work = fresh(self.root, "run")
+                self.record(
+                    "folder_rclone",
+                    rclone(
+                        f"bench:{self.bucket.name}/folder/0001", work / "dl", self.streams, self.proxy.url, work, False
+                    ),
+                    self.folder_bytes,
+                )
+        finally:
+            self.proxy.remove_toxic(cap)
+
+    def no_toxic_round(self) -> None:
+        # The ceiling of N connections through the proxy on this machine (rclone, N objects
+        # side by side, into memory: download only).
+        if self.want("ceiling_rclone_shm"):
+            shm = Path(tempfile.mkdtemp(prefix="bench-", dir="/dev/shm"))
+            try:
+                self.record(
+                    "ceiling_rclone_shm",
+                    rclone(
+                        f"bench:{self.bucket.name}/folder/0001",
+                        shm,
+                        self.streams,
+                        self.proxy.url,
+                        fresh(self.root, "run"),
+                        False,
+                    ),
+                    self.folder_bytes,
+                )
+            finally:
+                shutil.rmtree(shm, ignore_errors=True)
+        self.poller_runs("zip_poller_no_toxic", self.zip_src, self.via_proxy, self.zip_bytes)
+        self.poller_runs("folder_poller_no_toxic", self.folder_src, self.via_proxy, self.folder_bytes)
+        # Straight to fake-gcs-server: the figures of bench/poller_throughput.py.
+        if self.want("zip_direct_baseline"):
+            work = fresh(self.root, "run")
+            url = f"{self.gcs.url}/download/storage/v1/b/{self.bucket.name}/o/zip%2F0001.zip?alt=media"
+            self.record(
+                "zip_direct_baseline",
+                run(
+                    [sys.executable, "-c", BASELINE, url, str(work / "a.zip"), str(work / "out")],
+                    self.direct,
+                    work / "baseline.log",
+                ),
+                self.zip_bytes,
+            )
+        self.poller_runs("zip_direct_poller", self.zip_src, self.direct, self.zip_bytes)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            name: summarize(runs, self.zip_bytes if name.startswith("zip") else self.folder_bytes)
+            for name, runs in self.results.items()
+        }
+
+
+def summarize(runs: list[dict[str, Any]], nbytes: int) -> dict[str, float]:
+    """Medians of one scenario's runs (and the poller's own timings, where it logged them)."""
+    out = {
+        "median_s": statistics.median(r["s"] for r in runs),
+        "peak_rss_MiB": max(r["rss_MiB"] for r in runs),
+        "median_cpu_s": statistics.median(r["cpu_s"] for r in runs),
+        "median_services_cpu_s": statistics.median(r["services_cpu_s"] for r in runs),
+    }
+    if all("in_place_s" in r for r in runs):
+        out["median_in_place_s"] = statistics.median(r["in_place_s"] for r in runs)
+        out["median_after_last_byte_s"] = statistics.median(r["after_last_byte_s"] for r in runs)
+        out["median_download_MiB_per_s"] = statistics.median(nbytes / MiB / r["last_byte_s"] for r in runs)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-gib", type=float, default=1.0)
@@ -219,97 +467,56 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="folder holding another model_poller package, run side by side (no-toxic zip runs)",
+    )
     args = parser.parse_args()
-    size = int(args.size_gib * GiB)
-    n = args.streams
-    only = set(filter(None, args.only.split(",")))
     root = Path(args.workdir or tempfile.mkdtemp(prefix="network-bench-"))
-    results: dict[str, list[dict[str, Any]]] = {}
-
-    def record(name: str, result: Run, nbytes: int) -> None:
-        entry = {"s": round(result.seconds, 2), "rss_MiB": round(result.rss_mib, 1),
-                 "MiB_per_s": round(nbytes / MiB / result.seconds, 1), **result.extra}
-        results.setdefault(name, []).append(entry)
-        print(json.dumps({name: entry}), flush=True)
-
-    def want(name: str) -> bool:
-        return not only or name in only
-
+    reference = {"PYTHONPATH": str(Path(args.reference).resolve())} if args.reference else {}
     with Toxiproxy(root / "toxiproxy") as toxiproxy:
         gcs_port, proxy_port = free_port(), free_port()
         proxy: Proxy = toxiproxy.create_proxy("gcs", f"127.0.0.1:{gcs_port}", listen=f"127.0.0.1:{proxy_port}")
         gcs = Gcs(root / "gcs", gcs_port, proxy.url).start()
+        assert gcs.service is not None and toxiproxy._service is not None  # (the bench reads their CPU time)
+        SERVICE_PIDS[:] = [gcs.service.proc.pid, toxiproxy._service.proc.pid]
+        load_before = os.getloadavg()
         try:
             bucket = gcs.client(gcs.url).create_bucket(f"bench-{uuid.uuid4().hex[:8]}")
-            archive = root / "upload.zip"
-            build_archive(archive, size)
-            zip_bytes = archive.stat().st_size
-            seed_object(gcs, bucket, "zip/0001.zip", archive)
-            if any(want(name) for name in ("folder_poller", "folder_poller_1_stream", "folder_rclone",
-                                           "ceiling_rclone_shm", "folder_poller_no_toxic")):
-                seed_folder(gcs, bucket, "folder/0001/", size, 8, root)
-            folder_bytes = sum(b.size for b in bucket.list_blobs(prefix="folder/"))
-            via_proxy = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url}
-            direct = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url}
-            zip_src, folder_src = f"gs://{bucket.name}/zip/", f"gs://{bucket.name}/folder/"
+            bench = Bench(
+                root,
+                args.streams,
+                args.rate_mib,
+                set(filter(None, args.only.split(","))),
+                reference,
+                gcs,
+                proxy,
+                bucket,
+            )
+            bench.seed(int(args.size_gib * GiB))
             for _ in range(args.rounds):
-                cap = proxy.bandwidth(int(args.rate_mib * MiB / 1000))
-                try:
-                    for streams, label in ((n, "poller"), (1, "poller_1_stream")):
-                        if want(f"zip_{label}"):
-                            record(f"zip_{label}", poller(zip_src, fresh(root, "run"), streams, via_proxy), zip_bytes)
-                        if want(f"folder_{label}"):
-                            record(f"folder_{label}", poller(folder_src, fresh(root, "run"), streams, via_proxy),
-                                   folder_bytes)
-                    if want("zip_rclone"):
-                        work = fresh(root, "run")
-                        record("zip_rclone", rclone(f"bench:{bucket.name}/zip", work / "dl", n, proxy.url, work, True),
-                               zip_bytes)
-                    if want("folder_rclone"):
-                        work = fresh(root, "run")
-                        record("folder_rclone",
-                               rclone(f"bench:{bucket.name}/folder/0001", work / "dl", n, proxy.url, work, False),
-                               folder_bytes)
-                finally:
-                    proxy.remove_toxic(cap)
-                # No toxic: the ceiling of N connections through the proxy on this machine
-                # (rclone, N objects side by side, into memory: download only).
-                if want("ceiling_rclone_shm"):
-                    shm = Path(tempfile.mkdtemp(prefix="bench-", dir="/dev/shm"))
-                    try:
-                        record("ceiling_rclone_shm",
-                               rclone(f"bench:{bucket.name}/folder/0001", shm, n, proxy.url, fresh(root, "run"), False),
-                               folder_bytes)
-                    finally:
-                        shutil.rmtree(shm, ignore_errors=True)
-                if want("zip_poller_no_toxic"):
-                    record("zip_poller_no_toxic", poller(zip_src, fresh(root, "run"), n, via_proxy), zip_bytes)
-                if want("folder_poller_no_toxic"):
-                    record("folder_poller_no_toxic", poller(folder_src, fresh(root, "run"), n, via_proxy), folder_bytes)
-                # Straight to fake-gcs-server: the figures of bench/poller_throughput.py.
-                if want("zip_direct_baseline"):
-                    work = fresh(root, "run")
-                    url = f"{gcs.url}/download/storage/v1/b/{bucket.name}/o/zip%2F0001.zip?alt=media"
-                    record("zip_direct_baseline",
-                           run([sys.executable, "-c", BASELINE, url, str(work / "a.zip"), str(work / "out")], direct,
-                               work / "baseline.log"), zip_bytes)
-                if want("zip_direct_poller"):
-                    record("zip_direct_poller", poller(zip_src, fresh(root, "run"), n, direct), zip_bytes)
+                bench.toxic_round()
+                bench.no_toxic_round()
                 shutil.rmtree(root / "run", ignore_errors=True)
         finally:
             gcs.stop()
-    summary = {name: {"median_s": statistics.median(r["s"] for r in runs),
-                      "peak_rss_MiB": max(r["rss_MiB"] for r in runs),
-                      **({"median_in_place_s": statistics.median(r["in_place_s"] for r in runs),
-                          "median_after_last_byte_s": statistics.median(r["after_last_byte_s"] for r in runs),
-                          "median_download_MiB_per_s": statistics.median(
-                              (zip_bytes if name.startswith("zip") else folder_bytes) / MiB / r["last_byte_s"]
-                              for r in runs)}
-                         if all("in_place_s" in r for r in runs) else {})}
-               for name, runs in results.items()}
-    print(json.dumps({"summary": summary, "targets": targets(summary, n, args.rate_mib, folder_bytes),
-                      "size_bytes": {"zip": zip_bytes, "folder": folder_bytes},
-                      "streams": n, "rate_MiB_per_connection": args.rate_mib, **machine()}), flush=True)
+    summary = bench.summary()
+    print(
+        json.dumps(
+            {
+                "summary": summary,
+                "targets": targets(summary, args.streams, args.rate_mib, bench.folder_bytes),
+                "size_bytes": {"zip": bench.zip_bytes, "folder": bench.folder_bytes},
+                "streams": args.streams,
+                "rate_MiB_per_connection": args.rate_mib,
+                "load_avg_before": load_before,
+                "load_avg_after": os.getloadavg(),
+                **machine(),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
