@@ -13,8 +13,8 @@ taken back, a field the operator stopped rendering is removed. Nothing is writte
 the live object is in sync with the render, so a steady state makes zero writes.
 
 An optional child that must not exist for the current spec (``children.py``) is deleted, and
-only when this ModelDeployment controls it; otherwise the operator deletes nothing (owner
-references do).
+only when this ModelDeployment controls it and it carries the managed-by label (as the
+admission policy requires); otherwise the operator deletes nothing (owner references do).
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def _api_fields(error: ApiException) -> tuple[str, ...]:
         return ()
 
 
+def _managed(obj: Mapping[str, Any]) -> bool:
+    """Whether ``obj`` carries the label of the operator's children."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(names.LABEL_MANAGED_BY) == names.MANAGER)
+
+
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     plural = PLURALS[kind] if kind in PLURALS else BY_KIND[kind].plural
@@ -93,6 +99,8 @@ class Api:
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
         self.client = client
         self.client.user_agent = USER_AGENT
+        # uids of the unlabelled optional children already reported (see remove).
+        self._unlabelled_reported: set[str] = set()
 
     @classmethod
     def from_environment(cls) -> Api:
@@ -244,14 +252,21 @@ class Api:
 
     def remove(self, absent: Desired) -> Change | None:
         """Delete an optional child that must not exist, only if this ModelDeployment
-        controls it (its uid); None when there is nothing of ours to delete.
+        controls it (its uid) and it carries the managed-by label; None when there is
+        nothing of ours to delete.
 
         An object of that name that someone else controls is not ours: left untouched,
-        and not a conflict either (the ModelDeployment wants nothing under that name)."""
+        and not a conflict either (the ModelDeployment wants nothing under that name). One
+        whose label was removed by hand is left too, and reported once: the chart's
+        admission policy lets the operator delete only labelled children, so trying would
+        fail on every reconcile."""
         child = absent.child
         try:
             live = self.get(child.api_version, child.kind, absent.namespace, absent.name)
             if live is None or not controlled_by(live, absent.owner.uid):
+                return None
+            if not _managed(live):
+                self._report_unlabelled(absent, live)
                 return None
             # The precondition makes sure the object deleted is the one just checked.
             options = {"preconditions": {"uid": live["metadata"]["uid"]}, "propagationPolicy": "Background"}
@@ -263,6 +278,25 @@ class Api:
                 return None  # gone already, or replaced meanwhile: the next reconcile looks again
             raise ApplyError({"kind": child.kind, "metadata": {"name": absent.name}}, error) from error
         return Change(kind=child.kind, name=absent.name, action="deleted")
+
+    def _report_unlabelled(self, absent: Desired, live: Mapping[str, Any]) -> None:
+        uid = str(live["metadata"].get("uid"))
+        if uid in self._unlabelled_reported:
+            return
+        self._unlabelled_reported.add(uid)
+        log.warning(
+            "not deleting %s %s/%s, which ModelDeployment %s no longer wants: its label %s=%s was removed, and the "
+            "operator deletes only objects that carry it; delete it yourself (kubectl -n %s delete %s/%s)",
+            absent.child.kind,
+            absent.namespace,
+            absent.name,
+            absent.owner.name,
+            names.LABEL_MANAGED_BY,
+            names.MANAGER,
+            absent.namespace,
+            absent.child.kind.lower(),
+            absent.name,
+        )
 
     def converge_all(self, children: list[Desired]) -> Outcome:
         """Converge every child in order: apply those rendered, remove those that must not

@@ -6,9 +6,9 @@ render and apply, in which order, what waits for what), the drift-repair watches
 (plus its render function in the ``render`` package, the chart's RBAC and admission policy).
 
 An *optional* child's render function may return None: that child must not exist for this
-spec. The reconcile then deletes the live object of that name if, and only if, this
-ModelDeployment controls it (controller ownerReference with its uid); an object it does
-not control is never touched.
+spec. The reconcile then deletes the live object of that name only if this ModelDeployment
+controls it (controller ownerReference with its uid) and it carries the managed-by label; an
+object it does not control is never touched (``apply.Api.remove``).
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """The table of child kinds (children.CHILDREN), and optional children against a real API server.
 
 An optional child's render may return None: that child must not exist. The reconcile then
-deletes the live object of that name if this ModelDeployment controls it, and never touches
-one it does not control. The delete path is exercised here through the generic code
+deletes the live object of that name if this ModelDeployment controls it (and it carries the
+managed-by label), and never touches one it does not control. The delete path is exercised here through the generic code
 (``Api.converge_all``) with a real kind, as an optional kind would run it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from typing import Any
 
@@ -122,3 +123,31 @@ def test_an_optional_child_it_does_not_control_is_never_touched(
     live = cluster.core.read_namespaced_service_account(name, namespace)
     assert live.metadata.uid == theirs.metadata.uid
     assert live.metadata.resource_version == theirs.metadata.resource_version
+
+
+@pytest.mark.kube
+def test_an_optional_child_whose_label_was_removed_is_not_deleted_and_reported_once(
+    cluster: kit.Cluster, namespace: str, cases: dict[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The admission policy lets the operator delete only labelled children: an unlabelled
+    one is left (a DELETE would be refused on every reconcile), and said once."""
+    md = cluster.create_md(namespace, "opt", cases["minimal"])
+    owner = ownership.Owner("opt", namespace, md["metadata"]["uid"])
+    spec, api = _spec(cases["minimal"], "opt"), Api(cluster.api)
+    name = rbac.poller_identity(owner)
+    api.converge_all(_desired(_optional_service_account(True), owner, spec))
+    cluster.core.patch_namespaced_service_account(
+        name, namespace, [{"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"}]
+    )
+    unlabelled = cluster.core.read_namespaced_service_account(name, namespace)
+
+    with caplog.at_level(logging.WARNING, logger="model_poller_operator.apply"):
+        for _ in range(2):
+            outcome = api.converge_all(_desired(_optional_service_account(False), owner, spec))
+            assert outcome.changes == () and outcome.conflicts == ()
+
+    live = cluster.core.read_namespaced_service_account(name, namespace)
+    assert live.metadata.uid == unlabelled.metadata.uid
+    reports = [r.getMessage() for r in caplog.records if "not deleting" in r.getMessage()]
+    assert len(reports) == 1, reports
+    assert f"ServiceAccount {namespace}/{name}" in reports[0] and names.LABEL_MANAGED_BY in reports[0]
