@@ -2,7 +2,9 @@
 
 :func:`converge` renders and applies the children and returns the outcome as a
 :class:`Reconciled`, which the reconcile handler writes into the status once. A repair
-renders one child (:func:`desired_child`) and puts it back (:func:`restore`).
+renders one child (:func:`desired_child`) and puts it back (:func:`restore`), unless a child
+it depends on is held by someone else's object (the reconcile holds it back too, and
+reports the conflict).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from model_poller_api import models, names
 
 from model_poller_operator import children, status_reasons
@@ -122,10 +125,59 @@ def desired_child(child: ChildKind, snapshot: Snapshot, name: str) -> children.D
         return None  # a spec that cannot be rendered: the reconcile reports it, nothing to restore
 
 
+def foreign_dependency(state: State, snapshot: Snapshot, kind: str) -> Conflict | None:
+    """The first child that ``kind`` depends on (``ChildKind.depends_on``) whose name is held
+    by an object this ModelDeployment does not control, as ``converge_all`` would find it:
+    the Deployment must not mount someone else's ConfigMap, nor run as an identity bound to
+    someone else's Role. Dependencies this spec does not render are not looked at."""
+    spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
+    kinds = children.kinds_for(spec)
+    for dependency in (children.BY_KIND[k] for k in children.BY_KIND[kind].depends_on):
+        if dependency not in kinds:
+            continue
+        rendered = children.render_one(dependency, snapshot.owner, spec).obj
+        if rendered is None:
+            continue  # an optional child this spec does not want: nothing is mounted or bound
+        try:
+            live = state.api.get(
+                dependency.api_version, dependency.kind, snapshot.namespace, dependency.name(snapshot.owner)
+            )
+        except ApiException as error:
+            raise ApplyError(rendered, error) from error
+        conflict = Conflict.of(rendered, live) if live is not None else None
+        if conflict is not None:
+            return conflict
+    return None
+
+
+def _held_back(state: State, snapshot: Snapshot, kind: str, logger: Logger) -> bool:
+    """Whether the repair of ``kind`` waits for a dependency someone else holds (logged once
+    while it lasts: a Deployment has many events)."""
+    key = (snapshot.namespace, snapshot.name)
+    conflict = foreign_dependency(state, snapshot, kind)
+    if conflict is None:
+        for dependency in children.BY_KIND[kind].depends_on:  # one call each: other threads share the set
+            state.repairs_held_back.discard((key, kind, dependency))
+        return False
+    memory = (key, kind, conflict.kind)
+    if memory not in state.repairs_held_back:
+        state.repairs_held_back.add(memory)
+        logger.warning(
+            "not repairing %s of ModelDeployment %s: it depends on %s, which the ModelDeployment does not control "
+            "(the reconcile reports the conflict)",
+            kind,
+            snapshot.name,
+            conflict.describe(),
+        )
+    return True
+
+
 def restore(state: State, snapshot: Snapshot, desired: Mapping[str, Any], logger: Logger) -> None:
     kind, name = desired["kind"], desired["metadata"]["name"]
     try:
         with state.lock((snapshot.namespace, snapshot.name)):
+            if _held_back(state, snapshot, kind, logger):
+                return
             change = state.api.converge(desired)
     except ApplyError as error:
         logger.warning("could not repair %s %s: %s", kind, name, error)

@@ -69,6 +69,9 @@ class State:
     external: ExternalPods | None = None
     # Whether every index has done its first full list (see resource_handler_state).
     indexes_listed: bool = False
+    # Repairs held back by a dependency someone else owns, already logged (reconcile.restore):
+    # (ModelDeployment, child kind, dependency kind).
+    repairs_held_back: set[tuple[Key, str, str]] = field(default_factory=set)
     _locks: dict[Key, threading.Lock] = field(default_factory=dict)
     _locks_lock: threading.Lock = field(default_factory=threading.Lock)
 

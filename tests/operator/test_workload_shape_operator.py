@@ -13,8 +13,9 @@ import json
 from typing import Any
 
 import pytest
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from model_poller_api import names
+from model_poller_api import names, workload
 
 from local_services import operator_kit as kit
 
@@ -230,3 +231,43 @@ def test_the_operator_may_delete_only_its_own_optional_children(
             },
         )
     assert error.value.status == 403 and "monitoring_config.txt" in str(error.value.body)
+
+
+def _mounts_monitoring(deployment: dict[str, Any] | None) -> bool:
+    assert deployment is not None
+    volumes = deployment["spec"]["template"]["spec"].get("volumes") or []
+    return any(v["name"] == workload.MONITORING_VOLUME for v in volumes)
+
+
+def test_a_deployment_event_does_not_restore_a_deployment_that_would_mount_someone_elses_config_map(
+    operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str
+) -> None:
+    """monitoring: true while someone else's ConfigMap holds m-monitoring: the reconcile holds
+    the Deployment back (NameConflict), and so must the drift repair that a Deployment event
+    starts (it renders the Deployment alone, with the mount of that ConfigMap)."""
+    cluster.create_md(namespace, "m", {"source": SOURCE})
+    kit.wait_for("Synced", lambda: (s := _synced(cluster, namespace, "m")) and s["status"] == "True")
+    assert not _mounts_monitoring(cluster.child("Deployment", namespace, "m"))
+    theirs = {"metadata": {"name": "m-monitoring"}, "data": {"monitoring_config.txt": "theirs"}}
+    cluster.core.create_namespaced_config_map(namespace, theirs)
+    cluster.patch_md(namespace, "m", {"spec": {"serving": {"monitoring": True}}})
+    synced = kit.wait_for("Synced=False", lambda: _synced(cluster, namespace, "m"))
+    assert (synced["status"], synced["reason"]) == ("False", "NameConflict"), synced
+
+    # A Deployment event (an edit by hand): the repair sees the drift, and holds back.
+    apps = client.AppsV1Api(cluster.api)
+    apps.patch_namespaced_deployment("m", namespace, {"metadata": {"labels": {"touched": "by-hand"}}})
+    kit.wait_for(
+        "the repair held back",
+        lambda: "not repairing Deployment of ModelDeployment m: it depends on ConfigMap m-monitoring" in operator.log(),
+    )
+    assert not _mounts_monitoring(cluster.child("Deployment", namespace, "m"))
+    assert (_config_map(cluster, namespace, "m") or {})["data"] == theirs["data"]
+    assert "ValidatingAdmissionPolicy" not in operator.log()
+
+    # Its owner deletes the ConfigMap: the reconcile's retry makes ours, then the Deployment.
+    cluster.core.delete_namespaced_config_map("m-monitoring", namespace)
+    kit.wait_for(
+        "Synced=True", lambda: (s := _synced(cluster, namespace, "m")) and s["status"] == "True" and s, timeout=90
+    )
+    assert _mounts_monitoring(cluster.child("Deployment", namespace, "m"))
