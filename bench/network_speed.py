@@ -17,8 +17,9 @@ fake-gcs-server (no proxy), the poller vs bench/poller_throughput.py's baseline
 (streaming GET + ``zipfile.extractall``).
 
 With ``--reference DIR`` (a folder holding another ``model_poller`` package, e.g. the
-``poller/`` of ``git archive <commit>``), the no-toxic zip runs are repeated right after
-with that code (``*_reference``), so a change is measured side by side under the same load.
+``poller/`` of ``git archive <commit>``), the poller's zip runs with N streams (with the
+toxic, without, and straight to fake-gcs-server) are repeated right after with that code
+(``*_reference``), so a change is measured side by side under the same load.
 
 Wall time includes process start; peak RSS is the child's VmHWM; ``cpu_s`` is the child's
 user + system CPU time, ``services_cpu_s`` that of fake-gcs-server and Toxiproxy during the
@@ -61,6 +62,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 UNZIP = "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])"
 _TIMES = re.compile(r"last byte received at ([0-9.]+)s, in place at ([0-9.]+)s")
+# The poller runs repeated with the --reference code, right after this code's.
+REFERENCE_RUNS = ("zip_poller", "zip_poller_no_toxic", "zip_direct_poller")
 # The long-running services whose CPU time each run also reports (set once they start).
 SERVICE_PIDS: list[int] = []
 
@@ -366,11 +369,12 @@ class Bench:
         """``name`` with this code, then ``name_reference`` with the reference code, if any."""
         if not self.want(name):
             return
-        self.record(name, poller(source, fresh(self.root, "run"), streams or self.streams, env), nbytes)
-        if self.reference and name in ("zip_poller_no_toxic", "zip_direct_poller"):
+        streams = streams or self.streams
+        self.record(name, poller(source, fresh(self.root, "run"), streams, env), nbytes)
+        if self.reference and name in REFERENCE_RUNS:
             self.record(
                 f"{name}_reference",
-                poller(source, fresh(self.root, "run"), self.streams, {**env, **self.reference}),
+                poller(source, fresh(self.root, "run"), streams, {**env, **self.reference}),
                 nbytes,
             )
 
@@ -470,7 +474,7 @@ def main() -> int:
     parser.add_argument(
         "--reference",
         default=None,
-        help="folder holding another model_poller package, run side by side (no-toxic zip runs)",
+        help="folder holding another model_poller package, run side by side (the zip runs with N streams)",
     )
     args = parser.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="network-bench-"))
