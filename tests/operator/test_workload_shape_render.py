@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from model_poller_api import models, names, workload
 from model_poller_operator import children, degradation, inject, overrides, pod_states, refusals, status_reasons
-from model_poller_operator.render import budget, monitoring, ownership, pod_containers, spec_paths
+from model_poller_operator.render import monitoring, ownership, pod_containers, spec_paths
+from model_poller_operator.render.budget import render_disruption_budget
 
 OWNER = ownership.Owner("faster-rcnn", "ml", "00000000-0000-4000-8000-000000000000")
 SOURCE = {"uri": "gs://ml-models/faster_rcnn/"}
@@ -51,7 +52,7 @@ def test_no_optional_children_and_no_metrics_port_without_their_fields() -> None
     assert "PodDisruptionBudget" not in kinds and "ConfigMap" not in kinds
     assert [p["name"] for p in kinds["Service"]["spec"]["ports"]] == ["grpc", "http"]
     assert not any("monitoring" in a for a in _container({"source": SOURCE}, "serving")["args"])
-    assert budget.render_disruption_budget(OWNER, _spec({"source": SOURCE})) is None
+    assert render_disruption_budget(OWNER, _spec({"source": SOURCE})) is None
     assert monitoring.render_monitoring_config(OWNER, _spec({"source": SOURCE})) is None
 
 
@@ -66,7 +67,7 @@ def test_external_mode_renders_no_budget_or_monitoring_but_the_identity_annotati
     assert kinds["ServiceAccount"]["metadata"]["annotations"] == body["serviceAccount"]["annotations"]
     # Stored before the CEL rule refusing them in external mode: still nothing rendered.
     stale = _spec({**body, "disruptionBudget": {"minAvailable": 1}, "serving": {"monitoring": True}})
-    assert budget.render_disruption_budget(OWNER, stale) is None
+    assert render_disruption_budget(OWNER, stale) is None
     assert monitoring.render_monitoring_config(OWNER, stale) is None
 
 

@@ -88,15 +88,15 @@ def poller_user(md: dict[str, Any]) -> str:
 def apply_identity(kube: KubeControlPlane, md: dict[str, Any]) -> None:
     namespace = md["metadata"]["namespace"]
     core = client.CoreV1Api(kube.api_client())
-    rbac = client.RbacAuthorizationV1Api(kube.api_client())
+    rbac_api = client.RbacAuthorizationV1Api(kube.api_client())
     for obj in rendered_identity(md):
         body = cast(Any, obj)  # a plain dict is sent as it is
         if obj["kind"] == "ServiceAccount":
             core.create_namespaced_service_account(namespace, body)
         elif obj["kind"] == "Role":
-            rbac.create_namespaced_role(namespace, body)
+            rbac_api.create_namespaced_role(namespace, body)
         elif obj["kind"] == "RoleBinding":
-            rbac.create_namespaced_role_binding(namespace, body)
+            rbac_api.create_namespaced_role_binding(namespace, body)
         else:
             raise AssertionError(f"unexpected kind {obj['kind']}")
 
