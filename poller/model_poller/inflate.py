@@ -1,14 +1,14 @@
 """The deflate implementation unpacking uses, chosen here and nowhere else: ISA-L.
 
 Why: on 2 cores an install is CPU-bound, and ISA-L (the ``isal`` package) inflates and
-checksums several times faster than CPython's zlib 1.2.13 (bench/inflate_speed.py, best of
-5, 256 MiB, shared 2-vCPU VM, 2026-11-25): stored blocks 3.9-4.7 GiB/s vs 0.9-2.0,
-Huffman-coded float weights 443-465 MiB/s vs 202-218, CRC-32 9.6-11.1 GiB/s vs 2.3-3.5.
-Like zlib it releases the GIL while it works (the zip members inflate on threads), its
-``decompress(data, max_length)`` returns at most ``max_length`` bytes and keeps the rest of
-the input in ``unconsumed_tail``, and its gzip reader's memory stays flat whatever the
-stream inflates to (4 GiB of zeros: 14 MiB peak RSS). tests/poller/test_inflate.py checks
-all of this. zlib-ng (``zlib-ng``) measured close, with slower CRC-32 and Huffman decoding.
+checksums several times faster than CPython's zlib 1.2.13 (bench/inflate_speed.py, shared
+2-vCPU VM, 2026-11-25): stored blocks 4.9 GiB/s vs 0.9-2.0, Huffman-coded float weights
+436 MiB/s vs 202-309, CRC-32 9.4-11.5 GiB/s vs 1.7-3.4 (BENCHMARKS.md). Like zlib it
+releases the GIL while it works (the zip members inflate on threads), returns at most
+``max_length`` bytes per step, keeping the input it could not consume for the next step,
+and its gzip reader's memory stays flat whatever the stream inflates to (4 GiB of zeros:
+14 MiB peak RSS). tests/poller/test_inflate.py checks all of this. zlib-ng (``zlib-ng``)
+measured close, with slower CRC-32 and Huffman decoding.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from isal import igzip, igzip_lib, isal_zlib
 NAME = "isal"
 
 # Output of one inflate step. ISA-L's decompressor allocates the whole step up front: with
-# 4 MiB steps (zlib's, which grows its buffer as output comes) glibc mapped fresh pages for
-# nearly every step of the unzip threads (190,000 page faults and +0.6 s of system time per
-# GiB, more than the inflate saved); 512 KiB buffers are reused (5,000 faults) and stay in
-# cache for the CRC-32 and the write. 1 GiB zip, 2 threads, user + system CPU: zlib
-# 4 MiB steps 1.3-1.4 s, ISA-L 4 MiB 1.6-1.7 s, ISA-L 512 KiB 1.0 s (2026-11-25).
+# 4 MiB steps (zlib's, which grows its output block by block) the unzip threads got freshly
+# mapped pages for nearly every step (190,000 page faults and +0.6 s of system time per GiB,
+# more than the inflate saved); 512 KiB buffers are reused (6,800 faults) and fit in the
+# CPU cache for the CRC-32 and the write. bench/unpack_cpu.py, 1 GiB zip, 2 threads, user +
+# system CPU: zlib 4 MiB steps 1.56 s, ISA-L 4 MiB 1.69 s, ISA-L 512 KiB 1.21 s.
 MAX_STEP = 512 << 10
 
 # What a corrupt raw deflate stream raises (isal's stub declares its error class as an instance).
