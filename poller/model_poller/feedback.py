@@ -196,6 +196,12 @@ class Feedback:
         if entry is None or not (entry.state == "AVAILABLE" or entry.failed):
             self.serving.expect(frozenset({newest}))
 
+    def refresh_serving(self, outcome: SyncOutcome) -> None:
+        """A sync that installed or removed a version changed what TF Serving will serve: ask
+        it again before the probes and the pod's entry read its answer."""
+        if self.serving is not None and changed_model_dir(outcome):
+            self.serving.refresh()
+
     def not_serving_reason(self, outcome: SyncOutcome) -> str:
         """One line for a 503 of ``/serving-ready``."""
         if self.serving is None:
@@ -233,3 +239,8 @@ class Feedback:
             self._metrics.serving_version.set(report.serving if report.serving is not None else -1)
             self._metrics.load_failures.set(len(load_failures(status, outcome.wanted)))
         self.entry_writer.write_entry(report)
+
+
+def changed_model_dir(outcome: SyncOutcome) -> bool:
+    """The sync installed or removed a version: what TF Serving serves is about to change."""
+    return bool(outcome.installed or outcome.removed)

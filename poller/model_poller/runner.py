@@ -347,6 +347,7 @@ class Poller:
     def _publish(self, outcome: SyncOutcome) -> None:
         """The probes and the pod's entry, from a sync's outcome."""
         assert self.feedback is not None
+        self.feedback.refresh_serving(outcome)
         self.feedback.expect_load(outcome)
         if outcome.settled:
             self.probes.ready.set()

@@ -192,6 +192,15 @@ class ServingWatcher:
                 self._expected.setdefault(version, deadline)
         self._wake.set()
 
+    def refresh(self) -> None:
+        """Ask TF Serving now, in the caller's thread: a report made right after the model dir
+        changed must not carry an answer from before the change (up to ``slow`` seconds old:
+        e.g. a rollback reporting the old version served after TF Serving unloaded it)."""
+        try:
+            self._poll_once()
+        except Exception:  # noqa: BLE001 - the watcher's own thread asks again and logs a bug
+            log.debug("refreshing TF Serving's status failed", exc_info=True)
+
     def _settle(self, status: ServingStatus) -> None:
         now = time.monotonic()
         with self._lock:

@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from model_poller.feedback import changed_model_dir
 from model_poller.report import build_report
-from model_poller.serving import fetch
+from model_poller.serving import ServingWatcher, fetch, serving_version
+from model_poller.sync_outcome import SyncOutcome
 from model_poller_api.models import PollerReport, ReportReason
 
 from local_services.archives import model_files, zip_bytes
@@ -465,3 +467,44 @@ def test_tf_serving_unreachable_keeps_syncing_and_keeps_old_versions(
     assert poller.metric("model_poller_removals_total") == 1
     assert poller.metric("model_poller_installs_total") == 3
     assert "TF Serving not answering yet" in poller.output()
+
+
+# -- 5. the answer a report carries is asked after the model dir changed -----------------------
+
+
+def test_refresh_replaces_an_answer_from_before_the_model_dir_changed(
+    dirs: Dirs, standin: StandIn, tmp_path: Path
+) -> None:
+    """The watcher polls slowly while nothing is expected; a sync that installed or removed a
+    version asks TF Serving again (``Feedback.refresh_serving``) so the pod's entry never
+    reports a version TF Serving has since unloaded (seen after a live rollback)."""
+    dirs.models.mkdir(exist_ok=True)
+    (dirs.models / "1").mkdir()
+    for name, data in model_files(1).items():
+        (dirs.models / "1" / name).parent.mkdir(parents=True, exist_ok=True)
+        (dirs.models / "1" / name).write_bytes(data)
+    tf = standin(load_seconds=0.1)
+    tf.start()
+    changes: list[float] = []
+    watcher = ServingWatcher(tf.url, MODEL, lambda: changes.append(time.monotonic()), fast=60, slow=60)
+    watcher.start()
+    try:
+        wait_for("the first answer", lambda: (s := watcher.current()) is not None and s.available() == {1}, 10)
+        (dirs.models / "2").mkdir()
+        for name, data in model_files(2).items():
+            (dirs.models / "2" / name).parent.mkdir(parents=True, exist_ok=True)
+            (dirs.models / "2" / name).write_bytes(data)
+        tf.wait_for(2, "AVAILABLE")
+        tf.wait_for(1, "END")
+        stale = watcher.current()
+        assert stale is not None and stale.available() == {1}, "the slow watcher has not asked again yet"
+        assert serving_version(stale, {1, 2}) == 1  # what a report would claim without a refresh
+
+        assert not changed_model_dir(SyncOutcome(latest=2, wanted=frozenset({1, 2}), on_disk=(1, 2)))
+        assert changed_model_dir(SyncOutcome(latest=2, wanted=frozenset({1, 2}), on_disk=(1, 2), removed=[3]))
+        watcher.refresh()  # what Feedback.refresh_serving does after such a sync
+        fresh = watcher.current()
+        assert fresh is not None and fresh.available() == {2}, fresh
+        assert serving_version(fresh, {1, 2}) == 2 and changes, "the change was announced"
+    finally:
+        watcher.stop()
