@@ -61,8 +61,9 @@ def serving_schema() -> Schema:
             "default": False,
             "description": (
                 "Expose TF Serving's Prometheus metrics: the operator writes TF Serving's monitoring config "
-                f"(a ConfigMap NAME{workload.MONITORING_SUFFIX}: prometheus_config {{ enable: true, path: "
-                f'"{workload.METRICS_PATH}" }}), passes it with --monitoring_config_file, and adds a '
+                f'(prometheus_config {{ enable: true, path: "{workload.METRICS_PATH}" }}) into the pod-template '
+                f"annotation {workload.MONITORING_CONFIG_ANNOTATION}, projects it into a file with a downwardAPI "
+                "volume, passes that file with --monitoring_config_file, and adds a "
                 f"port named metrics ({workload.METRICS_SERVICE_PORT}) to the Service, which forwards to TF Serving's REST "
                 f"port {names.SERVING_REST_PORT} where the metrics are served."
             ),

@@ -30,12 +30,15 @@ CREDENTIALS_VOLUME: Final = "gcs-credentials"
 MONITORING_VOLUME: Final = "tf-serving-monitoring"
 OWNED_VOLUMES: Final = (MODELS_VOLUME, TMP_VOLUME, TOKEN_VOLUME, CREDENTIALS_VOLUME, MONITORING_VOLUME)
 
-# TF Serving's monitoring (spec.serving.monitoring): its config lives in a ConfigMap
-# NAME-monitoring; the metrics are served on the REST port at this path. Prometheus' service
-# discovery picks a Service port by name, hence a second Service port ("metrics") that
-# forwards to the same container port as "http".
-MONITORING_SUFFIX: Final = "-monitoring"
-MONITORING_CONFIG_KEY: Final = "monitoring_config.txt"
+# TF Serving's monitoring (spec.serving.monitoring): its config is the text of a pod-template
+# annotation, which a downwardAPI volume projects into the file MONITORING_CONFIG_FILE (no
+# ConfigMap child: to watch one, the operator would need to read every ConfigMap it can see).
+# The annotation is under the API group, so spec.podTemplate cannot set or replace it. The
+# metrics are served on the REST port at METRICS_PATH. Prometheus' service discovery picks a
+# Service port by name, hence a second Service port ("metrics") that forwards to the same
+# container port as "http".
+MONITORING_CONFIG_ANNOTATION: Final = f"{names.GROUP}/monitoring-config"
+MONITORING_CONFIG_FILE: Final = "monitoring_config.txt"
 METRICS_PATH: Final = "/monitoring/prometheus/metrics"
 METRICS_PORT_NAME: Final = "metrics"
 METRICS_SERVICE_PORT: Final = 9090

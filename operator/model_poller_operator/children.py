@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from model_poller_api import models
 
-from model_poller_operator.render import budget, deployment, monitoring, rbac, service
+from model_poller_operator.render import budget, deployment, rbac, service
 from model_poller_operator.render.ownership import Owner
 
 Obj = dict[str, Any]
@@ -73,10 +73,8 @@ CHILDREN: Final[tuple[ChildKind, ...]] = (
     ChildKind(_RBAC, "v1", "RoleBinding", "rolebindings", rbac.render_role_binding, rbac.poller_identity, external=True,
               depends_on=("ServiceAccount", "Role")),
     ChildKind("", "v1", "Service", "services", service.render_service, _model_deployment_name),
-    ChildKind("", "v1", "ConfigMap", "configmaps", monitoring.render_monitoring_config, monitoring.monitoring_config_name, optional=True),
-    # The pods mount the ConfigMap as TF Serving's monitoring config: never someone else's.
     ChildKind("apps", "v1", "Deployment", "deployments", deployment.render_deployment, _model_deployment_name,
-              depends_on=("ServiceAccount", "Role", "RoleBinding", "ConfigMap")),
+              depends_on=("ServiceAccount", "Role", "RoleBinding")),
     ChildKind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", budget.render_disruption_budget,
               _model_deployment_name, optional=True),
 )

@@ -128,8 +128,8 @@ def desired_child(child: ChildKind, snapshot: Snapshot, name: str) -> children.D
 def foreign_dependency(state: State, snapshot: Snapshot, kind: str) -> Conflict | None:
     """The first child that ``kind`` depends on (``ChildKind.depends_on``) whose name is held
     by an object this ModelDeployment does not control, as ``converge_all`` would find it:
-    the Deployment must not mount someone else's ConfigMap, nor run as an identity bound to
-    someone else's Role. Dependencies this spec does not render are not looked at."""
+    the Deployment must not run as an identity bound to someone else's Role. Dependencies
+    this spec does not render are not looked at."""
     spec = models.ModelDeploymentSpec.from_object(snapshot.name, snapshot.spec)
     kinds = children.kinds_for(spec)
     for dependency in (children.BY_KIND[k] for k in children.BY_KIND[kind].depends_on):

@@ -69,7 +69,9 @@ def test_manifests_grant_what_the_operator_needs() -> None:
     # child that must no longer exist (children.py), so only those kinds get "delete".
     optional = {(c.group, c.plural) for c in children.CHILDREN if c.optional}
     deletable = {resource for resource, granted in verbs.items() if "delete" in granted}
-    assert deletable == optional, "delete is granted exactly on the optional child kinds"
+    assert deletable == optional == {("policy", "poddisruptionbudgets")}, "delete: the optional child kinds only"
+    # TF Serving's monitoring config is a projected pod annotation: no ConfigMap rights at all.
+    assert not [r for r in rules if "configmaps" in r["resources"]], "the ClusterRole grants nothing on configmaps"
     assert ("", "secrets") not in verbs, "the operator has no access to Secrets at all"
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -91,6 +91,16 @@ def test_no_rule_mentions_secrets(values: list[str]) -> None:
                             "resourceNames": ["mp-model-poller-operator-webhook-tls"], "verbs": ["get", "update"]}  # fmt: skip
 
 
+@pytest.mark.parametrize("values", [[], ["--set", "watch.namespaces={ml}"]], ids=["cluster-wide", "namespaced"])
+def test_no_rule_grants_anything_on_config_maps(values: list[str]) -> None:
+    """TF Serving's monitoring config is a downwardAPI projection of a pod annotation, not a
+    ConfigMap child: the operator reads no ConfigMap, neither cluster-wide nor in a namespace."""
+    rules = [rule for doc in _rendered(*values) if doc["kind"] in ("ClusterRole", "Role") for rule in doc["rules"]]
+    assert rules and not [rule for rule in rules if "configmaps" in rule["resources"]]
+    (policy,) = [doc for doc in _rendered(*values) if doc["kind"] == "ValidatingAdmissionPolicy"]
+    assert not [r for r in policy["spec"]["matchConstraints"]["resourceRules"] if "configmaps" in r["resources"]]
+
+
 def test_admission_policy_names_the_operator_and_its_labels() -> None:
     docs = {d["kind"]: d for d in _rendered()}
     policy = docs["ValidatingAdmissionPolicy"]

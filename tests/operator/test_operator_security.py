@@ -4,7 +4,7 @@ Everything here runs against the real API server with the chart's RBAC and its
 ValidatingAdmissionPolicy installed (from deploy/manifests, which test_helm.py proves is
 `helm template` of the chart), using the operator's OWN ServiceAccount token, as a thief
 of that token would. Each attack is one the chart's old ClusterRole allowed; each must
-now be refused, by RBAC (Secrets) or by the policy (the rest: the error says so, which
+now be refused, by RBAC (Secrets, ConfigMaps) or by the policy (the rest: the error says so, which
 proves RBAC let it through). The normal reconcile still works under the same policy:
 every other integration test runs the operator under it too.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from model_poller_api import models, names
+from model_poller_api import models, names, workload
 from model_poller_operator import children
 from model_poller_operator.apply import Api, ApplyError
 from model_poller_operator.render import ownership
@@ -36,10 +36,11 @@ def operator_token(kube: Any, operator_kubeconfig: Any) -> str:
     return kit.service_account_token(kube, kit.OPERATOR_NAMESPACE, kit.OPERATOR_SA)
 
 
-def rendered(namespace: str, name: str = "victim") -> dict[str, dict[str, Any]]:
+def rendered(namespace: str, name: str = "victim", monitoring: bool = False) -> dict[str, dict[str, Any]]:
     """The children the operator would render for a ModelDeployment ``name`` (by kind)."""
     owner = ownership.Owner(name=name, namespace=namespace, uid=FAKE_UID)
-    spec = models.ModelDeploymentSpec.from_object(name, {"source": {"uri": f"gs://bkt/{name}/"}})
+    body = {"source": {"uri": f"gs://bkt/{name}/"}, "serving": {"monitoring": monitoring}}
+    spec = models.ModelDeploymentSpec.from_object(name, body)
     return {child["kind"]: child for child in children.render_children(owner, spec)}
 
 
@@ -72,6 +73,58 @@ def test_operator_token_cannot_read_secrets(
     review = client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace))
     rules = client.AuthorizationV1Api(kube.api_client(operator_token)).create_self_subject_rules_review(review)
     assert not [r for r in rules.status.resource_rules if "secrets" in r.resources or "*" in r.resources]
+
+
+def test_operator_token_cannot_read_config_maps(
+    kube: Any, operator_token: str, cluster: kit.Cluster, namespace: str
+) -> None:
+    """TF Serving's monitoring config is a projected pod annotation, not a ConfigMap child:
+    the operator needs no ConfigMap rights, so its token reads none, in no namespace."""
+    cluster.core.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"}, "data": {"dsn": "x"}})
+    thief = client.CoreV1Api(kube.api_client(operator_token))
+    for call in (
+        lambda: thief.read_namespaced_config_map("settings", namespace),
+        lambda: thief.list_namespaced_config_map(namespace),
+        lambda: thief.list_config_map_for_all_namespaces(),
+        lambda: thief.delete_namespaced_config_map("settings", namespace),
+    ):
+        with pytest.raises(ApiException) as error:
+            call()
+        assert error.value.status == 403 and "configmaps" in str(error.value.body)
+    review = client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace))
+    rules = client.AuthorizationV1Api(kube.api_client(operator_token)).create_self_subject_rules_review(review)
+    assert not [r for r in rules.status.resource_rules if "configmaps" in r.resources or "*" in r.resources]
+
+
+def _monitoring_volume(deployment: dict[str, Any]) -> dict[str, Any]:
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    volume: dict[str, Any] = next(v for v in volumes if v["name"] == workload.MONITORING_VOLUME)
+    return volume
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"downwardAPI": {"items": [{"path": "monitoring_config.txt", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+        {"configMap": {"name": "someone-elses", "items": [{"key": "k", "path": "monitoring_config.txt"}]}},
+    ],
+    ids=["other-field", "config-map"],
+)
+def test_the_monitoring_volume_projects_only_the_operators_annotation(
+    kube: Any, operator_token: str, namespace: str, source: dict[str, Any]
+) -> None:
+    apps = client.AppsV1Api(kube.api_client(operator_token))
+    # The control: the rendered Deployment with spec.serving.monitoring is admitted (dry run).
+    apps.create_namespaced_deployment(namespace, rendered(namespace, monitoring=True)["Deployment"], dry_run="All")
+    deployment = copy.deepcopy(rendered(namespace, monitoring=True)["Deployment"])
+    volume = _monitoring_volume(deployment)
+    del volume["downwardAPI"]
+    volume.update(source)
+    refused_by_policy(
+        lambda: apps.create_namespaced_deployment(namespace, deployment),
+        workload.MONITORING_VOLUME,
+        workload.MONITORING_CONFIG_ANNOTATION,
+    )
 
 
 def _with_host_path(deployment: dict[str, Any]) -> None:

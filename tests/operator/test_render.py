@@ -73,8 +73,8 @@ def test_every_child_is_owned_by_the_model_deployment(case: str, cases: dict[str
         ]
         assert child["metadata"]["labels"][names.LABEL_MANAGED_BY] == names.MANAGER
     kinds = [c["kind"] for c in _render(case, cases[case])]
-    # The poller's identity (and TF Serving's monitoring config) exists before the pods that use it.
-    before = ("ServiceAccount", "Role", "RoleBinding") + (("ConfigMap",) if case == "gpu" else ())
+    # The poller's identity exists before the pods that use it.
+    before = ("ServiceAccount", "Role", "RoleBinding")
     assert all(kinds.index(k) < kinds.index("Deployment") for k in before)
 
 

@@ -3,8 +3,9 @@ children admitted under `restricted` PodSecurity), each override of what the pro
 refused naming the field, `cpu: lots` refused by `kubectl apply`, the HPA example accepted.
 
 No operator here: the children are rendered by the operator's own functions and created as
-an admin would, so the API server's validation of the Deployment, the PodDisruptionBudget and
-the ConfigMap (and PodSecurity's of a pod from the template) is what is tested.
+an admin would, so the API server's validation of the Deployment and the PodDisruptionBudget
+(and PodSecurity's of a pod from the template, with the downwardAPI volume of TF Serving's
+monitoring config) is what is tested.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from model_poller_api import models, names
+from model_poller_api import models, names, workload
 from model_poller_operator import children
 from model_poller_operator.apply import Api
 from model_poller_operator.render import ownership
@@ -105,7 +106,6 @@ def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restrict
         "Role",
         "RoleBinding",
         "Service",
-        "ConfigMap",
         "Deployment",
         "PodDisruptionBudget",
     }
@@ -114,6 +114,13 @@ def test_the_rendered_children_are_accepted_and_the_pods_admitted_under_restrict
     assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
     created = cluster.core.create_namespaced_pod(namespace, pod)
     assert created.spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    # spec.serving.monitoring: the API server accepts the downwardAPI projection of the
+    # operator's annotation (a fieldPath it did not know would be refused).
+    (monitoring,) = [v for v in created.spec.volumes if v.name == workload.MONITORING_VOLUME]
+    assert [(i.path, i.field_ref.field_path) for i in monitoring.downward_api.items] == [
+        (workload.MONITORING_CONFIG_FILE, f"metadata.annotations['{workload.MONITORING_CONFIG_ANNOTATION}']")
+    ]
+    assert created.metadata.annotations[workload.MONITORING_CONFIG_ANNOTATION].startswith("prometheus_config {")
     assert created.spec.containers[0].resources.limits["nvidia.com/gpu"] == "2"
     assert created.metadata.annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
     # The control: the namespace really enforces "restricted" (the same pod without the
@@ -148,6 +155,8 @@ EXTERNAL = {"source": SOURCE, "workload": names.WORKLOAD_EXTERNAL}
 REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
     ("model-volume-name", _template({"volumes": [{"name": "models", "emptyDir": {}}]}), f"{VOLUME}.name", "volume name models is the operator's"),
     ("token-volume-name", _template({"volumes": [{"name": "kube-api-access", "emptyDir": {}}]}), f"{VOLUME}.name", "operator's"),
+    # TF Serving's monitoring config: neither its volume shadowed nor its annotation replaced.
+    ("monitoring-volume-name", _template({"volumes": [{"name": workload.MONITORING_VOLUME, "emptyDir": {}}]}), f"{VOLUME}.name", "operator's"),
     ("secret-volume", _template({"volumes": [{"name": "s", "secret": {"secretName": "x"}}]}), f"{VOLUME}.secret", "credentialsSecret"),
     ("hostpath-volume", _template({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}), f"{VOLUME}.hostPath", "restricted"),
     (
@@ -179,6 +188,7 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
     ("managed-by-label", _template(metadata={"labels": {names.LABEL_MANAGED_BY: "x"}}), "spec.podTemplate.metadata.labels", names.LABEL_MANAGED_BY),
     ("injection-label", _template(metadata={"labels": {names.LABEL_MODEL_DEPLOYMENT: "x"}}), "spec.podTemplate.metadata.labels", names.LABEL_MODEL_DEPLOYMENT),
     ("owned-annotation", _template(metadata={"annotations": {"modelpoller.dev/x": "y"}}), "spec.podTemplate.metadata.annotations", "modelpoller.dev/x"),
+    ("monitoring-annotation", _template(metadata={"annotations": {workload.MONITORING_CONFIG_ANNOTATION: "y"}}), "spec.podTemplate.metadata.annotations", workload.MONITORING_CONFIG_ANNOTATION),
     ("apparmor-unconfined", _template(metadata={"annotations": {"container.apparmor.security.beta.kubernetes.io/serving": "unconfined"}}), "spec.podTemplate.metadata.annotations", "container.apparmor.security.beta.kubernetes.io/serving is the operator's"),
     ("seccomp-pod-unconfined", _template(metadata={"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}}), "spec.podTemplate.metadata.annotations", "seccomp.security.alpha.kubernetes.io/pod is the operator's"),
     ("seccomp-container-unconfined", _template(metadata={"annotations": {"container.seccomp.security.alpha.kubernetes.io/poller": "unconfined"}}), "spec.podTemplate.metadata.annotations", "container.seccomp.security.alpha.kubernetes.io/poller"),
@@ -265,7 +275,6 @@ def test_the_gpu_example_is_admitted_and_its_pods_run_under_restricted(cluster: 
         "Role",
         "RoleBinding",
         "Service",
-        "ConfigMap",
         "Deployment",
         "PodDisruptionBudget",
     }

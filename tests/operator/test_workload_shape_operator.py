@@ -1,6 +1,7 @@
 """The workload shape through the real operator (its console script, under the chart's RBAC
-and admission policy): the optional children (PodDisruptionBudget, TF Serving's monitoring
-ConfigMap) are applied when their field is set and deleted when it is unset; an override
+and admission policy): the optional child (PodDisruptionBudget) is applied when its field is
+set and deleted when it is unset, TF Serving's monitoring config is in the pod template (an
+annotation, its downwardAPI volume, the mount and the flag) exactly while its field is set; an override
 the API server cannot refuse is Degraded InvalidOverride with the field named, and the
 children stay as they were; a pod field the API server refuses in the Deployment is named
 by its spec field; the poller's ServiceAccount carries its annotations in both modes.
@@ -29,8 +30,20 @@ def _pdb(cluster: kit.Cluster, namespace: str, name: str) -> dict[str, Any] | No
     return cluster.raw_get(f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}")
 
 
-def _config_map(cluster: kit.Cluster, namespace: str, name: str) -> dict[str, Any] | None:
-    return cluster.raw_get(f"/api/v1/namespaces/{namespace}/configmaps/{name}-monitoring")
+def _monitoring(deployment: dict[str, Any] | None) -> dict[str, Any]:
+    """What spec.serving.monitoring puts in the Deployment's pod template (None: absent)."""
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    serving = next(c for c in template["spec"]["containers"] if c["name"] == workload.SERVING_CONTAINER)
+    flags = [a for a in serving["args"] if a.startswith("--monitoring_config_file")]
+    return {
+        "annotation": (template["metadata"].get("annotations") or {}).get(workload.MONITORING_CONFIG_ANNOTATION),
+        "volume": next(
+            (v for v in template["spec"].get("volumes") or () if v["name"] == workload.MONITORING_VOLUME), None
+        ),
+        "mount": next((m for m in serving.get("volumeMounts") or () if m["name"] == workload.MONITORING_VOLUME), None),
+        "flag": flags[0] if flags else None,
+    }
 
 
 def _synced(cluster: kit.Cluster, namespace: str, name: str) -> dict[str, Any] | None:
@@ -51,20 +64,29 @@ def _owned_by(child: dict[str, Any], md: dict[str, Any]) -> bool:
     return [(r["kind"], r["uid"], r.get("controller")) for r in refs] == [(names.KIND, md["metadata"]["uid"], True)]
 
 
-def test_the_budget_and_the_monitoring_config_exist_while_their_fields_are_set(
+def test_the_budget_exists_and_the_monitoring_config_is_in_the_pod_template_while_their_fields_are_set(
     operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str
 ) -> None:
     spec = {"source": SOURCE, "disruptionBudget": {"minAvailable": 1}, "serving": {"monitoring": True}}
     md = cluster.create_md(namespace, "m", spec)
     pdb = kit.wait_for("the PodDisruptionBudget", lambda: _pdb(cluster, namespace, "m"))
-    config = kit.wait_for("the monitoring ConfigMap", lambda: _config_map(cluster, namespace, "m"))
-    assert _owned_by(pdb, md) and _owned_by(config, md)
+    assert _owned_by(pdb, md)
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"] == {"matchLabels": {names.LABEL_NAME: names.APP_NAME, names.LABEL_INSTANCE: "m"}}
-    assert 'path: "/monitoring/prometheus/metrics"' in config["data"]["monitoring_config.txt"]
-    service = kit.wait_for("the Service", lambda: cluster.child("Service", namespace, "m"))
-    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc", "http", "metrics"]
     assert (kit.wait_for("Synced", lambda: _synced(cluster, namespace, "m")))["status"] == "True"
+    # The monitoring config: the operator's annotation, projected into the file the flag names.
+    monitoring = _monitoring(cluster.child("Deployment", namespace, "m"))
+    assert monitoring["annotation"] == 'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }'
+    assert monitoring["volume"]["downwardAPI"]["items"] == [
+        {
+            "path": "monitoring_config.txt",
+            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.annotations['modelpoller.dev/monitoring-config']"},
+        }
+    ]
+    assert monitoring["mount"] == {"name": "tf-serving-monitoring", "mountPath": "/etc/tf-serving", "readOnly": True}
+    assert monitoring["flag"] == "--monitoring_config_file=/etc/tf-serving/monitoring_config.txt"
+    service = cluster.child("Service", namespace, "m")
+    assert service is not None and [p["name"] for p in service["spec"]["ports"]] == ["grpc", "http", "metrics"]
 
     # A change of the budget is applied in place.
     cluster.patch_md(namespace, "m", {"spec": {"disruptionBudget": {"minAvailable": None, "maxUnavailable": "50%"}}})
@@ -77,10 +99,9 @@ def test_the_budget_and_the_monitoring_config_exist_while_their_fields_are_set(
         ),
     )
 
-    # Unset: both are deleted, and the metrics port is gone.
+    # Unset: the budget is deleted; the annotation, volume, mount, flag and metrics port are gone.
     cluster.patch_md(namespace, "m", {"spec": {"disruptionBudget": None, "serving": {"monitoring": False}}})
     kit.wait_for("the PodDisruptionBudget deleted", lambda: _pdb(cluster, namespace, "m") is None)
-    kit.wait_for("the monitoring ConfigMap deleted", lambda: _config_map(cluster, namespace, "m") is None)
     kit.wait_for(
         "the Service without the metrics port",
         lambda: (
@@ -90,9 +111,9 @@ def test_the_budget_and_the_monitoring_config_exist_while_their_fields_are_set(
     )
     synced = kit.wait_for("Synced", lambda: _synced(cluster, namespace, "m"))
     assert (synced["status"], synced["reason"]) == ("True", "ChildrenApplied")
-    deployment = cluster.child("Deployment", namespace, "m")
-    assert deployment is not None
-    assert not any("monitoring" in a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert _monitoring(cluster.child("Deployment", namespace, "m")) == dict.fromkeys(
+        ("annotation", "volume", "mount", "flag")
+    )
 
 
 def test_a_deleted_budget_is_put_back(operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str) -> None:
@@ -201,55 +222,35 @@ def test_the_pollers_service_account_carries_its_annotations(
 def test_the_operator_may_delete_only_its_own_optional_children(
     operator: kit.OperatorProcess, kube: Any, cluster: kit.Cluster, namespace: str
 ) -> None:
-    """RBAC lets the operator delete ConfigMaps and PodDisruptionBudgets; the chart's
-    admission policy narrows that to the ones a ModelDeployment controls."""
-    cluster.core.create_namespaced_config_map(namespace, {"metadata": {"name": "someone-elses"}, "data": {"a": "b"}})
+    """RBAC lets the operator delete PodDisruptionBudgets (its one optional child kind); the
+    chart's admission policy narrows that to the ones a ModelDeployment controls."""
+    policy = client.PolicyV1Api(cluster.api)
+    theirs = {
+        "metadata": {"name": "someone-elses"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}},
+    }
+    policy.create_namespaced_pod_disruption_budget(namespace, theirs)
     token = kit.service_account_token(kube, kit.OPERATOR_NAMESPACE, kit.OPERATOR_SA)
-    as_operator = kit.Cluster(kube)
-    as_operator.api = kube.api_client(token)
+    as_operator = client.PolicyV1Api(kube.api_client(token))
     with pytest.raises(ApiException) as error:
-        as_operator.core.delete_namespaced_config_map("someone-elses", namespace)
+        as_operator.delete_namespaced_pod_disruption_budget("someone-elses", namespace)
     assert error.value.status == 403 and "may delete only its own optional children" in str(error.value.body)
-    with pytest.raises(ApiException) as error:
-        as_operator.core.create_namespaced_config_map(
-            namespace,
-            {
-                "metadata": {
-                    "name": "m-monitoring",
-                    "labels": {names.LABEL_MANAGED_BY: names.MANAGER},
-                    "ownerReferences": [
-                        {
-                            "apiVersion": names.API_VERSION,
-                            "kind": names.KIND,
-                            "name": "m",
-                            "uid": "x",
-                            "controller": True,
-                        }
-                    ],
-                },
-                "data": {"script.sh": "curl evil"},
-            },
-        )
-    assert error.value.status == 403 and "monitoring_config.txt" in str(error.value.body)
+    assert policy.read_namespaced_pod_disruption_budget("someone-elses", namespace).metadata.uid
 
 
-def _mounts_monitoring(deployment: dict[str, Any] | None) -> bool:
-    assert deployment is not None
-    volumes = deployment["spec"]["template"]["spec"].get("volumes") or []
-    return any(v["name"] == workload.MONITORING_VOLUME for v in volumes)
-
-
-def test_a_deployment_event_does_not_restore_a_deployment_that_would_mount_someone_elses_config_map(
+def test_a_deployment_event_does_not_restore_a_deployment_bound_to_someone_elses_role(
     operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str
 ) -> None:
-    """monitoring: true while someone else's ConfigMap holds m-monitoring: the reconcile holds
-    the Deployment back (NameConflict), and so must the drift repair that a Deployment event
-    starts (it renders the Deployment alone, with the mount of that ConfigMap)."""
+    """The poller's Role m-poller taken from the ModelDeployment (its ownerReference and label
+    removed by hand): the reconcile holds the RoleBinding and the Deployment back
+    (NameConflict), and so must the drift repair that a Deployment event starts (it renders
+    the Deployment alone, whose pods would run as an identity bound to that Role)."""
     cluster.create_md(namespace, "m", {"source": SOURCE})
     kit.wait_for("Synced", lambda: (s := _synced(cluster, namespace, "m")) and s["status"] == "True")
-    assert not _mounts_monitoring(cluster.child("Deployment", namespace, "m"))
-    theirs = {"metadata": {"name": "m-monitoring"}, "data": {"monitoring_config.txt": "theirs"}}
-    cluster.core.create_namespaced_config_map(namespace, theirs)
+    assert _monitoring(cluster.child("Deployment", namespace, "m"))["annotation"] is None
+    taken = {"metadata": {"ownerReferences": None, "labels": {names.LABEL_MANAGED_BY: None}}}
+    cluster.rbac.patch_namespaced_role("m-poller", namespace, taken)
+    # A change of the spec the Deployment must not get while its Role is someone else's.
     cluster.patch_md(namespace, "m", {"spec": {"serving": {"monitoring": True}}})
     synced = kit.wait_for("Synced=False", lambda: _synced(cluster, namespace, "m"))
     assert (synced["status"], synced["reason"]) == ("False", "NameConflict"), synced
@@ -259,15 +260,16 @@ def test_a_deployment_event_does_not_restore_a_deployment_that_would_mount_someo
     apps.patch_namespaced_deployment("m", namespace, {"metadata": {"labels": {"touched": "by-hand"}}})
     kit.wait_for(
         "the repair held back",
-        lambda: "not repairing Deployment of ModelDeployment m: it depends on ConfigMap m-monitoring" in operator.log(),
+        lambda: "not repairing Deployment of ModelDeployment m: it depends on Role m-poller" in operator.log(),
     )
-    assert not _mounts_monitoring(cluster.child("Deployment", namespace, "m"))
-    assert (_config_map(cluster, namespace, "m") or {})["data"] == theirs["data"]
+    assert _monitoring(cluster.child("Deployment", namespace, "m"))["annotation"] is None
+    role = cluster.child("Role", namespace, "m-poller")
+    assert role is not None and not role["metadata"].get("ownerReferences")
     assert "ValidatingAdmissionPolicy" not in operator.log()
 
-    # Its owner deletes the ConfigMap: the reconcile's retry makes ours, then the Deployment.
-    cluster.core.delete_namespaced_config_map("m-monitoring", namespace)
+    # Its owner deletes the Role: the reconcile's retry makes ours, then the Deployment.
+    cluster.rbac.delete_namespaced_role("m-poller", namespace)
     kit.wait_for(
         "Synced=True", lambda: (s := _synced(cluster, namespace, "m")) and s["status"] == "True" and s, timeout=90
     )
-    assert _mounts_monitoring(cluster.child("Deployment", namespace, "m"))
+    assert _monitoring(cluster.child("Deployment", namespace, "m"))["annotation"] is not None

@@ -49,11 +49,17 @@ def _with_template(pod_spec: dict[str, Any] | None = None, **template: Any) -> d
 
 def test_no_optional_children_and_no_metrics_port_without_their_fields() -> None:
     kinds = _kinds({"source": SOURCE})
-    assert "PodDisruptionBudget" not in kinds and "ConfigMap" not in kinds
+    assert sorted(kinds) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
     assert [p["name"] for p in kinds["Service"]["spec"]["ports"]] == ["grpc", "http"]
     assert not any("monitoring" in a for a in _container({"source": SOURCE}, "serving")["args"])
     assert render_disruption_budget(OWNER, _spec({"source": SOURCE})) is None
-    assert monitoring.render_monitoring_config(OWNER, _spec({"source": SOURCE})) is None
+    # No monitoring: no annotation, no volume, no mount.
+    pod = _pod({"source": SOURCE})
+    assert workload.MONITORING_CONFIG_ANNOTATION not in pod["metadata"]["annotations"]
+    assert workload.MONITORING_VOLUME not in [v["name"] for v in pod["spec"]["volumes"]]
+    assert workload.MONITORING_VOLUME not in [
+        m["name"] for m in _container({"source": SOURCE}, "serving")["volumeMounts"]
+    ]
 
 
 def test_external_mode_renders_no_budget_or_monitoring_but_the_identity_annotations() -> None:
@@ -68,28 +74,58 @@ def test_external_mode_renders_no_budget_or_monitoring_but_the_identity_annotati
     # Stored before the CEL rule refusing them in external mode: still nothing rendered.
     stale = _spec({**body, "disruptionBudget": {"minAvailable": 1}, "serving": {"monitoring": True}})
     assert render_disruption_budget(OWNER, stale) is None
-    assert monitoring.render_monitoring_config(OWNER, stale) is None
+    assert sorted(c["kind"] for c in children.render_children(OWNER, stale)) == sorted(kinds)
 
 
-def test_monitoring_renders_the_config_the_flag_the_mount_and_the_service_port() -> None:
+def test_monitoring_renders_the_annotation_its_volume_the_flag_the_mount_and_the_service_port() -> None:
+    """No ConfigMap child (the operator would have to read every ConfigMap of the cluster): the
+    config is a pod-template annotation, projected into TF Serving's file by a downwardAPI volume."""
     body = {"source": SOURCE, "serving": {"monitoring": True}}
     kinds = _kinds(body)
-    config = kinds["ConfigMap"]
-    assert config["metadata"]["name"] == "faster-rcnn-monitoring"
-    assert config["data"] == {
-        "monitoring_config.txt": 'prometheus_config {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n'
+    assert sorted(kinds) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    pod = _pod(body)
+    config = pod["metadata"]["annotations"][workload.MONITORING_CONFIG_ANNOTATION]
+    assert config == 'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }'
+    assert config == monitoring.monitoring_config()
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "tf-serving-monitoring")
+    assert volume == {
+        "name": "tf-serving-monitoring",
+        "downwardAPI": {
+            "items": [
+                {
+                    "path": "monitoring_config.txt",
+                    "fieldRef": {
+                        "apiVersion": "v1",
+                        "fieldPath": "metadata.annotations['modelpoller.dev/monitoring-config']",
+                    },
+                }
+            ]
+        },
     }
     serving = _container(body, "serving")
     assert "--monitoring_config_file=/etc/tf-serving/monitoring_config.txt" in serving["args"]
+    assert monitoring.CONFIG_PATH == "/etc/tf-serving/monitoring_config.txt"
     assert {"name": "tf-serving-monitoring", "mountPath": "/etc/tf-serving", "readOnly": True} in serving[
         "volumeMounts"
     ]
-    volume = next(v for v in _pod(body)["spec"]["volumes"] if v["name"] == "tf-serving-monitoring")
-    assert volume["configMap"]["name"] == "faster-rcnn-monitoring"
+    # Only TF Serving reads it: the poller does not mount it.
+    assert "tf-serving-monitoring" not in [m["name"] for m in _container(body, "poller")["volumeMounts"]]
     # TF Serving serves the metrics on its REST port: the Service's metrics port goes there.
     metrics = next(p for p in kinds["Service"]["spec"]["ports"] if p["name"] == "metrics")
     assert metrics["targetPort"] == "http"
     assert serving["ports"][1] == {"name": "http", "containerPort": names.SERVING_REST_PORT, "protocol": "TCP"}
+
+
+def test_the_monitoring_annotation_and_volume_are_the_operators() -> None:
+    """A user can neither replace the config (the annotation is under the API group) nor
+    shadow its volume (an owned volume name): the renderer refuses both, as CEL does."""
+    annotation = _with_template(metadata={"annotations": {workload.MONITORING_CONFIG_ANNOTATION: "evil"}})
+    assert workload.owned_annotation(workload.MONITORING_CONFIG_ANNOTATION)
+    assert workload.MONITORING_VOLUME in workload.OWNED_VOLUMES
+    for body in (annotation, _with_template({"volumes": [{"name": workload.MONITORING_VOLUME, "emptyDir": {}}]})):
+        body["serving"] = {"monitoring": True}
+        with pytest.raises(overrides.InvalidOverride):
+            _kinds(body)
 
 
 @pytest.mark.parametrize("budget", [{"minAvailable": 1}, {"maxUnavailable": "25%"}])

@@ -101,14 +101,13 @@ watches every namespace, in one Role per namespace when watch.namespaces is set.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch]
-# Optional children, deleted again when their field is unset: the PodDisruptionBudget
-# (spec.disruptionBudget) and TF Serving's monitoring ConfigMap (spec.serving.monitoring).
-# The admission policy narrows writes and deletes to the operator's own, in its shape.
+# The one optional child, deleted again when its field is unset: the PodDisruptionBudget
+# (spec.disruptionBudget). The admission policy narrows writes and deletes to the operator's
+# own, in its shape. No ConfigMaps: TF Serving's monitoring config (spec.serving.monitoring)
+# is a pod-template annotation projected by a downwardAPI volume, so the operator reads no
+# ConfigMap anywhere.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [""]
-  resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
 # The pods of the ModelDeployments (watched with a label selector): readiness, what the
 # kubelet says about them, and pruning status.pollers entries of pods that are gone.

@@ -13,7 +13,7 @@ The modules, one per thing rendered: ``ownership`` (the owner, its children's na
 selectors and ownerReferences), ``pod_containers`` (the poller and TF Serving containers),
 ``deployment`` (the pod's volumes, the pod template, the Deployment), ``rbac`` (the poller's
 ServiceAccount, Role and RoleBinding), ``service`` (the Service), ``monitoring`` (TF Serving's
-monitoring ConfigMap), ``budget`` (the PodDisruptionBudget) and ``spec_paths`` (the spec
+monitoring config: a pod-template annotation and its downwardAPI volume), ``budget`` (the PodDisruptionBudget) and ``spec_paths`` (the spec
 field behind a rendered field, for the API server's refusals).
 """
 

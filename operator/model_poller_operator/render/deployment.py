@@ -8,12 +8,11 @@ from model_poller_api import models, workload
 
 from model_poller_operator import overrides
 from model_poller_operator.render import Obj
-from model_poller_operator.render.monitoring import monitoring_config_name
+from model_poller_operator.render.monitoring import monitoring_annotations, monitoring_volume
 from model_poller_operator.render.ownership import Owner, child_metadata, labels, selector_labels
 from model_poller_operator.render.pod_containers import (
     CREDENTIALS_VOLUME,
     MODELS_VOLUME,
-    MONITORING_VOLUME,
     SERVING_CONTAINER,
     TMP_VOLUME,
     TOKEN_VOLUME,
@@ -73,17 +72,6 @@ def credentials_volume(spec: models.ModelDeploymentSpec, name: str = CREDENTIALS
     return {"name": name, "secret": {"secretName": spec.source.credentials_secret, "defaultMode": 0o440}}
 
 
-def monitoring_volume(owner: Owner) -> Obj:
-    """TF Serving's monitoring config (spec.serving.monitoring), from its ConfigMap."""
-    return {
-        "name": MONITORING_VOLUME,
-        "configMap": {
-            "name": monitoring_config_name(owner),
-            "items": [{"key": workload.MONITORING_CONFIG_KEY, "path": workload.MONITORING_CONFIG_KEY}],
-        },
-    }
-
-
 def volumes(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
     """The operator's volumes, then the user's extra ones (spec.podTemplate.spec.volumes)."""
     result: list[Obj] = [models_volume(spec), tmp_volume(), token_volume()]
@@ -91,7 +79,7 @@ def volumes(owner: Owner, spec: models.ModelDeploymentSpec) -> list[Obj]:
     if credentials is not None:
         result.append(credentials)
     if spec.serving.monitoring:
-        result.append(monitoring_volume(owner))
+        result.append(monitoring_volume())
     return result + overrides.extra_volumes(spec)
 
 
@@ -103,7 +91,11 @@ def pod_template(owner: Owner, spec: models.ModelDeploymentSpec) -> Obj:
     return {
         "metadata": {
             "labels": {**template.labels, **labels(owner, SERVING_CONTAINER)},
-            "annotations": {**template.annotations, workload.DEFAULT_CONTAINER_ANNOTATION: SERVING_CONTAINER},
+            "annotations": {
+                **template.annotations,
+                workload.DEFAULT_CONTAINER_ANNOTATION: SERVING_CONTAINER,
+                **monitoring_annotations(spec),
+            },
         },
         "spec": {
             **overrides.pod_fields(spec),

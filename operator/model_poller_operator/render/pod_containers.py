@@ -203,7 +203,7 @@ def serving_args(spec: models.ModelDeploymentSpec) -> list[str]:
         "--max_num_load_retries=0",
     ]
     if spec.serving.monitoring:
-        args.append(f"--monitoring_config_file={workload.MONITORING_DIR}/{workload.MONITORING_CONFIG_KEY}")
+        args.append(f"--monitoring_config_file={workload.MONITORING_DIR}/{workload.MONITORING_CONFIG_FILE}")
     return [*args, *spec.serving.args]
 
 
