@@ -15,7 +15,7 @@ from model_poller_operator.render.pod_containers import POLLER_CONTAINER, SERVIN
 
 _POD_PATH: Final = "spec.template.spec."
 _METADATA_PATH: Final = "spec.template.metadata."
-_INDEXED: Final = re.compile(r"^([A-Za-z]+)(?:\[(\d+)\])?(.*)$", re.DOTALL)
+_INDEXED: Final = re.compile(r"^([A-Za-z]+)(?:\[([0-9]+)\])?(.*)$", re.DOTALL)
 
 
 def spec_field(owner: Owner, spec: models.ModelDeploymentSpec, kind: str, field: str) -> str | None:
