@@ -52,9 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from poller_services import machine
-from poller_throughput import BASELINE, build_archive, seed_object
+from poller_throughput import BASELINE, build_archive
 
 from local_services.binaries import binary
+from local_services.gcs import seed_object
 from local_services.process import Service, free_port
 from local_services.toxiproxy import Proxy, Toxiproxy
 

@@ -14,9 +14,6 @@ Wall time includes process start. Peak RSS (ru_maxrss) is measured per process.
 from __future__ import annotations
 
 import argparse
-import base64
-import errno
-import hashlib
 import json
 import os
 import shutil
@@ -27,11 +24,10 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
-import google_crc32c
 from poller_services import machine, services
+
+from local_services.gcs import seed_object
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -67,49 +63,6 @@ def build_archive(path: Path, size: int) -> None:
                     done += step
             written += n
             shard += 1
-
-
-def seed_object(gcs: Any, bucket: Any, name: str, path: Path) -> None:
-    """Put the file at ``path`` into fake-gcs-server as ``gs://bucket/name`` without an upload.
-
-    fake-gcs-server's upload handlers and its filesystem backend's ``CreateObject`` hold the
-    whole object in memory (a 4 GiB upload took 23 GiB RSS and was OOM-killed). Its
-    filesystem backend, however, serves every read straight from
-    ``<root>/<bucket>/<name>`` (internal/backend/fs.go: getObject -> newLazyReader), with
-    the object's attributes JSON in the ``user.metadata`` xattr of that file (or a
-    ``<name>.metadata`` file where xattrs are unsupported; metadata_xattr.go /
-    metadata_file.go). So: upload a tiny placeholder through the API (the server writes
-    attributes in its own format, with a generation), then rename the real content over it
-    and rewrite the attributes' Crc32c/Md5Hash/Etag for the new bytes. Listing, metadata,
-    downloads and ranged reads then all come from disk; the size comes from stat().
-    """
-    bucket.blob(name).upload_from_string(b"placeholder")
-    storage = gcs.workdir / "storage"
-    target = storage / quote(bucket.name, safe="") / name
-    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
-    md5 = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(16 * MiB):
-            crc.update(chunk)  # type: ignore[no-untyped-call]
-            md5.update(chunk)
-    try:
-        attrs_raw, use_xattr = os.getxattr(target, "user.metadata"), True
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTSUP, errno.ENODATA):
-            raise
-        attrs_raw, use_xattr = Path(f"{target}.metadata").read_bytes(), False
-    attrs = json.loads(attrs_raw)
-    attrs["Crc32c"] = base64.b64encode(crc.digest()).decode()  # type: ignore[no-untyped-call]
-    attrs["Md5Hash"] = attrs["Etag"] = base64.b64encode(md5.digest()).decode()
-    encoded = json.dumps(attrs).encode()
-    os.rename(path, target)
-    if use_xattr:
-        os.setxattr(target, "user.metadata", encoded)
-    else:
-        Path(f"{target}.metadata").write_bytes(encoded)
-    blob = bucket.get_blob(name)
-    if blob.size != target.stat().st_size or blob.crc32c != attrs["Crc32c"]:
-        raise SystemExit(f"seeding {name} failed: server reports {blob.size} B crc32c {blob.crc32c}")
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:

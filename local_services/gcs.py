@@ -7,10 +7,18 @@ payloadFormat, and the object resource as the JSON payload.
 
 from __future__ import annotations
 
+import base64
+import errno
+import hashlib
+import json
+import os
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import google_crc32c
 
 from local_services.binaries import binary
 from local_services.process import Service, free_port
@@ -83,3 +91,43 @@ class FakeGcs:
     def stop(self) -> None:
         if self._service:
             self._service.stop()
+
+
+def seed_object(gcs: Any, bucket: Any, name: str, path: Path) -> None:
+    """Put the file at ``path`` into fake-gcs-server (``gcs.workdir``, filesystem backend) as
+    ``gs://bucket/name`` without an upload, which the server would hold in memory several
+    times over.
+
+    The filesystem backend stores an object as a file plus its attributes (an xattr, or a
+    ``<name>.metadata`` file where xattrs are unsupported; metadata_xattr.go /
+    metadata_file.go). So: upload a tiny placeholder through the API (the server writes
+    attributes in its own format, with a generation), then rename the real content over it
+    and rewrite the attributes' Crc32c/Md5Hash/Etag for the new bytes. Listing, metadata,
+    downloads and ranged reads then all come from disk; the size comes from stat().
+    """
+    bucket.blob(name).upload_from_string(b"placeholder")
+    target = gcs.workdir / "storage" / quote(bucket.name, safe="") / name
+    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 << 20):
+            crc.update(chunk)  # type: ignore[no-untyped-call]
+            md5.update(chunk)
+    try:
+        attrs_raw, use_xattr = os.getxattr(target, "user.metadata"), True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.ENODATA):
+            raise
+        attrs_raw, use_xattr = Path(f"{target}.metadata").read_bytes(), False
+    attrs = json.loads(attrs_raw)
+    attrs["Crc32c"] = base64.b64encode(crc.digest()).decode()  # type: ignore[no-untyped-call]
+    attrs["Md5Hash"] = attrs["Etag"] = base64.b64encode(md5.digest()).decode()
+    encoded = json.dumps(attrs).encode()
+    os.rename(path, target)
+    if use_xattr:
+        os.setxattr(target, "user.metadata", encoded)
+    else:
+        Path(f"{target}.metadata").write_bytes(encoded)
+    blob = bucket.get_blob(name)
+    if blob.size != target.stat().st_size or blob.crc32c != attrs["Crc32c"]:
+        raise RuntimeError(f"seeding {name} failed: fake-gcs-server reports {blob.size} B crc32c {blob.crc32c}")

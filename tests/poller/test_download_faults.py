@@ -4,65 +4,28 @@ still installs, whole and checked, and what was received is not fetched again.""
 
 from __future__ import annotations
 
-import base64
-import errno
 import hashlib
-import json
 import logging
-import os
 import random
 import threading
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import google_crc32c
 import pytest
 from model_poller.errors import Abandoned
 from model_poller.stores.base import Transfer
 from model_poller.sync import Engine
 
 from local_services.archives import installed_files, model_files
+from local_services.gcs import seed_object
 from local_services.toxiproxy import Proxy
 from tests.poller.kit import Dirs, EngineFactory
 from tests.poller.recording import RecordingStore
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.gcs]
-
-
-def seed_object(fake_gcs: Any, bucket: Any, name: str, path: Path) -> None:
-    """Put the file at ``path`` into fake-gcs-server as ``gs://bucket/name`` without an
-    upload, which it would hold in memory several times over (see BENCHMARKS.md and
-    bench/poller_throughput.py, where this comes from): a placeholder is uploaded, then
-    the content and its attributes (CRC32C, MD5) are put where the filesystem backend
-    serves reads from."""
-    bucket.blob(name).upload_from_string(b"placeholder")
-    target = fake_gcs.workdir / "storage" / quote(bucket.name, safe="") / name
-    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
-    md5 = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(16 * MiB):
-            crc.update(chunk)  # type: ignore[no-untyped-call]
-            md5.update(chunk)
-    try:
-        attrs_raw, use_xattr = os.getxattr(target, "user.metadata"), True
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTSUP, errno.ENODATA):
-            raise
-        attrs_raw, use_xattr = Path(f"{target}.metadata").read_bytes(), False
-    attrs = json.loads(attrs_raw)
-    attrs["Crc32c"] = base64.b64encode(crc.digest()).decode()  # type: ignore[no-untyped-call]
-    attrs["Md5Hash"] = attrs["Etag"] = base64.b64encode(md5.digest()).decode()
-    os.rename(path, target)
-    if use_xattr:
-        os.setxattr(target, "user.metadata", json.dumps(attrs).encode())
-    else:
-        Path(f"{target}.metadata").write_text(json.dumps(attrs))
-    blob = bucket.get_blob(name)
-    assert blob.size == target.stat().st_size and blob.crc32c == attrs["Crc32c"]
 
 
 def big_version(tmp: Path, version: int, size: int) -> tuple[Path, dict[str, str]]:
