@@ -21,6 +21,12 @@ from model_poller.extract.limits import short_name
 from model_poller.extract.unpacker import FileSink, Unpacker
 
 CHUNK = 1 << 20
+# tarfile's stream reader joins and slices a new buffer on every read. Reads of 1 MiB made
+# each of those buffers an mmap of its own (glibc maps blocks over its 128 KiB threshold,
+# and its dynamic threshold did not stick here): 700,000 page faults and 3 s of system
+# time per GiB. At 64 KiB every buffer comes from the heap and is reused
+# (bench/unpack_cpu.py --kinds tgz, see BENCHMARKS.md).
+TAR_READ = 64 << 10
 
 # What reading a member of a corrupt archive raises.
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError) + inflate.GZIP_ERRORS
@@ -31,7 +37,7 @@ def _copy(read: Callable[[int], bytes], sink: FileSink, what: str) -> None:
     try:
         while True:
             try:
-                chunk = read(CHUNK)
+                chunk = read(TAR_READ)
             except _READ_ERRORS as exc:
                 raise Rejected("corrupt", f"{what}: {exc}") from exc
             if not chunk:
@@ -114,7 +120,7 @@ class _Inflated:
         self._unpacker = unpacker
 
     def read(self, size: int = -1) -> bytes:
-        data = self._gz.read(size if 0 <= size <= CHUNK else CHUNK)  # never "all of it"
+        data = self._gz.read(size if 0 <= size <= TAR_READ else TAR_READ)  # never "all of it"
         self._unpacker.count_inflated(len(data))
         return data
 
@@ -128,7 +134,9 @@ def extract_tar(archive: BinaryIO, unpacker: Unpacker) -> None:
     with inflate.open_gzip(archive) as gz:
         inflated = _Inflated(gz, unpacker)
         try:
-            tf = _BoundedTarFile.open(fileobj=cast(IO[bytes], inflated), mode="r|", tarinfo=_BoundedTarInfo)
+            tf = _BoundedTarFile.open(
+                fileobj=cast(IO[bytes], inflated), mode="r|", tarinfo=_BoundedTarInfo, bufsize=TAR_READ
+            )
         except _TAR_ERRORS as exc:
             raise Rejected("corrupt", f"not a readable tar.gz archive: {exc}") from exc
         with tf:
