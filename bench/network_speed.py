@@ -8,6 +8,8 @@ weights) and a 1 GiB folder version of 8 shards, each in a fresh process and a f
 model dir:
 - the poller (``model-poller --once``, ``--download-streams N``);
 - the poller with one stream (``--download-streams 1``);
+- the poller as a sidecar (folder only): already running, timed from the upload of the
+  version's ``_READY`` marker to the rename (no process start; see ``sidecar``);
 - rclone with the same budget (``--transfers N --multi-thread-streams N``), followed by
   ``zipfile.extractall`` where the version is an archive (rclone verifies the MD5; no
   fsync, no limits, no atomic rename).
@@ -202,6 +204,66 @@ def poller(source: str, work: Path, streams: int, env: dict[str, str]) -> Run:
     return result
 
 
+def sidecar(gcs: Gcs, bucket: Any, prefix: str, work: Path, streams: int, env: dict[str, str]) -> Run:
+    """The poller as it runs in a pod: a long-running process (``--poll-interval 0.1``, no
+    ``--once``), started and idle before the version is complete at the source. The clock
+    starts when the version's ``_READY`` marker is uploaded and stops when
+    ``<model-dir>/1/`` exists (the rename), so process start and imports are not counted, as
+    in a sidecar that has been running; detection costs up to one 0.1 s listing."""
+    marker = bucket.blob(f"{prefix}_READY")
+    if marker.exists():
+        marker.delete()
+    version_dir = work / "models" / "1"
+    argv = [
+        sys.executable,
+        "-m",
+        "model_poller",
+        "--log-level",
+        "DEBUG",
+        "--source",
+        f"gs://{bucket.name}/{prefix.rsplit('/', 2)[0]}/",
+        "--model-dir",
+        str(work / "models"),
+        "--download-streams",
+        str(streams),
+        "--poll-interval",
+        "0.1",
+        "--http-port",
+        str(free_port()),
+    ]
+    os.sync()
+    with open(work / "poller.log", "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(3)  # started, listed (nothing complete yet), idle
+            if proc.poll() is not None:
+                raise SystemExit(
+                    f"the sidecar poller exited with {proc.returncode}:\n{(work / 'poller.log').read_text()[-3000:]}"
+                )
+            cpu_before = process_cpu_s(proc.pid)
+            services_before = sum(process_cpu_s(pid) for pid in SERVICE_PIDS)
+            marker.upload_from_string(b"")
+            t0 = time.monotonic()
+            peak_kib = 0
+            status = Path(f"/proc/{proc.pid}/status")
+            while not version_dir.exists():
+                if proc.poll() is not None or time.monotonic() - t0 > 300:
+                    raise SystemExit(f"version 1 not installed:\n{(work / 'poller.log').read_text()[-3000:]}")
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kib = max(peak_kib, int(line.split()[1]))
+                time.sleep(0.005)
+            seconds = time.monotonic() - t0
+            cpu = {
+                "cpu_s": round(process_cpu_s(proc.pid) - cpu_before, 2),
+                "services_cpu_s": round(sum(process_cpu_s(pid) for pid in SERVICE_PIDS) - services_before, 2),
+            }
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return Run(seconds, peak_kib / 1024, "", cpu)
+
+
 def rclone_env(endpoint: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -284,6 +346,13 @@ def targets(summary: dict[str, dict[str, float]], n: int, rate_mib: float, folde
             "after_last_byte_s": get(f"{kind}_poller", "median_after_last_byte_s"),
             "peak_rss_MiB": get(f"{kind}_poller", "peak_rss_MiB"),
         }
+    if "folder_poller_sidecar" in summary:
+        out["folder"]["rclone_s / poller_sidecar_s (marker -> in place)"] = round(
+            get("folder_rclone") / get("folder_poller_sidecar"), 2
+        )
+        out["folder"]["x_faster_than_one_stream (sidecar vs one-stream install)"] = round(
+            get("folder_poller_1_stream", "median_in_place_s") / get("folder_poller_sidecar"), 2
+        )
     out["no_toxic_direct: poller_s / baseline_s"] = round(get("zip_direct_poller") / get("zip_direct_baseline"), 3)
     out["no_toxic_direct: poller_install_s / baseline_s"] = round(
         get("zip_direct_poller", "median_in_place_s") / get("zip_direct_baseline"), 3
@@ -361,6 +430,7 @@ class Bench:
             "folder_rclone",
             "ceiling_rclone_shm",
             "folder_poller_no_toxic",
+            "folder_poller_sidecar",
         )
         if any(self.want(name) for name in folder_runs):
             seed_folder(self.gcs, self.bucket, "folder/0001/", size, 8, self.root)
@@ -386,6 +456,14 @@ class Bench:
             for streams, label in ((self.streams, "poller"), (1, "poller_1_stream")):
                 self.poller_runs(f"zip_{label}", self.zip_src, self.via_proxy, self.zip_bytes, streams)
                 self.poller_runs(f"folder_{label}", self.folder_src, self.via_proxy, self.folder_bytes, streams)
+            if self.want("folder_poller_sidecar"):
+                self.record(
+                    "folder_poller_sidecar",
+                    sidecar(
+                        self.gcs, self.bucket, "folder/0001/", fresh(self.root, "run"), self.streams, self.via_proxy
+                    ),
+                    self.folder_bytes,
+                )
             if self.want("zip_rclone"):
                 work = fresh(self.root, "run")
                 self.record(
