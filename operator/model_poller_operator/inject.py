@@ -43,6 +43,7 @@ INJECTED_VOLUMES: Final = pod_containers.PollerVolumes(
 # pod's (then default) ServiceAccount into every container under this volume name prefix.
 AUTO_TOKEN_PREFIX: Final = "kube-api-access-"
 SERVING_IMAGE: Final = "tensorflow/serving"
+CREDENTIALS_MODE: Final = 0o444  # the injected credentials Secret's defaultMode (see inject)
 _DOCKER_HUB_PREFIXES: Final = ("docker.io/", "index.docker.io/", "registry-1.docker.io/")
 
 
@@ -147,6 +148,11 @@ def inject(pod: Mapping[str, Any], target: Target) -> Obj:
     spec["volumes"] += [deployment.tmp_volume(INJECTED_VOLUMES.tmp), deployment.token_volume(INJECTED_VOLUMES.token)]
     credentials = deployment.credentials_volume(target.spec, INJECTED_VOLUMES.credentials)
     if credentials is not None:
+        # World-readable (0444), not the operator's 0440: the user's pod has no fsGroup of
+        # ours, so the kubelet writes key.json as root:root and 0440 would lock the poller
+        # (a non-root uid) out; only the poller mounts this volume (a user container that
+        # mounts it is refused by _check_names), so no other container can read it.
+        credentials["secret"]["defaultMode"] = CREDENTIALS_MODE
         spec["volumes"].append(credentials)
     # Last of the init containers: the pod's own init containers run first; the poller's
     # startup probe then holds the serving container back until the initial sync is done.
@@ -263,6 +269,16 @@ def _check_names(spec: Mapping[str, Any], target: Target) -> None:
                 RefusalReason.NAME_TAKEN,
                 f"the pod already has a volume named {volume.get('name')!r}, a name the injection uses: rename it",
             )
+    # A mount of a volume the injection is about to add would hand the poller's volumes (its
+    # token, the GCS key) to one of the user's containers.
+    for container in _containers(spec, "initContainers", "containers", "ephemeralContainers"):
+        for mount in container.get("volumeMounts") or ():
+            if mount.get("name") in ours:
+                raise Refused(
+                    RefusalReason.NAME_TAKEN,
+                    f"container {container.get('name')!r} mounts volume {mount.get('name')!r}, a name the injection "
+                    "uses for the poller's own volume: rename the mount and its volume",
+                )
 
 
 # Volume types that cannot hold the versions the poller writes.

@@ -107,6 +107,30 @@ def test_injected_poller_is_the_operators_poller_under_other_volume_names() -> N
     assert volumes["model-poller-models"]["emptyDir"] == {"sizeLimit": "10Gi"}
 
 
+def test_injected_credentials_are_readable_by_the_poller_in_a_pod_without_fs_group() -> None:
+    """The operator's pods read the GCS key (0440) through their fsGroup; the user's pod has
+    none and keeps its securityContext, so the injected Secret volume is 0444 (only the
+    poller mounts it)."""
+    tgt = target(source={"uri": "gs://b/r/", "credentialsSecret": "gcs-key"})
+    own_context = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+    spec = inject.inject(user_pod(securityContext=copy.deepcopy(own_context)), tgt)["spec"]
+    assert spec["securityContext"] == own_context  # no fsGroup (nor anything else) added
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["model-poller-gcs-credentials"]["secret"] == {"secretName": "gcs-key", "defaultMode": 0o444}
+    mounts = {
+        c["name"] for c in spec["containers"] + spec["initContainers"]
+        for m in c.get("volumeMounts") or () if m["name"] == "model-poller-gcs-credentials"
+    }  # fmt: skip
+    assert mounts == {pod_containers.POLLER_CONTAINER}
+    # The operator's own pods keep 0440 (their fsGroup makes it readable to the poller).
+    operator_pod = deployment.render_deployment(tgt.owner, tgt.spec)["spec"]["template"]["spec"]
+    assert operator_pod["securityContext"]["fsGroup"] == deployment.RUN_AS_USER
+    assert deployment.credentials_volume(tgt.spec) == {
+        "name": pod_containers.CREDENTIALS_VOLUME,
+        "secret": {"secretName": "gcs-key", "defaultMode": 0o440},
+    }
+
+
 def test_patch_turns_the_pod_into_the_injected_one_and_is_empty_once_injected() -> None:
     tgt = target()
     pod = user_pod()
@@ -281,8 +305,15 @@ def test_a_shell_command_is_refused() -> None:
         lambda spec: spec["containers"].append({"name": "poller", "image": "x"}),
         lambda spec: spec["containers"][0]["ports"].append({"containerPort": 8080}),
         lambda spec: spec["volumes"].append({"name": "model-poller-tmp", "emptyDir": {}}),
+        lambda spec: spec["containers"].append(
+            {
+                "name": "sneak",
+                "image": "busybox",
+                "volumeMounts": [{"name": "model-poller-gcs-credentials", "mountPath": "/k"}],
+            }
+        ),
     ],
-    ids=["container", "port", "volume"],
+    ids=["container", "port", "volume", "mount of an injected volume"],
 )
 def test_names_the_injection_needs_must_be_free(change: Any) -> None:
     pod = user_pod()

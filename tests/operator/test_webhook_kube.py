@@ -12,6 +12,7 @@ import base64
 import copy
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,22 @@ def test_pod_naming_a_missing_model_deployment_is_refused(
     message = refused(cluster, ns, wk.user_pod("orphan", "nowhere"))
     assert f"there is no ModelDeployment 'nowhere' in namespace '{ns}'" in message
     assert "spec.workload: external" in message
+
+
+def test_pod_naming_a_model_deployment_of_another_namespace_is_refused(
+    kube: Any, webhook: kit.OperatorProcess, cluster: kit.Cluster, ns: str
+) -> None:
+    """The label names a ModelDeployment of the pod's own namespace: one that exists only in
+    namespace A (whose pods are injected) gives a pod of namespace B no poller."""
+    wk.create_external_md(cluster, ns, NAME)
+    create_pod(cluster, ns, wk.user_pod("home", NAME))  # injected in A (A is now watched)
+    other = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.core.create_namespace({"metadata": {"name": other}})
+    wk.ensure_default_service_account(kube, other)
+    message = refused(cluster, other, wk.user_pod("abroad", NAME))
+    assert f"there is no ModelDeployment '{NAME}' in namespace '{other}'" in message, message
+    assert "the pod's own namespace" in message, message
+    assert cluster.core.list_namespaced_pod(other).items == [], "nothing was admitted in namespace B"
 
 
 def test_pod_naming_an_operator_mode_model_deployment_is_refused(
