@@ -64,11 +64,7 @@ def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> 
         if report.error:
             by_reason.setdefault(error_reason(report), []).append((pod, report))
     for reason, entries in sorted(by_reason.items(), key=lambda item: _rank(item[0])):
-        pods = ", ".join(pod for pod, _ in entries)
-        first = entries[0][1]
-        hint = _HINTS.get(first.reason) if first.reason is not None else None
-        message = f"poller of pod {pods}: {first.error}" + (f" ({hint})" if hint else "")
-        found.append((reason, message))
+        found.append((reason, _pollers_message(entries)))
     for type_, status_, reason, message in observed.deployment.conditions if observed.deployment else ():
         if type_ == "ReplicaFailure" and status_ == "True":
             found.append((REASON_REPLICA_FAILURE, f"Deployment {observed.name}: {reason}: {message}"))
@@ -76,6 +72,18 @@ def problems(observed: Observed, reports: Mapping[str, models.PollerReport]) -> 
             found.append((REASON_ROLLOUT_STUCK, f"Deployment {observed.name}: {message}"))
     found.extend(observed.extra_problems)
     return found
+
+
+def _pollers_message(entries: Sequence[tuple[str, models.PollerReport]]) -> str:
+    """Each pod's error of one reason; pods with the same words are named together, and the
+    hint comes once, at the end (the condition's whole message is capped by ``truncate``)."""
+    by_error: dict[str, list[str]] = {}
+    for pod, report in entries:
+        by_error.setdefault(str(report.error), []).append(pod)
+    message = "; ".join(f"poller of pod {', '.join(pods)}: {error}" for error, pods in by_error.items())
+    first = entries[0][1]
+    hint = _HINTS.get(first.reason) if first.reason is not None else None
+    return message + (f" ({hint})" if hint else "")
 
 
 def degraded_condition(found: Sequence[tuple[str, str]]) -> Condition:

@@ -123,7 +123,12 @@ def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any], stale: 
 
 
 def events(current: Mapping[str, Any], desired: Mapping[str, Any], uri: str) -> list[PostedEvent]:
-    """Kubernetes Events for what changed between two statuses: versions and problems."""
+    """Kubernetes Events for what changed between two statuses: versions and problems.
+
+    Degraded posts one Event on each change of its status, reason or message (a second pod
+    reporting the same kind of error changes the message); Synced posts one when it turns
+    False or changes reason. Nothing is posted while a condition stays the same, so a status
+    recomputed again and again posts nothing."""
     posted: list[PostedEvent] = []
     old_latest = current.get(models.STATUS_LATEST_VERSION)
     new_latest = desired.get(models.STATUS_LATEST_VERSION)
@@ -140,7 +145,9 @@ def events(current: Mapping[str, Any], desired: Mapping[str, Any], uri: str) -> 
         old = find_condition(current.get(models.STATUS_CONDITIONS) or (), type_) or {}
         new = find_condition(desired.get(models.STATUS_CONDITIONS) or (), type_) or {}
         bad = "True" if type_ == models.CONDITION_DEGRADED else "False"
-        if new.get("status") == bad and (old.get("status"), old.get("reason")) != (bad, new.get("reason")):
+        # What a change is: Degraded's message names the pods and their errors, so a new one counts.
+        keys = ("status", "reason", "message") if type_ == models.CONDITION_DEGRADED else ("status", "reason")
+        if new.get("status") == bad and any(old.get(k) != new.get(k) for k in keys):
             posted.append(PostedEvent("Warning", str(new.get("reason")), str(new.get("message"))))
         elif old.get("status") == bad and new.get("status") not in (None, bad):
             posted.append(PostedEvent("Normal", f"{type_}Resolved", f"{type_}: {new.get('reason')}"))

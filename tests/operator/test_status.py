@@ -414,3 +414,77 @@ def test_pod_state_keeps_what_the_pod_itself_says() -> None:
         "m-d", {"phase": "Failed", "reason": "Evicted", "message": "ephemeral storage"}
     )
     assert (evicted.phase, evicted.reason, evicted.message) == ("Failed", "Evicted", "ephemeral storage")
+
+
+def test_degraded_message_lists_each_pods_problem() -> None:
+    R = models.ReportReason
+    pods = tuple(pod_states.PodState(f"m-{x}", True) for x in "abc")
+    current = {
+        "pollers": {
+            "m-a": entry(
+                [1], 1, latest=2, error="version 2 (gs://b/m/2.zip) rejected: unsafe_path", reason=R.VERSION_REJECTED
+            ),
+            "m-b": entry(
+                [1], 1, latest=3, error="version 3 (gs://b/m/3.zip) rejected: too_big", reason=R.VERSION_REJECTED
+            ),
+            "m-c": entry(
+                [1], 1, latest=2, error="version 2 (gs://b/m/2.zip) rejected: unsafe_path", reason=R.VERSION_REJECTED
+            ),
+        }
+    }
+    desired = st.desired_status(current, observed(pods, ready=3, want=3), now=NOW, selector=SELECTOR)
+    degraded = cond(desired, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "VersionRejected")
+    # Pods with the same words are named together, every other pod's words follow, one hint.
+    assert degraded["message"] == (
+        "poller of pod m-a, m-c: version 2 (gs://b/m/2.zip) rejected: unsafe_path; "
+        "poller of pod m-b: version 3 (gs://b/m/3.zip) rejected: too_big "
+        "(upload a corrected archive under a new version number)"
+    )
+    # Bounded: many pods with long errors still fit the condition's cap.
+    many = {
+        f"m-{i:03d}": entry([1], 1, error=f"version {i} rejected: " + "x" * 200, reason=R.VERSION_REJECTED)
+        for i in range(50)
+    }
+    crowd = tuple(pod_states.PodState(name, True) for name in many)
+    desired = st.desired_status({"pollers": many}, observed(crowd, ready=50, want=50), now=NOW, selector=SELECTOR)
+    message = cond(desired, "Degraded")["message"]
+    assert len(message) == status_reasons.MAX_MESSAGE and message.startswith("poller of pod m-000: version 0")
+
+
+def test_an_event_on_each_change_of_degraded_and_none_without_one() -> None:
+    R = models.ReportReason
+    pods = (pod_states.PodState("m-a", True), pod_states.PodState("m-b", True))
+    obs = observed(pods, ready=2)
+    rejected = "version 3 (gs://b/m/3.zip) rejected: unsafe_path"
+
+    def step(before: dict[str, Any], pollers: dict[str, Any], now: str) -> tuple[dict[str, Any], list[st.PostedEvent]]:
+        desired = st.desired_status({**before, "pollers": pollers}, obs, now=now, selector=SELECTOR)
+        after = {**desired, "pollers": pollers}
+        return after, [
+            e for e in st.events(before, after, "gs://b/m/") if e.reason not in ("NewVersion", "ServingVersionChanged")
+        ]
+
+    clean = {"m-a": entry([1], 1, latest=1), "m-b": entry([1], 1, latest=1)}
+    status, posted = step({}, clean, NOW)
+    assert posted == []
+    one = {**clean, "m-a": entry([1], 1, latest=1, error=rejected, reason=R.VERSION_REJECTED)}
+    status, posted = step(status, one, NOW)
+    assert posted == [st.PostedEvent("Warning", "VersionRejected", cond(status, "Degraded")["message"])]
+    assert "m-a" in posted[0].message and "m-b" not in posted[0].message
+    # The same reason, a new message (the second pod reports it too): one more Event.
+    both = {**one, "m-b": entry([1], 1, latest=1, error=rejected, reason=R.VERSION_REJECTED)}
+    status, posted = step(status, both, LATER)
+    assert posted == [st.PostedEvent("Warning", "VersionRejected", cond(status, "Degraded")["message"])]
+    assert "poller of pod m-a, m-b:" in posted[0].message
+    assert cond(status, "Degraded")["lastTransitionTime"] == NOW  # the status did not change
+    # Nothing changed: no Event, however often the status is recomputed.
+    for _ in range(3):
+        status, posted = step(status, both, LATER)
+        assert posted == []
+    # Cleared: DegradedResolved, once.
+    status, posted = step(status, clean, LATER)
+    assert cond(status, "Degraded")["status"] == "False"
+    assert posted == [st.PostedEvent("Normal", "DegradedResolved", "Degraded: AsExpected")]
+    status, posted = step(status, clean, LATER)
+    assert posted == []
