@@ -576,3 +576,192 @@ def test_examples_are_valid(operator: kit.OperatorProcess, kube: Any, namespace:
                 ["kubectl", "apply", "--dry-run=server", "-f", "-"],
                 input=yaml.safe_dump(doc), env=kube.env(), text=True, capture_output=True, check=True,
             )  # fmt: skip
+
+
+# --- Ready before any report: what the pod itself says ------------------------------------
+
+POD_NAME = "m-7d9c5f6b8-aaaaa"
+STARTED = "2026-01-01T00:00:00Z"
+
+
+def _image_pull_backoff(cluster: kit.Cluster, namespace: str, pod: dict[str, Any]) -> None:
+    """The kubelet cannot pull the serving image: the poller (a sidecar) runs, serving waits."""
+    _kubelet_status(cluster, namespace, POD_NAME, {
+        "phase": "Pending",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                        "message": "containers with unready status: [serving]", "lastTransitionTime": STARTED}],
+        "initContainerStatuses": [_container_status("poller", {"running": {"startedAt": STARTED}})],
+        "containerStatuses": [_container_status("serving", _waiting(
+            "ImagePullBackOff", 'Back-off pulling image "tensorflow/serving:nope"'))],
+    })  # fmt: skip
+
+
+def _crash_loop(cluster: kit.Cluster, namespace: str, pod: dict[str, Any]) -> None:
+    """The poller exits at start (e.g. a bad flag) and the kubelet backs off restarting it."""
+    crashing = _container_status("poller", _waiting(
+        "CrashLoopBackOff", f"back-off 40s restarting failed container=poller pod={POD_NAME}_{namespace}"))  # fmt: skip
+    crashing.update(restartCount=3, lastState={"terminated": {"reason": "Error", "exitCode": 2}})
+    _kubelet_status(cluster, namespace, POD_NAME, {
+        "phase": "Pending",
+        "initContainerStatuses": [crashing],
+        "containerStatuses": [_container_status("serving", _waiting("PodInitializing"))],
+    })  # fmt: skip
+
+
+def _secret_volume_missing(cluster: kit.Cluster, namespace: str, pod: dict[str, Any]) -> None:
+    """The credentials Secret volume cannot be mounted: the containers wait, and only the
+    pod's FailedMount Event says why."""
+    _kubelet_status(cluster, namespace, POD_NAME, {
+        "phase": "Pending",
+        "initContainerStatuses": [_container_status("poller", _waiting("PodInitializing"))],
+        "containerStatuses": [_container_status("serving", _waiting("PodInitializing"))],
+    })  # fmt: skip
+    _failed_mount_event(cluster, namespace, pod, "gcs-key")
+
+
+def _refused_by_admission(cluster: kit.Cluster, namespace: str, template: dict[str, Any]) -> str:
+    """A ResourceQuota refuses the ReplicaSet's pods: the API server's real refusal of a pod
+    from the template, written into the Deployment's status as the Deployment controller
+    copies its ReplicaSet's ReplicaFailure condition (no controller-manager runs here)."""
+    cluster.core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    )
+    cluster.core.patch_namespaced_resource_quota_status(
+        "no-pods", namespace, {"status": {"hard": {"pods": "0"}, "used": {"pods": "0"}}}
+    )
+    pod = _pod(template, "unused")
+    pod["metadata"] = {"generateName": "m-7d9c5f6b8-", "labels": template["metadata"]["labels"]}
+    with pytest.raises(ApiException) as refused:
+        cluster.core.create_namespaced_pod(namespace, pod)
+    assert refused.value.status == 403
+    message = str(json.loads(refused.value.body)["message"])
+    cluster.apps.patch_namespaced_deployment_status("m", namespace, {"status": {
+        "replicas": 0, "unavailableReplicas": 1, "observedGeneration": 1,
+        "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message,
+                        "lastUpdateTime": STARTED, "lastTransitionTime": STARTED}],
+    }})  # fmt: skip
+    return message
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "says"),
+    [
+        ("image-pull", "ImagePullBackOff", f"pod {POD_NAME}, container serving: ImagePullBackOff: Back-off pulling"),
+        ("crash-loop", "CrashLoopBackOff", f"pod {POD_NAME}, container poller: CrashLoopBackOff: back-off 40s"),
+        ("secret-volume", "CredentialsSecretMissing", f'pod {POD_NAME}: FailedMount: MountVolume.SetUp failed'),
+        ("secret-env", "CreateContainerConfigError", f'pod {POD_NAME}, container poller: CreateContainerConfigError: secret "gcs-key" not found'),
+        ("refused", "PodsRefused", 'pods not created: FailedCreate: pods "m-7d9c5f6b8-'),
+    ],
+    ids=["image-pull", "crash-loop", "secret-volume", "secret-env", "refused"],
+)  # fmt: skip
+def test_ready_says_what_a_pod_that_has_not_reported_says(
+    case: str, reason: str, says: str, operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str
+) -> None:
+    """No poller has reported: Ready's reason and message come from the pod itself (or from
+    the refusal of its creation), never a bare WaitingForInitialSync."""
+    cluster.create_md(namespace, "m", {"source": {"uri": "gs://bkt/m/", "credentialsSecret": "gcs-key"}})
+    template = wait_children(cluster, namespace, "m")["Deployment"]["spec"]["template"]
+    cluster.wait_observed(namespace, "m")
+    assert cluster.condition(namespace, "m", "Ready")["reason"] == "WaitingForInitialSync"
+    if case == "refused":
+        refusal = _refused_by_admission(cluster, namespace, template)
+    else:
+        created = cluster.core.create_namespaced_pod(namespace, _pod(template, POD_NAME))
+        pod = cluster.api.sanitize_for_serialization(created)
+        if case == "image-pull":
+            _image_pull_backoff(cluster, namespace, pod)
+        elif case == "crash-loop":
+            _crash_loop(cluster, namespace, pod)
+        elif case == "secret-volume":
+            _secret_volume_missing(cluster, namespace, pod)
+        else:
+            config_error = _waiting("CreateContainerConfigError", 'secret "gcs-key" not found')
+            _kubelet_status(cluster, namespace, POD_NAME, {
+                "phase": "Pending", "initContainerStatuses": [_container_status("poller", config_error)]})  # fmt: skip
+    ready = kit.wait_for(
+        f"Ready={reason}", lambda: (c := cluster.condition(namespace, "m", "Ready")).get("reason") == reason and c
+    )
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("0/1 replicas ready; "), ready
+    assert says in ready["message"], ready
+    if case == "refused":
+        assert refusal in ready["message"]
+    assert not (cluster.get_md(namespace, "m").get("status") or {}).get("pollers")
+
+
+def _report(poller: client.CustomObjectsApi, namespace: str, pod: str, report: models.PollerReport) -> None:
+    """A pod's entry as its poller writes it (entry_writer: a merge patch of its own key)."""
+    poller.patch_namespaced_custom_object_status(
+        names.GROUP, names.VERSION, namespace, names.PLURAL, "m", {"status": {"pollers": {pod: report.to_status()}}}
+    )
+
+
+def test_degraded_follows_the_pollers_errors_with_an_event_on_each_change(
+    operator: kit.OperatorProcess, cluster: kit.Cluster, namespace: str, kube: Any
+) -> None:
+    cluster.create_md(namespace, "m", {"replicas": 2, "source": {"uri": "gs://bkt/m/"}})
+    template = wait_children(cluster, namespace, "m")["Deployment"]["spec"]["template"]
+    cluster.wait_observed(namespace, "m")
+    for pod in ("m-aaaaa", "m-bbbbb"):
+        cluster.core.create_namespaced_pod(namespace, _pod(template, pod))
+        _mark_ready(cluster, namespace, pod)
+    cluster.apps.patch_namespaced_deployment_status(
+        "m", namespace, {"status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}}
+    )
+    poller = client.CustomObjectsApi(kube.api_client(kit.service_account_token(kube, namespace, "m-poller")))
+    sync = "2026-01-01T00:00:00Z"
+    clean = models.PollerReport(versions=(1,), serving=1, latest=1, last_sync=sync)
+    rejected = models.PollerReport(
+        versions=(1,),
+        serving=1,
+        latest=1,
+        last_sync=sync,
+        error="version 3 (gs://bkt/m/3.zip) rejected: unsafe_path: ../../escaped.txt",
+        reason=models.ReportReason.VERSION_REJECTED,
+    )
+    for pod in ("m-aaaaa", "m-bbbbb"):
+        _report(poller, namespace, pod, clean)
+    kit.wait_for("Ready", lambda: cluster.condition(namespace, "m", "Ready").get("status") == "True")
+
+    def warnings() -> list[dict[str, Any]]:
+        return [e for e in cluster.events(namespace, "m") if e["type"] == "Warning"]
+
+    # One poller reports the rejection: Degraded=True, one Warning Event.
+    _report(poller, namespace, "m-aaaaa", rejected)
+    first = kit.wait_for(
+        "Degraded=True", lambda: (c := cluster.condition(namespace, "m", "Degraded")).get("status") == "True" and c
+    )
+    assert first["reason"] == "VersionRejected"
+    assert first["message"].startswith("poller of pod m-aaaaa: version 3 (gs://bkt/m/3.zip) rejected: unsafe_path")
+    kit.wait_for(
+        "the first VersionRejected Event", lambda: sorted(e["message"] for e in warnings()) == [first["message"]]
+    )
+    # The other poller reports it too: same status and reason, a new message, a new Event.
+    _report(poller, namespace, "m-bbbbb", rejected)
+    second = kit.wait_for("Degraded naming both pods", lambda: (c := cluster.condition(namespace, "m", "Degraded"))
+                          ["message"].startswith("poller of pod m-aaaaa, m-bbbbb: version 3") and c)  # fmt: skip
+    assert (second["status"], second["reason"]) == ("True", "VersionRejected")
+    assert second["lastTransitionTime"] == first["lastTransitionTime"]
+    kit.wait_for(
+        "a second Warning Event",
+        lambda: sorted(e["message"] for e in warnings()) == sorted([first["message"], second["message"]]),
+    )
+    # Both clear: Degraded=False AsExpected and one DegradedResolved Event.
+    for pod in ("m-aaaaa", "m-bbbbb"):
+        _report(poller, namespace, pod, clean)
+    cleared = kit.wait_for(
+        "Degraded=False", lambda: (c := cluster.condition(namespace, "m", "Degraded")).get("status") == "False" and c
+    )
+    assert (cleared["reason"], cleared["message"]) == ("AsExpected", "")
+    kit.wait_for(
+        "the DegradedResolved Event",
+        lambda: any(e["reason"] == "DegradedResolved" for e in cluster.events(namespace, "m")),
+    )
+    # Without a change, no more Events (the status loop recomputes every second here).
+    time.sleep(3)
+    events = cluster.events(namespace, "m")
+    assert sorted(e["reason"] for e in events if e["reason"] in ("VersionRejected", "DegradedResolved")) == [
+        "DegradedResolved",
+        "VersionRejected",
+        "VersionRejected",
+    ], events
