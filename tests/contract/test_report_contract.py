@@ -11,6 +11,10 @@ never from the wording of its message.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from model_poller.policy import Policy
 from model_poller.report import build_report, source_problem
 from model_poller.serving import ServingStatus, parse_status
 from model_poller.stores import open_store
+from model_poller.stores.file import FileStore
 from model_poller.sync_outcome import SyncOutcome
 from model_poller_api import models
 from model_poller_api.conditions import find_condition
@@ -159,4 +164,105 @@ def test_a_missing_source_is_source_not_found(dirs: Dirs, make_engine: EngineFac
     assert conditions(entry, spec={}, ready=True) == [
         ("Ready", "True", "AllReplicasServing"),
         ("Degraded", "True", "SourceNotFound"),
+    ]
+
+
+@pytest.fixture
+def denying_storage() -> Iterator[str]:
+    """A test stand-in for the Cloud Storage JSON API answering every request as GCS answers
+    a caller without storage.objects.list: 403 with GCS's JSON error body (fake-gcs-server
+    has no IAM, so it never denies). The poller's real client and error mapping read it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            message = "poller@p.iam.gserviceaccount.com does not have storage.objects.list access to the Google Cloud Storage bucket. Permission 'storage.objects.list' denied on resource (or it may not exist)."  # noqa: E501
+            error = {
+                "code": 403,
+                "message": message,
+                "errors": [{"message": message, "domain": "global", "reason": "forbidden"}],
+            }  # noqa: E501
+            body = json.dumps({"error": error}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_denied_source_is_access_denied(
+    dirs: Dirs, make_engine: EngineFactory, denying_storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
+    engine = make_engine(Policy(keep=2))
+    good = engine.sync()
+    # The source moves to a bucket the poller's identity may not list.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", denying_storage)
+    engine.store = open_store("gs://private-bucket/m/")
+    with pytest.raises(SourceError) as raised:
+        engine.sync()
+    entry = entry_of(good, tf_serving((1, "AVAILABLE", "OK", "")), problems=[source_problem(raised.value)])
+    assert (entry["reason"], entry["versions"], entry["serving"]) == ("AccessDenied", [1], 1)
+    assert entry["error"].startswith("cannot list gs://private-bucket/m/: access denied (403): ")
+    assert conditions(entry, spec={}, ready=True) == [
+        ("Ready", "True", "AllReplicasServing"),
+        ("Degraded", "True", "AccessDenied"),
+    ]
+    message = degraded_message(entry, spec={}, ready=True)
+    assert message.startswith(f"poller of pod {POD}: ") and "roles/storage.objectViewer" in message
+
+
+class VanishingSource(FileStore):
+    """The real file:// store; an upload is deleted right after each listing (the source
+    changing under the poller), so the download that follows fails as it really would."""
+
+    def list_objects(self) -> list[Any]:
+        listed = super().list_objects()
+        for obj in listed:
+            if obj.name == "2.zip":
+                (self.root / obj.name).unlink(missing_ok=True)
+        return listed
+
+
+def test_a_source_failing_a_download_is_source_unreachable(dirs: Dirs, make_engine: EngineFactory) -> None:
+    (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
+    (dirs.src / "2.zip").write_bytes(zip_bytes(model_files(2)))
+    source = VanishingSource.from_uri(dirs.uri)
+    outcome = make_engine(Policy(keep=2), store=source).sync()
+    entry = entry_of(outcome, tf_serving((1, "AVAILABLE", "OK", "")))
+    assert (entry["reason"], entry["versions"], entry["serving"]) == ("SourceUnreachable", [1], 1)
+    assert entry["error"] == f"version 2: {dirs.uri}2.zip vanished since it was listed"
+    assert conditions(entry, spec={}, ready=True) == [
+        ("Ready", "True", "AllReplicasServing"),
+        ("Degraded", "True", "SourceUnreachable"),
+    ]
+    assert degraded_message(entry, spec={}, ready=True) == f"poller of pod {POD}: {entry['error']}"
+
+
+def test_a_model_dir_that_cannot_take_a_version_is_install_failed(dirs: Dirs, make_engine: EngineFactory) -> None:
+    (dirs.src / "1.zip").write_bytes(zip_bytes(model_files(1)))
+    (dirs.src / "2.zip").write_bytes(zip_bytes(model_files(2)))
+    engine = make_engine(Policy(keep=2))
+    blocker: Path = dirs.models / "2"
+    blocker.write_text("not a version directory")  # a local install failure: a file in the way
+    # (latest stays 1: a version that failed to install was never validated)
+    outcome = engine.sync()
+    entry = entry_of(outcome, tf_serving((1, "AVAILABLE", "OK", "")))
+    assert (entry["reason"], entry["versions"], entry["serving"], entry["latest"]) == ("InstallFailed", [1], 1, 1)
+    assert entry["error"].startswith(f"version 2: {blocker} is in the way")
+    # Ready: version 1 is inside the policy (keep 2) and AVAILABLE; Degraded says why 2 is not.
+    assert conditions(entry, spec={}, ready=True) == [
+        ("Ready", "True", "AllReplicasServing"),
+        ("Degraded", "True", "InstallFailed"),
     ]
