@@ -3,10 +3,12 @@
 The sync loop hands over every report; a thread of its own writes it, so the API server's
 trouble never slows or stops syncing. Only the *latest* report is kept: after an outage
 the current state is written once, never a queue of stale ones. A write happens only when
-the entry changed (``lastSync`` aside), plus one heartbeat every ``heartbeat`` seconds.
+the entry changed (``lastSync`` aside), plus a heartbeat 1 to 1.2 x ``heartbeat`` seconds
+after the last write (never sooner: at most one per ``heartbeat``).
 
 - unreachable, 5xx, 409, 429: retried with exponential backoff and jitter, at most 5 s
-  apart, so the status is right within seconds of the API server's return;
+  apart (or the answer's Retry-After, if longer), so the status is right within seconds of
+  the API server's return;
 - 401/403: one log line naming the missing permission (at most every 10 minutes), a
   metric, and retries slowing to one a minute (an administrator may fix the Role);
 - 404: the ModelDeployment is gone: said (at most every 10 minutes), syncing goes on.
@@ -36,6 +38,10 @@ SLOW_RETRY = 60.0
 # A repeated 403/404 is logged at most this often.
 LOG_EVERY = 600.0
 STOP_JOIN = 15.0
+# An unchanged entry is rewritten between ``heartbeat`` and (1 + this) x ``heartbeat`` after
+# the last write: pods started together (a rollout) do not all beat at once, and the jitter
+# only lengthens the interval, so there is never more than one heartbeat per ``heartbeat``.
+HEARTBEAT_JITTER = 0.2
 
 
 def _content(report: PollerReport) -> PollerReport:
@@ -104,8 +110,7 @@ class PodEntryWriter:
                 continue
             delay = self._write(desired)
             if delay is None:
-                # Jittered: pods started together (a rollout) must not all beat at once.
-                next_heartbeat = time.monotonic() + self.heartbeat * random.uniform(0.9, 1.1)
+                next_heartbeat = time.monotonic() + self.heartbeat * random.uniform(1.0, 1.0 + HEARTBEAT_JITTER)
             else:
                 # Wait on stop, not on wake: new reports during an outage only replace the
                 # state to write; they must not turn the backoff into a busy retry.
@@ -142,7 +147,8 @@ class PodEntryWriter:
         outcome, message = self._describe(exc)
         self._on_write(outcome)
         if outcome == "retry":
-            delay = self._backoff.fail(cap=RETRY_MAX)
+            # Backoff with jitter, but never sooner than the API server's Retry-After (429, 503).
+            delay = max(self._backoff.fail(cap=RETRY_MAX), exc.retry_after or 0.0)
             failures = self._backoff.failures
             if failures == 1 or failures % 20 == 0:
                 log.warning(

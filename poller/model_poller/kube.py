@@ -32,16 +32,23 @@ PATCH_TIMEOUT = 3.0
 WATCH_SECONDS = 240
 
 
-class KubeError(Exception):
-    """An API call failed; ``status`` is the HTTP status (0: no answer)."""
+# A Retry-After longer than this is not waited for in full (the API server's own is 1 s).
+MAX_RETRY_AFTER = 60.0
 
-    def __init__(self, status: int, message: str) -> None:
+
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0: no answer); ``retry_after``
+    the seconds the API server asked to wait (its ``Retry-After``, on 429 and some 5xx)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class KubeUnavailable(KubeError):
-    """No answer, 5xx, 409 or 429: worth retrying with backoff."""
+    """No answer, 5xx, 409 or 429: worth retrying with backoff (not sooner than
+    ``retry_after`` when the API server said so)."""
 
 
 class KubeForbidden(KubeError):
@@ -73,8 +80,21 @@ def _error(exc: Exception, what: str) -> KubeError:
             return ResourceExpired(status, message)
         if status in (400, 422):
             return KubeRejected(status, message)
-        return KubeUnavailable(status, message)
+        return KubeUnavailable(status, message, _retry_after(exc))
     return KubeUnavailable(0, f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """The answer's ``Retry-After`` in seconds (the delay form; the API server sends no
+    dates), at most MAX_RETRY_AFTER; None when absent or unreadable."""
+    value = (exc.headers or {}).get("Retry-After")
+    try:
+        seconds = float(str(value).strip()) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is None or not seconds >= 0:  # (not NaN)
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def _api_message(exc: ApiException) -> str:

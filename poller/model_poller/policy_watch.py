@@ -94,7 +94,8 @@ class PolicyWatcher:
         while not self._stop.is_set():
             try:
                 self._follow(backoff)
-            except ResourceExpired:
+            except ResourceExpired as exc:
+                log.info("%s; getting ModelDeployment %s again and watching from there", exc, self.kube.target)
                 self._stop.wait(RETRY_START)  # get again, then watch from the fresh resourceVersion
             except (KubeForbidden, KubeNotFound) as exc:
                 delay = backoff.fail(cap=SLOW_RETRY)
@@ -110,7 +111,7 @@ class PolicyWatcher:
                     )
                 self._stop.wait(delay)
             except KubeError as exc:
-                delay = backoff.fail()
+                delay = max(backoff.fail(), exc.retry_after or 0.0)
                 self._on_error("retry")
                 log.warning("watch of %s interrupted (%s); again in about %.1fs", self.kube.target, exc, delay)
                 self._stop.wait(delay)
