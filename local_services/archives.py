@@ -506,3 +506,18 @@ def zip64_end_record_cut_short() -> bytes:
     locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, len(body) + 20 + 22 + 4, 1)
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, len(comment))
     return body + locator + end + comment
+
+
+def targz_deep_directories(n: int, depth: int = 14, name_bytes: int = 254) -> bytes:
+    """A SavedModel, then ``n`` directories side by side under a chain of ``depth``
+    directories named with ``name_bytes`` bytes each: a few MB of tar.gz whose every full
+    path is ``depth * (name_bytes + 1)`` bytes long, every limit respected (so it installs).
+    Written header by header (tarfile's writer takes seconds per 10,000 entries)."""
+    chain = "/".join(["p" * name_bytes] * depth)
+    gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+    parts = [gz.compress(tar_entries(model_files(9)))]
+    for i in range(n):
+        parts.append(gz.compress(tar_header(f"{chain}/{i:06d}{'x' * 200}", 0, tarfile.DIRTYPE)))
+    parts.append(gz.compress(TAR_END))
+    parts.append(gz.flush())
+    return b"".join(parts)

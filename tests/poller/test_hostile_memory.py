@@ -10,6 +10,7 @@ of these cost the poller 450 MiB to 2 GiB of memory, or its sync (RecursionError
 from __future__ import annotations
 
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,3 +165,47 @@ def test_implicit_parent_directories_count_as_entries(dirs: Dirs, make_engine: E
     members = [a.tar_member(f"{n:05d}/{deep}/f", data=b"") for n in range(5000)]
     run = poll_once_with(dirs, make_engine, "2.tar.gz", a.targz_with(members), "too_many_files")
     assert_refused(run, "too_many_files", "--max-files")
+
+
+def test_tar_directory_member_data_counts(dirs: Dirs, make_engine: EngineFactory) -> None:
+    """1 GiB of zeros attached to a directory member (a 1 MB tar.gz): tarfile skips it, it
+    is inflated all the same, so it counts against the ratio like file content."""
+    blob = a.targz_directory_data(GiB)
+    run = poll_once_with(dirs, make_engine, "2.tar.gz", blob, "compression_ratio")
+    assert_refused(run, "compression_ratio", f"its {len(blob)} bytes")
+
+
+def test_zip_entry_names_are_bounded_in_all(dirs: Dirs, make_engine: EngineFactory) -> None:
+    """9,000 directory records each naming a 4,000-byte path: every record is within its
+    own bounds and the count within --max-files, but the names (kept until the unpacking
+    ends) add up to 36 MB; 100,000 of them would be 800 MiB of memory."""
+    long_name = "/".join(["n" * 199] * 20)  # 3,999 bytes
+    blob = a.zip_model_and([], first=[a.raw_member(long_name, b"a")], copies_of_first_record=9000)
+    run = poll_once_with(dirs, make_engine, "2.zip", blob, "oversized_header")
+    assert_refused(run, "oversized_header", "entry names add up to over 32 MiB")
+
+
+def test_many_deep_directories_keep_names_not_paths(tmp_path: Path) -> None:
+    """95,000 directories side by side under a chain of 14 directories of 254-byte names:
+    about 6 MB of tar.gz within every limit (ratio about 80, entries under --max-files), so
+    it installs. Every full path is about 3.8 KB: kept once per directory (a set of Paths,
+    then os.walk's bottom-up list of paths) they took the poller to 470-560 MiB. The model
+    dir is on a tmpfs, so the 95,000 directory fsyncs cost nothing."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        dirs = Dirs(root=tmp_path, src=Path(shm) / "src", models=Path(shm) / "models")
+        dirs.src.mkdir()
+        (dirs.src / "2.tar.gz").write_bytes(a.targz_deep_directories(95_000))
+        poller = PollerProcess(
+            ["--source", dirs.uri, "--model-dir", str(dirs.models), "--poll-interval", "3600"],
+            tmp_path / "poller.log",
+        )
+        try:
+            poller.wait_for("/readyz", timeout=240)
+            peak = peak_rss(poller.proc.pid)
+        finally:
+            code = poller.terminate()
+        log = poller.output()
+        assert code == 0, log
+        assert "installed version 2 (" in log, log
+        print(f"peak RSS {peak / MiB:.0f} MiB")
+        assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / MiB:.0f} MiB"

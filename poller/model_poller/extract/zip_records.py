@@ -40,6 +40,10 @@ _METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "LZ
 ZIP_MAX_EXTRA = MAX_PATH_BYTES + 1024
 ZIP_MAX_COMMENT = 1024
 ZIP_RECORD_MAX = _CENTRAL.size + MAX_PATH_BYTES + ZIP_MAX_EXTRA + ZIP_MAX_COMMENT
+# Every entry's name is kept (raw and decoded) until the unpacking ends: 100,000 names of
+# 4 KiB would be 800 MiB. 32 MiB of names is 330 bytes for each of --max-files' default
+# 100,000 entries; a SavedModel's names are a few kilobytes in all.
+ZIP_MAX_NAME_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ def zip_entries(archive: BinaryIO, directory: ZipDirectory) -> list[ZipEntry]:
     """Read the central directory one record at a time, exactly as many as declared."""
     archive.seek(directory.start)
     entries: list[ZipEntry] = []
-    consumed = 0
+    consumed = names = 0
     for index in range(directory.entries):
         what = f"central directory record {index}"
         record = _CENTRAL.unpack(read_exactly(archive, _CENTRAL.size, what))
@@ -189,6 +193,12 @@ def zip_entries(archive: BinaryIO, directory: ZipDirectory) -> list[ZipEntry]:
                 "oversized_header",
                 f"{what}: {extra_len} bytes of extra fields and a {comment_len}-byte comment "
                 f"(at most {ZIP_MAX_EXTRA} and {ZIP_MAX_COMMENT})",
+            )
+        names += name_len
+        if names > ZIP_MAX_NAME_BYTES:
+            raise Rejected(
+                "oversized_header",
+                f"{what}: the entry names add up to over {ZIP_MAX_NAME_BYTES >> 20} MiB (at most {ZIP_MAX_NAME_BYTES})",
             )
         consumed += _CENTRAL.size + name_len + extra_len + comment_len
         if consumed > directory.size:
