@@ -145,8 +145,9 @@ class Kube:
         return obj
 
     def watch(self, resource_version: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(type, object) of each change after ``resource_version``, until the server ends
-        the watch (then the iterator ends). Raises KubeError subclasses."""
+        """(type, object) of each change after ``resource_version`` (empty: the object as it
+        is now, as ADDED, then each change), until the server ends the watch (then the
+        iterator ends). Raises KubeError subclasses."""
         t = self.target
         watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
         try:

@@ -3,7 +3,8 @@
 A get, then a watch by name (what the rendered Role allows), in a thread of its own. A
 change of ``keep`` or ``pinned`` reaches the sync loop within a second, without a restart.
 The watch is re-opened after the server ends it, after API server restarts (with backoff)
-and after "resource version too old" (410: get again, then watch from there).
+and after "resource version too old" (410: get again, then watch from the server's current
+state, since the object's own resourceVersion may be the one that is too old).
 """
 
 from __future__ import annotations
@@ -91,12 +92,18 @@ class PolicyWatcher:
         # answer 403 for a moment, and a fixed Role or a re-created object must still be
         # picked up.
         backoff = Backoff(start=RETRY_START, cap=RETRY_MAX, jitter=0.5)
+        expired = False
         while not self._stop.is_set():
             try:
-                self._follow(backoff)
+                self._follow(backoff, from_now=expired)
             except ResourceExpired as exc:
-                log.info("%s; getting ModelDeployment %s again and watching from there", exc, self.kube.target)
-                self._stop.wait(RETRY_START)  # get again, then watch from the fresh resourceVersion
+                # The object's own resourceVersion can be older than the API server's watch
+                # cache (an object unchanged since before the server restarted): watching from
+                # it again would get 410 again, in a loop. From now on watch from the server's
+                # current state instead.
+                expired = True
+                log.info("%s; getting ModelDeployment %s again and watching from now", exc, self.kube.target)
+                self._stop.wait(RETRY_START)
             except (KubeForbidden, KubeNotFound) as exc:
                 delay = backoff.fail(cap=SLOW_RETRY)
                 self._on_error("forbidden" if isinstance(exc, KubeForbidden) else "not_found")
@@ -122,11 +129,14 @@ class PolicyWatcher:
                 )
                 self._stop.wait(delay)
 
-    def _follow(self, backoff: Backoff) -> None:
-        """Get the ModelDeployment, then watch it from there until stopped or an error."""
+    def _follow(self, backoff: Backoff, from_now: bool = False) -> None:
+        """Get the ModelDeployment, then watch it from there until stopped or an error.
+
+        ``from_now``: watch without a resourceVersion (the server sends the object as it is
+        now, as ADDED, then its changes), not from the object's own resourceVersion."""
         obj = self.kube.get()
         self._apply(obj)
-        resource_version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        resource_version = "" if from_now else str((obj.get("metadata") or {}).get("resourceVersion", ""))
         backoff.reset()
         while not self._stop.is_set():
             for kind, event_obj in self.kube.watch(resource_version):
