@@ -10,6 +10,8 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -163,3 +165,36 @@ def test_linked_root_is_followed(dirs: Dirs) -> None:
     obj = _listed(source, "0003/saved_model.pb")
     assert _read_all(source, obj) == model_files(3)["saved_model.pb"]
     assert source.read_range(obj, 0, 5) == b"saved"
+
+
+def test_a_source_the_pollers_user_may_not_read_is_access_denied() -> None:
+    """A file:// source folder the poller's user cannot list (mode 0700, another owner) is
+    AccessDenied, as a 403 is for gs://, not SourceUnreachable. The tests run as root, whom
+    no file mode stops, so the store runs in a child process without the capabilities that
+    let root past file modes (setpriv), on a folder owned by nobody."""
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        src = Path(top) / "src"
+        src.mkdir(mode=0o700)
+        (src / "1.zip").write_bytes(b"x")
+        os.chown(src, 65534, 65534)
+        probe = (
+            "import sys\n"
+            "from model_poller.errors import SourceError\n"
+            "from model_poller.report import source_problem\n"
+            "from model_poller.stores import open_store\n"
+            "try:\n"
+            "    open_store(sys.argv[1]).list_objects()\n"
+            "except SourceError as exc:\n"
+            "    print(type(exc).__name__, source_problem(exc).reason.value, exc)\n"
+        )
+        caps = "-dac_override,-dac_read_search"
+        result = subprocess.run(
+            ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", sys.executable, "-c", probe, f"file://{src}/"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    expected = f"SourceAccessDenied AccessDenied cannot list {src}: Permission denied"
+    assert result.stdout.startswith(expected), result.stdout

@@ -138,6 +138,8 @@ def test_denied_credential_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli, ref
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "invalid_grant" in errors[0], result.stderr
+    # A refused credential is access denied (the entry's reason AccessDenied), not an outage.
+    assert "credential refused by the token endpoint" in errors[0], result.stderr
 
 
 def test_no_credentials_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from model_poller_api.names import SCHEME_FILE
 
-from model_poller.errors import Abandoned, SourceError, SourceNotFound
+from model_poller.errors import Abandoned, SourceAccessDenied, SourceError, SourceNotFound
 from model_poller.stores.base import Sink
 from model_poller.versions import SourceObject
 
@@ -56,7 +56,7 @@ class FileStore:
         objects: list[SourceObject] = []
 
         def fail(exc: OSError) -> None:
-            raise SourceError(f"cannot list {self.root}: {exc.strerror or exc}")
+            raise _unreadable(f"cannot list {self.root}", exc)
 
         self._listing_links = set()
 
@@ -88,7 +88,7 @@ class FileStore:
                 try:
                     chunk = fh.read(CHUNK)
                 except OSError as exc:
-                    raise SourceError(f"cannot read {self.uri}{obj.name}: {exc.strerror or exc}") from None
+                    raise _unreadable(f"cannot read {self.uri}{obj.name}", exc) from None
                 if not chunk:
                     break
                 sink(chunk)  # outside the try: a full disk is not the source's fault
@@ -98,7 +98,7 @@ class FileStore:
         try:
             return os.pread(fd, end - start, start)
         except OSError as exc:
-            raise SourceError(f"cannot read {self.uri}{obj.name}: {exc.strerror or exc}") from None
+            raise _unreadable(f"cannot read {self.uri}{obj.name}", exc) from None
         finally:
             os.close(fd)
 
@@ -131,7 +131,7 @@ class FileStore:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise SourceError(f"{self.uri}{obj.name} is now a symbolic link or under one; not followed") from None
-            raise SourceError(f"cannot read {self.uri}{obj.name}: {exc.strerror or exc}") from None
+            raise _unreadable(f"cannot read {self.uri}{obj.name}", exc) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_mtime_ns != obj.generation:
             os.close(fd)
@@ -153,3 +153,9 @@ class FileStore:
             return os.open(parts[-1], _OPEN_FILE, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _unreadable(what: str, exc: OSError) -> SourceError:
+    """A file permission the poller's user lacks is access denied, as a 403 is for gs://."""
+    kind = SourceAccessDenied if isinstance(exc, PermissionError) else SourceError
+    return kind(f"{what}: {exc.strerror or exc}")

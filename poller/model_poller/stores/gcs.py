@@ -12,6 +12,7 @@ generation is gone (a new upload replaced it), the store answers 404: ``SourceCh
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from typing import Any, NoReturn
@@ -225,9 +226,23 @@ def _is_transport_error(exc: BaseException) -> bool:
     )
 
 
+# google-api-core's messages start with the request ("GET https://.../o?...: "), which took
+# most of the room GCS's own explanation ("... does not have storage.objects.list access").
+_REQUEST_PREFIX = re.compile(r"^[A-Z]+ https?://\S+: ")
+
+
+def _is_refused_credential(exc: BaseException) -> bool:
+    """The token endpoint answered that this credential will not do (``invalid_grant``, a
+    deleted key, a disabled account): google-auth's RefreshError that it marks as not worth
+    retrying. Network trouble on the way to it stays a transport error."""
+    from google.auth import exceptions as auth_exceptions
+
+    return isinstance(exc, auth_exceptions.RefreshError) and not getattr(exc, "retryable", False)
+
+
 def _describe(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return one_line(message, 240)
+    return one_line(_REQUEST_PREFIX.sub("", message), 240)
 
 
 def _raise_source_error(exc: BaseException, what: str, bucket: str) -> NoReturn:
@@ -239,6 +254,8 @@ def _raise_source_error(exc: BaseException, what: str, bucket: str) -> NoReturn:
         raise SourceAccessDenied(f"{what}: credential rejected (401): {_describe(exc)}") from None
     if isinstance(exc, api.Forbidden):
         raise SourceAccessDenied(f"{what}: access denied (403): {_describe(exc)}") from None
+    if _is_refused_credential(exc):
+        raise SourceAccessDenied(f"{what}: credential refused by the token endpoint: {_describe(exc)}") from None
     if isinstance(exc, api.GoogleAPICallError) or _is_transport_error(exc):
         raise SourceError(f"{what}: {_describe(exc)}") from None
     raise exc
