@@ -86,6 +86,11 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_faults() -> int:
+    """Minor page faults of the children this process has waited for, so far."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+
+
 @dataclass
 class Gcs:
     """fake-gcs-server whose media links name the proxy (``external``), not itself."""
@@ -157,6 +162,7 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Run:
     time.sleep(1)
     services_before = sum(process_cpu_s(pid) for pid in SERVICE_PIDS)
     children_before = children_cpu_s()
+    faults_before = children_faults()
     with open(log, "wb") as out:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -174,6 +180,7 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Run:
     cpu = {
         "cpu_s": round(children_cpu_s() - children_before, 2),
         "services_cpu_s": round(sum(process_cpu_s(pid) for pid in SERVICE_PIDS) - services_before, 2),
+        "minflt": children_faults() - faults_before,
     }
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
