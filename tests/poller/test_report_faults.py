@@ -79,7 +79,9 @@ def test_status_writes_answered_with_errors_are_retried_with_backoff_then_the_la
 ) -> None:
     s, proxy = proxied.setup, proxied.proxy
     proc = s.start()
-    s.wait_entry(has_versions([1, 2]), "entry with [1, 2]")
+    # Settled first (serving and latest written too), so no write of [1, 2] is still on its
+    # way when the fault begins.
+    s.wait_entry(lambda e: has_versions([1, 2], serving=2)(e) and e.get("latest") == 2, "settled entry with [1, 2]")
 
     retry_after = 2 if code == 429 else None
     fault = proxy.fail(code, method="PATCH", path_suffix=STATUS, seconds=FAULT_SECONDS, retry_after=retry_after)

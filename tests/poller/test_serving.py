@@ -226,6 +226,8 @@ def test_readyz_after_the_initial_sync_serving_ready_after_tf_serving(
     tf.start(wait=False)
     with Sampler(poller, tf, dirs.models) as sampler:
         poller.wait_for("/serving-ready", timeout=30)
+        # (and one sample of the stand-in saying so, under load the sampler can lag behind)
+        wait_for("a sample of 1 AVAILABLE", lambda: any(1 in available(s.states) for s in sampler.served()), 10)
     seen = states(tf)
     assert seen == {1: "AVAILABLE"}
     # Never 200 before the stand-in said AVAILABLE (a 200 is read before the stand-in).
