@@ -150,8 +150,9 @@ def inject(pod: Mapping[str, Any], target: Target) -> Obj:
     if credentials is not None:
         # World-readable (0444), not the operator's 0440: the user's pod has no fsGroup of
         # ours, so the kubelet writes key.json as root:root and 0440 would lock the poller
-        # (a non-root uid) out; only the poller mounts this volume (a user container that
-        # mounts it is refused by _check_names), so no other container can read it.
+        # (a non-root uid) out; at creation only the poller mounts this volume (a user
+        # container that mounts it is refused by _check_names). An ephemeral container added
+        # later (kubectl debug) could mount it: the webhook sees pod creations only.
         credentials["secret"]["defaultMode"] = CREDENTIALS_MODE
         spec["volumes"].append(credentials)
     # Last of the init containers: the pod's own init containers run first; the poller's

@@ -92,6 +92,8 @@ class PolicyWatcher:
         # answer 403 for a moment, and a fixed Role or a re-created object must still be
         # picked up.
         backoff = Backoff(start=RETRY_START, cap=RETRY_MAX, jitter=0.5)
+        # Once a 410 was seen, every later start watches from the server's current state; that
+        # costs one ADDED event per re-watch (the policy as it is, applied again: a no-op).
         expired = False
         while not self._stop.is_set():
             try:

@@ -195,11 +195,14 @@ def test_pod_naming_a_model_deployment_of_another_namespace_is_refused(
     create_pod(cluster, ns, wk.user_pod("home", NAME))  # injected in A (A is now watched)
     other = f"t-{uuid.uuid4().hex[:10]}"
     cluster.core.create_namespace({"metadata": {"name": other}})
-    wk.ensure_default_service_account(kube, other)
-    message = refused(cluster, other, wk.user_pod("abroad", NAME))
-    assert f"there is no ModelDeployment '{NAME}' in namespace '{other}'" in message, message
-    assert "the pod's own namespace" in message, message
-    assert cluster.core.list_namespaced_pod(other).items == [], "nothing was admitted in namespace B"
+    try:
+        wk.ensure_default_service_account(kube, other)
+        message = refused(cluster, other, wk.user_pod("abroad", NAME))
+        assert f"there is no ModelDeployment '{NAME}' in namespace '{other}'" in message, message
+        assert "the pod's own namespace" in message, message
+        assert cluster.core.list_namespaced_pod(other).items == [], "nothing was admitted in namespace B"
+    finally:
+        cluster.core.delete_namespace(other)
 
 
 def test_pod_naming_an_operator_mode_model_deployment_is_refused(

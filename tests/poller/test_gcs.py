@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -11,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_poller.errors import SourceError
 from model_poller.policy import Policy
+from model_poller.report import source_problem
+from model_poller.stores.gcs import _raise_source_error
+from model_poller_api.models import ReportReason
 
 from local_services.archives import installed_files, model_files, targz_bytes, zip_bytes
 from tests.poller.kit import Dirs, EngineFactory
@@ -112,14 +117,14 @@ def refusing_token_server() -> Iterator[str]:
     server.server_close()
 
 
-def test_denied_credential_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli, refusing_token_server: str) -> None:
+def service_account_key(path: Path, token_uri: str) -> Path:
+    """A service-account key file (a fresh RSA key) whose token endpoint is ``token_uri``."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    creds = tmp_path / "key.json"
-    creds.write_text(
+    path.write_text(
         json.dumps(
             {
                 "type": "service_account",
@@ -128,18 +133,66 @@ def test_denied_credential_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli, ref
                 "private_key": pem.decode(),
                 "client_email": "poller@p.iam.gserviceaccount.com",
                 "client_id": "1",
-                "token_uri": refusing_token_server,
+                "token_uri": token_uri,
             }
         )
     )
+    return path
+
+
+def test_denied_credential_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli, refusing_token_server: str) -> None:
+    creds = service_account_key(tmp_path / "key.json", refusing_token_server)
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(creds), "STORAGE_EMULATOR_HOST": "", "NO_PROXY": "*"}
     result = cli("--source", "gs://some-bucket/m/", "--model-dir", str(dirs.models), "--once", env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "invalid_grant" in errors[0], result.stderr
-    # A refused credential is access denied (the entry's reason AccessDenied), not an outage.
-    assert "credential refused by the token endpoint" in errors[0], result.stderr
+    assert len(errors) == 1, result.stderr
+    assert "credential refused by the token endpoint: invalid_grant: Invalid JWT Signature." in errors[0]
+
+
+def test_a_refused_credential_is_access_denied(tmp_path: Path, refusing_token_server: str) -> None:
+    """The token endpoint's invalid_grant, as google-auth raises it, is AccessDenied."""
+    import google.auth.transport.requests
+    from google.oauth2 import service_account
+
+    key = service_account_key(tmp_path / "key.json", refusing_token_server)
+    credentials = service_account.Credentials.from_service_account_file(str(key), scopes=["https://x/scope"])
+    with pytest.raises(Exception) as refused:
+        credentials.refresh(google.auth.transport.requests.Request())
+    with pytest.raises(SourceError) as raised:
+        _raise_source_error(refused.value, "cannot list gs://b/m/", "b")
+    problem = source_problem(raised.value)
+    assert problem.reason == ReportReason.ACCESS_DENIED, problem
+    assert problem.message == (
+        "cannot list gs://b/m/: credential refused by the token endpoint: invalid_grant: Invalid JWT Signature."
+    )
+
+
+@pytest.mark.slow
+def test_an_unreachable_metadata_server_is_an_outage_not_access_denied() -> None:
+    """On GKE with Workload Identity the token comes from the metadata server; google-auth
+    raises a RefreshError not marked retryable when it cannot reach it, as for a refused
+    credential. A child process (google-auth reads GCE_METADATA_HOST when imported) refreshes
+    compute-engine credentials against a closed port (google-auth retries for ~15 s)."""
+    probe = (
+        "import os\n"
+        "os.environ['GCE_METADATA_HOST'] = os.environ['GCE_METADATA_IP'] = '127.0.0.1:1'\n"
+        "import google.auth.transport.requests\n"
+        "from google.auth import compute_engine\n"
+        "from model_poller.errors import SourceError\n"
+        "from model_poller.report import source_problem\n"
+        "from model_poller.stores.gcs import _raise_source_error\n"
+        "try:\n"
+        "    compute_engine.Credentials().refresh(google.auth.transport.requests.Request())\n"
+        "except Exception as refused:\n"
+        "    try:\n"
+        "        _raise_source_error(refused, 'cannot list gs://b/m/', 'b')\n"
+        "    except SourceError as exc:\n"
+        "        print(type(exc).__name__, source_problem(exc).reason.value)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "SourceError SourceUnreachable", (result.stdout, result.stderr[-2000:])
 
 
 def test_no_credentials_is_one_line(tmp_path: Path, dirs: Dirs, cli: Cli) -> None:

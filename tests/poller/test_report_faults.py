@@ -117,7 +117,8 @@ def test_status_writes_answered_with_errors_are_retried_with_backoff_then_the_la
     assert accepted and all(w.code == 200 for w in accepted), [(w.code, w.injected) for w in accepted]
     assert [_versions_written(w) for w in accepted] == [[3, 4]], [_versions_written(w) for w in accepted]
     assert _versions_written(proxied.status_writes(started)[-1]) == [3, 4]
-    assert took <= 6.0, f"entry right {took:.1f}s after the API server answered normally again (retries <= 5 s apart)"
+    # Retries are at most 5 s apart; 3 s more for the write and this test's polling on a busy machine.
+    assert took <= 8.0, f"entry right {took:.1f}s after the API server answered normally again (retries <= 5 s apart)"
 
 
 # -- 2. 429 / 503 to the watch and get of the ModelDeployment -------------------------------
@@ -156,7 +157,7 @@ def test_watch_and_get_answered_with_errors_are_retried_and_the_policy_change_st
     )
     assert 2 <= len(attempts) <= 7, (len(attempts), gaps)
     assert min(gaps) >= 0.95, f"retried before Retry-After 1s: {gaps}"
-    assert took <= 6.0, took
+    assert took <= 8.0, took
     assert proc.proc.poll() is None, proc.output()
 
 
@@ -171,7 +172,9 @@ def test_a_watch_resumed_from_a_resource_version_too_old_gets_410_and_the_policy
     """The watch ends (as at its timeoutSeconds) and its re-watch, from the last
     resourceVersion the poller saw, reaches an API server that restarted meanwhile: its watch
     cache starts at the current revision, so the old one is "too old" (410). The poller gets
-    the ModelDeployment again and watches from there; a spec.versions change then arrives."""
+    the ModelDeployment again and watches from the server's current state (not from that
+    object's resourceVersion, which may be too old as well); a spec.versions change then
+    arrives."""
     s, proxy = proxied.setup, proxied.proxy
     proc = s.start()
     s.wait_entry(has_versions([1, 2], serving=2), "entry with [1, 2]")
@@ -240,7 +243,7 @@ def test_heartbeat_is_never_sooner_than_its_interval(kube: KubeControlPlane, nam
     assert min(gaps) >= heartbeat, f"a heartbeat {min(gaps):.3f}s after the last write (interval {heartbeat}s)"
     # Jittered, so pods started together drift apart (the spread is up to 20 %; with the
     # API server's answer time on top).
-    assert max(gaps) <= heartbeat * (1 + entry_writer.HEARTBEAT_JITTER) + 0.5, gaps
+    assert max(gaps) <= heartbeat * (1 + entry_writer.HEARTBEAT_JITTER) + 1.0, gaps
     assert max(gaps) - min(gaps) > 0.005, f"no jitter: {gaps}"
     entry = ki.pollers(kube, namespace, MD)[POD]
     assert entry["versions"] == [1], entry

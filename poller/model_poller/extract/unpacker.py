@@ -70,7 +70,8 @@ class Unpacker:
             raise
 
     def _ensure_dir(self, parent: int, part: str, path: Path, name: str) -> int:
-        """The id of directory ``part`` of directory ``parent`` (at ``path``), made if new."""
+        """The id of directory ``part`` of directory ``parent`` (at ``path``), made if new.
+        Called with ``_lock`` held: ids are handed out by the size of ``_dirs``."""
         made = self._dirs.get((parent, part))
         if made is None:
             self._mkdir(path, name)

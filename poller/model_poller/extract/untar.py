@@ -20,7 +20,6 @@ from model_poller.errors import Rejected
 from model_poller.extract.limits import short_name
 from model_poller.extract.unpacker import FileSink, Unpacker
 
-CHUNK = 1 << 20
 # tarfile's stream reader joins and slices a new buffer on every read. Reads of 1 MiB made
 # each of those buffers an mmap of its own (glibc maps blocks over its 128 KiB threshold,
 # and its dynamic threshold did not stick here): 700,000 page faults and 3 s of system
@@ -142,7 +141,7 @@ def extract_tar(archive: BinaryIO, unpacker: Unpacker) -> None:
         with tf:
             _extract_tar_members(tf, unpacker)
         try:
-            while inflated.read(CHUNK):
+            while inflated.read(TAR_READ):
                 pass
         except _READ_ERRORS as exc:
             raise Rejected("corrupt", f"tar.gz stream: {exc}") from exc

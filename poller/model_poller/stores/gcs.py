@@ -12,7 +12,6 @@ generation is gone (a new upload replaced it), the store answers 404: ``SourceCh
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 from typing import Any, NoReturn
@@ -226,23 +225,30 @@ def _is_transport_error(exc: BaseException) -> bool:
     )
 
 
-# google-api-core's messages start with the request ("GET https://.../o?...: "), which took
-# most of the room GCS's own explanation ("... does not have storage.objects.list access").
-_REQUEST_PREFIX = re.compile(r"^[A-Z]+ https?://\S+: ")
-
-
 def _is_refused_credential(exc: BaseException) -> bool:
-    """The token endpoint answered that this credential will not do (``invalid_grant``, a
-    deleted key, a disabled account): google-auth's RefreshError that it marks as not worth
-    retrying. Network trouble on the way to it stays a transport error."""
+    """The OAuth token endpoint answered that this credential will not do (``invalid_grant``:
+    a deleted key, a disabled account): google-auth's RefreshError carrying the endpoint's
+    error body, not marked retryable. A RefreshError without that body (the metadata server
+    unreachable, an impersonation call failing with a 5xx) is an outage, not a refusal."""
     from google.auth import exceptions as auth_exceptions
 
-    return isinstance(exc, auth_exceptions.RefreshError) and not getattr(exc, "retryable", False)
+    if not isinstance(exc, auth_exceptions.RefreshError) or getattr(exc, "retryable", False):
+        return False
+    body = exc.args[1] if len(exc.args) > 1 else None
+    return isinstance(body, dict) and "error" in body
 
 
 def _describe(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return one_line(_REQUEST_PREFIX.sub("", message), 240)
+    # GCS's own sentence ("... does not have storage.objects.list access ...") from the error
+    # body, where there is one: google-api-core's message starts with the whole request URL,
+    # which took most of the room.
+    errors = getattr(exc, "errors", None)
+    first = errors[0] if isinstance(errors, list) and errors else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, str) or not message:
+        first_arg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+        message = getattr(exc, "message", None) or first_arg or str(exc) or type(exc).__name__
+    return one_line(message, 240)
 
 
 def _raise_source_error(exc: BaseException, what: str, bucket: str) -> NoReturn:
