@@ -11,9 +11,7 @@ never from the wording of its message.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from model_poller_operator import pod_states
 from model_poller_operator import status as st
 
 from local_services.archives import model_files, zip_bytes, zip_raw_name
+from local_services.json_answer import json_answer
 from tests.poller.kit import Dirs, EngineFactory
 
 NOW = "2026-01-01T00:00:00Z"
@@ -169,36 +168,20 @@ def test_a_missing_source_is_source_not_found(dirs: Dirs, make_engine: EngineFac
 
 @pytest.fixture
 def denying_storage() -> Iterator[str]:
-    """A test stand-in for the Cloud Storage JSON API answering every request as GCS answers
-    a caller without storage.objects.list: 403 with GCS's JSON error body (fake-gcs-server
-    has no IAM, so it never denies). The poller's real client and error mapping read it."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            message = "poller@p.iam.gserviceaccount.com does not have storage.objects.list access to the Google Cloud Storage bucket. Permission 'storage.objects.list' denied on resource (or it may not exist)."  # noqa: E501
-            error = {
-                "code": 403,
-                "message": message,
-                "errors": [{"message": message, "domain": "global", "reason": "forbidden"}],
-            }  # noqa: E501
-            body = json.dumps({"error": error}).encode()
-            self.send_response(403)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """The Cloud Storage JSON API as it answers a caller without storage.objects.list: 403
+    with GCS's JSON error body (fake-gcs-server has no IAM, so it never denies). The
+    poller's real client and error mapping read it."""
+    message = (
+        "poller@p.iam.gserviceaccount.com does not have storage.objects.list access to the Google Cloud "
+        "Storage bucket. Permission 'storage.objects.list' denied on resource (or it may not exist)."
+    )
+    error = {
+        "code": 403,
+        "message": message,
+        "errors": [{"message": message, "domain": "global", "reason": "forbidden"}],
+    }
+    with json_answer(403, {"error": error}) as url:
+        yield url
 
 
 def test_a_denied_source_is_access_denied(

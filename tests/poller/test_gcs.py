@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from model_poller.stores.gcs import _raise_source_error
 from model_poller_api.models import ReportReason
 
 from local_services.archives import installed_files, model_files, targz_bytes, zip_bytes
+from local_services.json_answer import json_answer
 from tests.poller.kit import Dirs, EngineFactory
 
 pytestmark = [pytest.mark.gcs]
@@ -96,25 +95,8 @@ def test_missing_bucket_is_one_line(fake_gcs: Any, dirs: Dirs, cli: Cli) -> None
 @pytest.fixture
 def refusing_token_server() -> Iterator[str]:
     """An OAuth token endpoint that refuses every credential (no Google service involved)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = json.dumps({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}).encode()
-            self.send_response(400)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/token"
-    server.shutdown()
-    server.server_close()
+    with json_answer(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}) as url:
+        yield f"{url}/token"
 
 
 def service_account_key(path: Path, token_uri: str) -> Path:

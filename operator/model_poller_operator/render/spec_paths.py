@@ -41,7 +41,7 @@ def spec_field(owner: Owner, spec: models.ModelDeploymentSpec, kind: str, field:
     container = {"containers": SERVING_CONTAINER, "initContainers": POLLER_CONTAINER}.get(head)
     if container is not None:
         # Which item of a merged list (env, volumeMounts) is the user's is not worth guessing.
-        path = re.sub(r"\[\d+\]", "", rest).lstrip(".") or "fields"
+        path = re.sub(r"\[[0-9]+\]", "", rest).lstrip(".") or "fields"
         return f"the {container} container's {path} (spec.{container} or spec.podTemplate.spec.containers[{container}])"
     return None
 
