@@ -86,6 +86,17 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def vm_hwm_kib(pid: int) -> int:
+    """Peak RSS so far of a live process (``VmHWM``), in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def children_faults() -> int:
     """Minor page faults of the children this process has waited for, so far."""
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
@@ -167,14 +178,8 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Run:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         peak_kib = 0
-        status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak_kib = max(peak_kib, int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
+            peak_kib = max(peak_kib, vm_hwm_kib(proc.pid))
             time.sleep(0.02)
         seconds = time.monotonic() - t0
     cpu = {
@@ -252,13 +257,10 @@ def sidecar(gcs: Gcs, bucket: Any, prefix: str, work: Path, streams: int, env: d
             marker.upload_from_string(b"")
             t0 = time.monotonic()
             peak_kib = 0
-            status = Path(f"/proc/{proc.pid}/status")
             while not version_dir.exists():
                 if proc.poll() is not None or time.monotonic() - t0 > 300:
                     raise SystemExit(f"version 1 not installed:\n{(work / 'poller.log').read_text()[-3000:]}")
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak_kib = max(peak_kib, int(line.split()[1]))
+                peak_kib = max(peak_kib, vm_hwm_kib(proc.pid))
                 time.sleep(0.005)
             seconds = time.monotonic() - t0
             cpu = {
