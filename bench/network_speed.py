@@ -86,6 +86,11 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_sys_cpu_s() -> float:
+    """System (kernel) CPU seconds of the children this process has waited for, so far."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+
+
 def vm_hwm_kib(pid: int) -> int:
     """Peak RSS so far of a live process (``VmHWM``), in KiB; 0 once it is gone."""
     try:
@@ -174,6 +179,7 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Run:
     services_before = sum(process_cpu_s(pid) for pid in SERVICE_PIDS)
     children_before = children_cpu_s()
     faults_before = children_faults()
+    sys_before = children_sys_cpu_s()
     with open(log, "wb") as out:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -185,6 +191,7 @@ def run(argv: list[str], env: dict[str, str], log: Path) -> Run:
     cpu = {
         "cpu_s": round(children_cpu_s() - children_before, 2),
         "services_cpu_s": round(sum(process_cpu_s(pid) for pid in SERVICE_PIDS) - services_before, 2),
+        "sys_cpu_s": round(children_sys_cpu_s() - sys_before, 2),
         "minflt": children_faults() - faults_before,
     }
     text = log.read_text(errors="replace")

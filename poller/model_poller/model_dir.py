@@ -16,7 +16,7 @@ from pathlib import Path
 
 from model_poller_api.formats import rfc3339
 
-from model_poller.durable import fsync_dir, remove_tree
+from model_poller.durable import fsync_dir, remove_tree, write_all
 from model_poller.errors import ModelDirError
 from model_poller.versions import Artifact, parse_version
 
@@ -136,9 +136,7 @@ class ModelDir:
         fd, temp = tempfile.mkstemp(prefix=f"{_RECORD_TEMP_PREFIX}{artifact.version}-", dir=self.records)
         try:
             try:
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, body)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from model_poller.checksums import PieceChecksums
+from model_poller.durable import pwrite_all
 from model_poller.errors import Abandoned, SourceError
 from model_poller.extract import ArchiveRange, Cancelled
 from model_poller.stores.base import Halt, RangedStore, Store, Transfer
-from model_poller.transfer import Piece, fetch, join_all, plan, pwrite_all
+from model_poller.transfer import Piece, fetch, join_all, plan
 from model_poller.versions import SourceObject
 
 _FALLOC_FL_KEEP_SIZE = 0x01

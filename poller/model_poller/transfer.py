@@ -14,7 +14,6 @@ A store that cannot read ranges (``file://``) gets one piece per object, read wh
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -99,14 +98,6 @@ def fetch(
             log.info("%s; retrying in %.2fs", exc, delay)
             if halt.wait(delay):
                 raise Abandoned() from None
-
-
-def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(fd, view, offset)
-        view = view[done:]
-        offset += done
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_poller.durable import Syncer, fsync_dir
+from model_poller.durable import Syncer, fsync_dir, pwrite_all, write_all
 from model_poller.errors import Abandoned, Rejected
 from model_poller.extract.limits import RATIO_FLOOR, Limits, safe_parts, short_name
 from model_poller.versions import SAVED_MODEL_FILES
@@ -198,11 +198,7 @@ class FileSink:
             before = self.written
             self.written += n
         try:
-            view = memoryview(chunk)
-            while view:
-                done = os.pwrite(fd, view, offset)
-                view = view[done:]
-                offset += done
+            pwrite_all(fd, chunk, offset)
             if (before + n) // WRITE_BACK_EVERY != before // WRITE_BACK_EVERY:
                 owner.syncer.write_back(fd)
         finally:
@@ -229,10 +225,7 @@ class FileSink:
                 f"entry {self._name!r} expands beyond {owner.limits.max_ratio:g}x (--max-ratio)",
             )
         assert self._fd is not None
-        view = memoryview(chunk)
-        while view:
-            done = os.write(self._fd, view)
-            view = view[done:]
+        write_all(self._fd, chunk)
         if self.written // WRITE_BACK_EVERY != (self.written - n) // WRITE_BACK_EVERY:
             owner.syncer.write_back(self._fd)
 
