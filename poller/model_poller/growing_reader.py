@@ -57,17 +57,19 @@ class GrowingReader(io.RawIOBase):
             return 0
         if self._pos >= self._tail_start:
             at = self._pos - self._tail_start
-            data = self._tail[at : at + want]
+            piece = self._tail[at : at + want]
+            got = len(piece)
+            buffer[:got] = piece
         else:
             if self._pos < self._discarded:
                 raise SourceError(f"internal: read at {self._pos}, before the discarded {self._discarded} bytes")
-            data = self._staged.read_at(self._pos, min(want, self._tail_start - self._pos))
+            # Straight into the caller's (the BufferedReader's, reused) buffer.
+            got = self._staged.read_into(self._pos, buffer[: min(want, self._tail_start - self._pos)])
             if self._key is not None:
-                self._staged.advance(self._key, self._pos + len(data))
+                self._staged.advance(self._key, self._pos + got)
                 self._discard_behind()
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        self._pos += got
+        return got
 
     def _discard_behind(self) -> None:
         upto = (self._pos - DISCARD_MARGIN) // DISCARD_EVERY * DISCARD_EVERY

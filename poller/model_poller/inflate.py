@@ -51,7 +51,7 @@ class RawInflater(Protocol):
     @property
     def unconsumed_tail(self) -> bytes: ...
 
-    def decompress(self, data: bytes, max_length: int = 0, /) -> bytes: ...
+    def decompress(self, data: bytes | memoryview, max_length: int = 0, /) -> bytes: ...
 
 
 class _IsalRawInflater:
@@ -75,9 +75,10 @@ class _IsalRawInflater:
     def unused_data(self) -> bytes:
         return self._inflater.unused_data + self._after_end
 
-    def decompress(self, data: bytes, max_length: int = 0, /) -> bytes:
+    def decompress(self, data: bytes | memoryview, max_length: int = 0, /) -> bytes:
+        # (ISA-L copies the input it keeps: the caller may reuse ``data``'s buffer.)
         if self._inflater.eof:
-            self._after_end = self._after_end or data[:1]
+            self._after_end = self._after_end or bytes(data[:1])
             return b""
         return self._inflater.decompress(data, max_length if max_length > 0 else -1)
 
@@ -87,7 +88,7 @@ def raw_inflater() -> RawInflater:
     return _IsalRawInflater()
 
 
-def crc32(data: bytes, value: int = 0) -> int:
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """The zip (and gzip) CRC-32, continued from ``value``."""
     return isal_zlib.crc32(data, value)
 

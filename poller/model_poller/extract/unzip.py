@@ -39,9 +39,10 @@ class Cancelled(Exception):
 class ArchiveRange(Protocol):
     """Bytes ``[start, end)`` of an archive, read front to back by one thread."""
 
-    def read(self, n: int) -> bytes:
-        """The next ``min(n, bytes left)`` bytes (waiting for them if need be); raises
-        ``Cancelled`` once ``cancel()`` was called."""
+    def read(self, n: int) -> bytes | memoryview:
+        """The next ``min(n, bytes left)`` bytes (waiting for them if need be), valid until
+        the next ``read`` (a range may reuse its buffer); raises ``Cancelled`` once
+        ``cancel()`` was called."""
         ...
 
     def cancel(self) -> None:
@@ -284,7 +285,7 @@ def _copy_member(
     return crc, out
 
 
-def _inflated(inflater: inflate.RawInflater, data: bytes, what: str) -> Iterator[bytes]:
+def _inflated(inflater: inflate.RawInflater, data: bytes | memoryview, what: str) -> Iterator[bytes]:
     """``data`` inflated, at most INFLATE_OUT bytes at a time (memory stays bounded)."""
     while True:
         try:

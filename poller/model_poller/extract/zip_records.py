@@ -71,7 +71,7 @@ class ZipEntry:
 
 
 class Readable(Protocol):
-    def read(self, n: int, /) -> bytes: ...
+    def read(self, n: int, /) -> bytes | memoryview: ...
 
 
 def read_exactly(source: Readable, n: int, what: str) -> bytes:
@@ -82,7 +82,7 @@ def read_exactly(source: Readable, n: int, what: str) -> bytes:
         raise Rejected("corrupt", f"{what}: {exc}") from exc
     if len(data) != n:
         raise Rejected("corrupt", f"{what}: truncated")
-    return data
+    return bytes(data)  # (a memoryview is valid only until the source's next read)
 
 
 @dataclass(frozen=True)
