@@ -51,20 +51,22 @@ class GrowingReader(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        want = min(len(buffer), self._size - self._pos)
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        # (read() and readall() pass a bytearray, whose slices are copies: fill a view.)
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._size - self._pos)
         if want <= 0:
             return 0
         if self._pos >= self._tail_start:
             at = self._pos - self._tail_start
-            piece = self._tail[at : at + want]
+            piece = memoryview(self._tail)[at : at + want]
             got = len(piece)
-            buffer[:got] = piece
+            view[:got] = piece
         else:
             if self._pos < self._discarded:
                 raise SourceError(f"internal: read at {self._pos}, before the discarded {self._discarded} bytes")
             # Straight into the caller's (the BufferedReader's, reused) buffer.
-            got = self._staged.read_into(self._pos, buffer[: min(want, self._tail_start - self._pos)])
+            got = self._staged.read_into(self._pos, view[: min(want, self._tail_start - self._pos)])
             if self._key is not None:
                 self._staged.advance(self._key, self._pos + got)
                 self._discard_behind()

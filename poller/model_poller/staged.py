@@ -67,15 +67,15 @@ class Staged:
     by piece (see ``transfer``), for readers that wait for the bytes they need.
 
     Which piece a free connection fetches next is decided by the readers: each open
-    range (``open_range``: a zip member being inflated, the tar stream) asks for the
-    pieces from its position up to its share of ``Transfer.window`` ahead, the nearest
-    first; a read waiting for bytes nobody asked for asks for them. So several members
-    download side by side, none runs more than the window ahead of its reader, and what
-    is read is dropped from the file behind the reader (``punch_hole``): a multi-GiB
-    archive costs a bounded window of page cache, not its size. Pieces nobody read (the
-    central directory, read ahead by ``zip_tail``; bytes between members) are fetched
-    by ``finish()``, which then checks the whole object's checksum, before anything is
-    renamed into place.
+    range (``open_range``: a zip member being inflated; ``demand``: the tar stream read
+    through ``growing_reader.GrowingReader``) asks for the pieces from its position up
+    to its share of ``Transfer.window`` ahead, the nearest first; a read waiting for
+    bytes nobody asked for asks for them. So several members download side by side, none
+    runs more than the window ahead of its reader, and what is read is dropped from the
+    file behind the reader (``punch_hole``): a multi-GiB archive costs a bounded window
+    of page cache, not its size. Pieces nobody read (the central directory, read ahead
+    by ``zip_tail``; bytes between members) are fetched by ``finish()``, which then
+    checks the whole object's checksum, before anything is renamed into place.
     """
 
     def __init__(
@@ -355,6 +355,7 @@ class StagedRange:
         return data
 
     def close(self) -> None:
+        self._buffer = bytearray()  # (an idle worker still holds its last range)
         if self._key is not None:
             self._staged.drop(self._key)
             self._key = None
