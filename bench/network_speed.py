@@ -541,30 +541,12 @@ class Bench:
         self.poller_runs("zip_poller_no_toxic", self.zip_src, self.via_proxy, self.zip_bytes)
         self.poller_runs("folder_poller_no_toxic", self.folder_src, self.via_proxy, self.folder_bytes)
         # Straight to fake-gcs-server: the figures of bench/poller_throughput.py.
-        if self.want("zip_direct_baseline"):
-            work = fresh(self.root, "run")
-            url = f"{self.gcs.url}/download/storage/v1/b/{self.bucket.name}/o/zip%2F0001.zip?alt=media"
-            self.record(
-                "zip_direct_baseline",
-                run(
-                    [sys.executable, "-c", BASELINE, url, str(work / "a.zip"), str(work / "out")],
-                    self.direct,
-                    work / "baseline.log",
-                ),
-                self.zip_bytes,
-            )
-        if self.want("zip_direct_baseline_64k"):
-            work = fresh(self.root, "run")
-            url = f"{self.gcs.url}/download/storage/v1/b/{self.bucket.name}/o/zip%2F0001.zip?alt=media"
-            self.record(
-                "zip_direct_baseline_64k",
-                run(
-                    [sys.executable, "-c", BASELINE_64K, url, str(work / "a.zip"), str(work / "out")],
-                    self.direct,
-                    work / "baseline.log",
-                ),
-                self.zip_bytes,
-            )
+        url = f"{self.gcs.url}/download/storage/v1/b/{self.bucket.name}/o/zip%2F0001.zip?alt=media"
+        for name, script in (("zip_direct_baseline", BASELINE), ("zip_direct_baseline_64k", BASELINE_64K)):
+            if self.want(name):
+                work = fresh(self.root, "run")
+                argv = [sys.executable, "-c", script, url, str(work / "a.zip"), str(work / "out")]
+                self.record(name, run(argv, self.direct, work / "baseline.log"), self.zip_bytes)
         self.poller_runs("zip_direct_poller", self.zip_src, self.direct, self.zip_bytes)
 
     def summary(self) -> dict[str, dict[str, float]]:
